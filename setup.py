@@ -1,0 +1,42 @@
+"""RunDLModel: run BioImage Model Zoo models from Python, the shell and CellProfiler."""
+from setuptools import find_packages, setup
+
+ENGINES = {
+    "onnx": ["onnxruntime>=1.17"],
+    "torch": ["torch>=2.1"],
+    "tensorflow": ["tensorflow-cpu>=2.15", "keras>=3"],
+}
+EXTRAS = {
+    **ENGINES,
+    "distributed": ["dask[distributed]>=2024.1"],
+    # The bioimageio.core reference implementation: tests compare our outputs with it.
+    "reference": ["bioimageio.core==0.11.*"],
+    "test": ["pytest>=7", "hypothesis>=6"],
+    "cellprofiler": ["cellprofiler-core-nightly", "cellprofiler-library-nightly"],
+}
+EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
+
+setup(
+    name="dlmodel",
+    version="0.1.0",
+    description="Run BioImage Model Zoo models on any image, exactly as their packages say",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="BSD-3-Clause",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    python_requires=">=3.9",
+    install_requires=[
+        "numpy>=1.23,<2",
+        "bioimageio.spec>=0.5.3",
+        # bioimageio.spec 0.5.12 breaks on pydantic 2.12 ("index_key is expected to be an integer").
+        "pydantic>=2.6,<2.12",
+        "tifffile",
+        "imageio",
+        "scikit-image",
+        "scipy",
+        "tqdm",
+    ],
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["dlmodel = dlmodel.cli:main"]},
+)

@@ -1,0 +1,310 @@
+"""The Python API: ``load(source) -> Model``; ``Model.predict``, ``Model.info``, ``Model.test``."""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Union
+
+import numpy as np
+
+from . import axes as axes_mod
+from . import engines, processing, sources
+from .errors import DLModelError, InputError
+from .prediction import DEFAULT_TILE_PIXELS, Plan, TileArg, run_sample
+from .spec import ModelSpec, Tensor, read_description, spec_from_descr
+
+
+class Prediction(dict):
+    """Output arrays by tensor id, with ``axes`` (letters per output) and the tile ``plan``."""
+
+    def __init__(self, arrays: Mapping[str, np.ndarray], axes: Mapping[str, str], plan: Optional[Plan], seconds: float):
+        super().__init__(arrays)
+        self.axes = dict(axes)
+        self.plan = plan
+        self.seconds = seconds
+
+
+@dataclass
+class OutputCheck:
+    output: str
+    max_abs_error: float
+    mismatched_per_million: float
+    tolerance: Any
+    ok: bool
+
+
+@dataclass
+class TestReport:
+    weights_format: str
+    checks: List[OutputCheck] = field(default_factory=list)
+    error: Optional[str] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and bool(self.checks) and all(c.ok for c in self.checks)
+
+    def summary(self) -> str:
+        if self.error:
+            return f"FAIL {self.weights_format}: {self.error}"
+        lines = []
+        for c in self.checks:
+            tol = c.tolerance
+            lines.append(
+                f"{'ok  ' if c.ok else 'FAIL'} {self.weights_format} output {c.output!r}: max abs error "
+                f"{c.max_abs_error:.3g}, {c.mismatched_per_million:.1f} mismatched per million "
+                f"(tolerance: abs {tol.absolute:g} + rel {tol.relative:g}, {tol.mismatched_per_million:g} per million)"
+            )
+        return "\n".join(lines)
+
+
+class Model:
+    """A loaded model package, ready to predict. Create it with :func:`load`.
+
+    Thread-safe: several threads may call :meth:`predict` at once (forward passes of one
+    engine are serialised; everything else runs in parallel)."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        engine: str = "auto",
+        device: str = "auto",
+        threads: Optional[int] = None,
+        origin: str = "",
+        local: bool = True,
+    ):
+        self.spec = spec
+        self.origin = origin or str(spec.rdf_path)
+        self.local = local
+        self.device = engines.resolve_device(device)
+        self.weights_format = engines.choose_format(spec, engine, self.device)
+        self.threads = threads
+        t0 = time.perf_counter()
+        self._engines: Dict[str, engines.Engine] = {}
+        self._engine_lock = threading.Lock()
+        self.engine = self._engine(self.weights_format)
+        self.load_seconds = time.perf_counter() - t0
+
+    def _engine(self, fmt: str) -> engines.Engine:
+        with self._engine_lock:
+            if fmt not in self._engines:
+                self._engines[fmt] = engines.load_engine(self.spec, fmt, self.device, self.threads)
+            return self._engines[fmt]
+
+    # ------------------------------------------------------------------ predict
+    def predict(
+        self,
+        image: Union[np.ndarray, Mapping[str, np.ndarray]],
+        axes: Union[None, str, Mapping[str, str]] = None,
+        *,
+        tile: TileArg = None,
+        batch_size: Optional[int] = None,
+        pad_mode: Optional[str] = None,
+        max_tile_pixels: int = DEFAULT_TILE_PIXELS,
+        name: str = "image",
+    ) -> Prediction:
+        """Run the model, with the package's own pre- and post-processing, on an image of any size.
+
+        Args:
+            image: one array for a single-input model, else ``{tensor_id: array}``.
+            axes: the array's axes, e.g. ``"yx"``, ``"cyx"``, ``"zyx"``, ``"tyx"`` (one string,
+                or one per input). Axes the model lacks (``t`` for a 2D model, ``b``) are looped
+                over. Default: guessed from the model when unambiguous.
+            tile: ``None`` (auto), ``False`` (whole image in one pass), a length for every
+                tiled axis, a sequence, or ``{"y": 512, "x": 512}``. Lengths are rounded up to
+                sizes the model accepts.
+            batch_size: tiles per forward pass (capped by the model's batch axis).
+            pad_mode: override the padding of context outside the image
+                (reflect, symmetric, edge, constant); default: the rdf's, else reflect.
+            name: how error messages call this image (a file name, say).
+
+        Returns:
+            A :class:`Prediction`: ``{output_id: array}`` (float32 for most models), each in
+            ``prediction.axes[output_id]`` order: loop axes first, then the output's axes
+            without batch; a single channel is dropped when the input had no channel axis.
+        """
+        t0 = time.perf_counter()
+        arrays = self._as_inputs(image)
+        layouts: Dict[str, np.ndarray] = {}
+        loop = None
+        keep_channel = False
+        for t in self.spec.inputs:
+            arr = _check_values(np.asarray(arrays[t.id]), name)
+            ax = axes.get(t.id) if isinstance(axes, Mapping) else axes
+            ax = ax or axes_mod.guess_axes(arr.ndim, t)
+            keep_channel |= "c" in ax.lower()
+            what = name if len(self.spec.inputs) == 1 else f"{name} (input {t.id!r})"
+            layout, t_loop = axes_mod.to_model_layout(arr, ax, t, what)
+            if loop is not None and (t_loop != loop or layout.shape[: len(loop)] != next(iter(layouts.values())).shape[: len(loop)]):
+                raise InputError(f"{name}: inputs have different extra axes ({loop!r} vs {t_loop!r})")
+            loop = t_loop
+            layouts[t.id] = layout
+        loop = loop or ""
+        loop_shape = next(iter(layouts.values())).shape[: len(loop)]
+        results: Dict[str, List[np.ndarray]] = {o.id: [] for o in self.spec.outputs}
+        plan = None
+        for idx in np.ndindex(*loop_shape):
+            sample = {tid: arr[idx] for tid, arr in layouts.items()}
+            outs, plan = run_sample(
+                self.spec, self.engine, sample, tile=tile, batch_size=batch_size,
+                pad_mode=pad_mode, max_tile_pixels=max_tile_pixels,
+            )
+            for oid, arr in outs.items():
+                results[oid].append(arr)
+        final: Dict[str, np.ndarray] = {}
+        out_axes: Dict[str, str] = {}
+        for o in self.spec.outputs:
+            letters, squeeze = axes_mod.output_axes(o, loop, keep_channel)
+            parts = [np.squeeze(a, axis=tuple(squeeze)) if squeeze else a for a in results[o.id]]
+            stacked = parts[0] if not loop else np.stack(parts).reshape(loop_shape + parts[0].shape)
+            final[o.id] = stacked
+            out_axes[o.id] = letters
+        return Prediction(final, out_axes, plan, time.perf_counter() - t0)
+
+    def _as_inputs(self, image: Union[np.ndarray, Mapping[str, np.ndarray]]) -> Dict[str, np.ndarray]:
+        ids = [t.id for t in self.spec.inputs]
+        if isinstance(image, Mapping):
+            missing = [i for i in ids if i not in image]
+            extra = [k for k in image if k not in ids]
+            if missing or extra:
+                raise InputError(
+                    f"model {self.spec.name!r} takes inputs {ids}; got {list(image)}"
+                    + (f" (missing {missing})" if missing else "")
+                )
+            return dict(image)
+        if len(ids) != 1:
+            raise InputError(f"model {self.spec.name!r} has {len(ids)} inputs ({', '.join(ids)}); pass a dict of arrays")
+        return {ids[0]: image}
+
+    # ------------------------------------------------------------------ test
+    def test(self, weights_format: Optional[str] = None) -> TestReport:
+        """Run the package's own test inputs and compare with its test outputs, using the
+        rdf's reproducibility tolerance (default: abs 1e-3 + rel 1e-3, 100 per million)."""
+        fmt = weights_format or self.weights_format
+        report = TestReport(fmt)
+        try:
+            engine = self._engine(fmt)
+            inputs = {}
+            for t in self.spec.inputs:
+                if t.test_tensor is None:
+                    raise DLModelError(f"input {t.id!r} has no test tensor in the rdf")
+                inputs[t.id] = np.load(t.test_tensor, allow_pickle=False)
+            outs, _ = run_sample(self.spec, engine, inputs, tile=False)
+            for o in self.spec.outputs:
+                if o.test_tensor is None:
+                    raise DLModelError(f"output {o.id!r} has no test tensor in the rdf")
+                expected = np.load(o.test_tensor, allow_pickle=False)
+                report.checks.append(compare(outs[o.id], expected, self.spec.tolerance(fmt, o.id), o.id))
+        except DLModelError as e:
+            report.error = str(e)
+        return report
+
+    # ------------------------------------------------------------------ info
+    def info(self) -> Dict[str, Any]:
+        """Name, id, version, authors, licence, citation, tensors and available engines."""
+        s = self.spec
+        return {
+            "name": s.name,
+            "id": s.id,
+            "version": s.version,
+            "description": s.description,
+            "authors": list(s.authors),
+            "license": s.license,
+            "cite": list(s.cite),
+            "tags": list(s.tags),
+            "source": self.origin,
+            "rdf": str(s.rdf_path),
+            "rdf_sha256": s.rdf_sha256,
+            "inputs": [_tensor_info(t) for t in s.inputs],
+            "outputs": [_tensor_info(t) for t in s.outputs],
+            "weights": {f: {"installed": engines.engine_installed(f), "path": str(p)} for f, p in s.weight_paths.items()},
+            "engine": self.weights_format,
+            "device": self.device,
+        }
+
+    def __repr__(self) -> str:
+        return f"<dlmodel.Model {self.spec.name!r} ({self.weights_format} on {self.device})>"
+
+
+def _tensor_info(t: Tensor) -> Dict[str, Any]:
+    return {
+        "id": t.id,
+        "description": t.description,
+        "axes": t.letters,
+        "shape": {a.id: a.describe_size() for a in t.axes},
+        "halo": {a.id: a.halo for a in t.axes if a.halo},
+        "dtype": t.dtype,
+        "channel_names": next((list(a.channel_names) for a in t.axes if a.type == "channel"), []),
+        "preprocessing": [processing.describe(p) for p in t.preprocessing],
+        "postprocessing": [processing.describe(p) for p in t.postprocessing],
+    }
+
+
+def compare(actual: np.ndarray, expected: np.ndarray, tol: Any, name: str) -> OutputCheck:
+    """Compare like bioimageio.core: |a-e| > abs + rel*|e| counts as a mismatch."""
+    a = np.asarray(actual, dtype=np.float32)
+    e = np.asarray(expected, dtype=np.float32)
+    if a.shape != e.shape:
+        squeezed = a.reshape(e.shape) if a.size == e.size else None
+        if squeezed is None:
+            return OutputCheck(name, float("inf"), 1e6, tol, False)
+        a = squeezed
+    diff = np.abs(a - e)
+    mismatched = diff > tol.absolute + tol.relative * np.abs(e)
+    ppm = float(mismatched.sum()) / max(1, e.size) * 1e6
+    return OutputCheck(name, float(diff.max()) if diff.size else 0.0, ppm, tol, ppm <= tol.mismatched_per_million)
+
+
+def _check_values(arr: np.ndarray, name: str) -> np.ndarray:
+    if arr.dtype == bool:
+        return arr.view(np.uint8)
+    if arr.dtype.kind == "c" or arr.dtype.kind not in "biuf":
+        raise InputError(f"{name}: pixel type {arr.dtype} is not supported (use integers or floats)")
+    if arr.dtype.kind == "f" and arr.size and not np.isfinite(arr).all():
+        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+        raise InputError(f"{name} has {bad} NaN or infinite pixel(s); replace them (e.g. np.nan_to_num) before predicting")
+    return arr
+
+
+def load(
+    source: Union[str, Path],
+    engine: str = "auto",
+    device: str = "auto",
+    threads: Optional[int] = None,
+) -> Model:
+    """Load a model package from a path, folder, .zip, URL, zoo id or DOI.
+
+    Every file the rdf names is checked against its sha256 before use.
+
+    Args:
+        engine: ``auto`` (the fastest installed format on the device), or ``onnx``,
+            ``torchscript``, ``pytorch``, ``tensorflow``, ``keras`` (or a spec weight format name).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        threads: engine threads (default: ``DLMODEL_THREADS`` or all cores of this process).
+    """
+    resolved = sources.resolve(source)
+    descr = read_description(resolved.rdf, origin=resolved.origin)
+    sources.verify_files(descr, resolved.rdf.parent)
+    spec = spec_from_descr(descr, resolved.rdf)
+    return Model(spec, engine=engine, device=device, threads=threads, origin=resolved.origin, local=resolved.local)
+
+
+_CACHE: Dict[tuple, Model] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def load_cached(source: Union[str, Path], engine: str = "auto", device: str = "auto", threads: Optional[int] = None) -> Model:
+    """Like :func:`load`, but one Model per (source, engine, device, threads) per process."""
+    key = (str(source), engine, device, threads)
+    with _CACHE_LOCK:
+        model = _CACHE.get(key)
+        if model is None:
+            model = _CACHE[key] = load(source, engine=engine, device=device, threads=threads)
+        return model
+
+
+def clear_cache() -> None:
+    """Release every model :func:`load_cached` holds."""
+    with _CACHE_LOCK:
+        _CACHE.clear()

@@ -1,0 +1,26 @@
+"""The errors dlmodel raises: one line each, naming the file, tensor or setting at fault."""
+from __future__ import annotations
+
+
+class DLModelError(Exception):
+    """Base class: a problem the user can act on; ``str(err)`` is one line."""
+
+
+class SourceError(DLModelError):
+    """A model source cannot be found, downloaded, unpacked or verified."""
+
+
+class SpecError(DLModelError):
+    """A package's rdf is invalid or uses something dlmodel does not support."""
+
+
+class EngineError(DLModelError):
+    """No usable engine for the model's weights, or the engine failed to load/run them."""
+
+
+class InputError(DLModelError):
+    """An image does not fit the model (axes, channels, dimensions, dtype, values)."""
+
+
+class ImageFileError(DLModelError):
+    """An image file cannot be read or written."""

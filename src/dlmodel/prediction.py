@@ -1,0 +1,300 @@
+"""One sample's trip through a model: statistics, tiles, engine, stitching, post-processing.
+
+Arrays here are in the model's own axis order with a batch of 1 (``axes.to_model_layout``).
+The steps, and why they are where they are:
+
+1. Pre-processing is fitted on each whole input (per-image statistics), then applied per tile.
+2. Tiles are planned along the space/time axes (``tiling``); context outside the image is
+   padded with the input's pad mode (reflect when the rdf names none).
+3. Tiles run through the engine in batches; the inner part of each output tile is written
+   straight into one preallocated output per tensor (no whole-image intermediate copies).
+4. Post-processing without statistics (sigmoid, ...) runs per tile; with statistics it runs
+   once on the whole stitched output.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import processing, tiling
+from .engines import Engine
+from .errors import EngineError, InputError
+from .spec import Axis, ModelSpec, Tensor
+
+# Default tile budget (pixels or voxels per tile, batch and channels aside): large tiles waste
+# less on halos, and 1 Mpx keeps a 2D U-Net's activations near 1 GB.
+DEFAULT_TILE_PIXELS = 1 << 20
+
+TileArg = Union[None, bool, int, Sequence[int], Mapping[str, int]]
+
+
+@dataclass(frozen=True)
+class TiledAxis:
+    """A space/time axis shared by the inputs, with what the outputs need along it."""
+
+    id: str
+    length: int
+    constraint: Axis  # the input axis that says which tile lengths are valid
+    margin: int  # input pixels of context per side
+    align: int
+    whole: bool  # must be covered by one tile (an output does not follow this axis)
+
+
+@dataclass(frozen=True)
+class Plan:
+    axes: Tuple[TiledAxis, ...]
+    axis_plans: Tuple[tiling.AxisPlan, ...]
+    tiles: Tuple[tiling.Tile, ...]
+    batch_size: int
+
+    @property
+    def tile_shape(self) -> Dict[str, int]:
+        return {p.axis: p.size for p in self.axis_plans}
+
+
+def _factor(out_axis: Axis, in_axis: Axis) -> Fraction:
+    """Output pixels per input pixel along a referenced axis (spec: size * ref.scale / scale)."""
+    return Fraction(in_axis.scale / out_axis.scale).limit_denominator(64)
+
+
+def tiled_axes(spec: ModelSpec, inputs: Mapping[str, np.ndarray], whole_image: bool) -> Tuple[TiledAxis, ...]:
+    """The axes to tile, with lengths, margins and constraints, checked across inputs."""
+    found: Dict[str, Tuple[int, Axis, str]] = {}
+    for t in spec.inputs:
+        arr = inputs[t.id]
+        for i, ax in enumerate(t.axes):
+            if not ax.tileable:
+                continue
+            n = arr.shape[arr.ndim - len(t.axes) + i]
+            if ax.id in found and found[ax.id][0] != n:
+                other = found[ax.id][2]
+                raise InputError(
+                    f"inputs {other!r} and {t.id!r} differ in length along {ax.id!r} ({found[ax.id][0]} vs {n})"
+                )
+            if ax.id not in found or (found[ax.id][1].ref is not None and ax.ref is None):
+                found[ax.id] = (n, ax, t.id)
+    result = []
+    for axis_id, (length, constraint, tid) in found.items():
+        margin, align, follows = 0, 1, False
+        for o in spec.outputs:
+            out_ax = o.axis(axis_id)
+            if out_ax is None:
+                continue
+            if out_ax.ref is None or out_ax.ref[1] != axis_id:
+                continue  # fixed or data-dependent output length: no tiling along this axis
+            follows = True
+            ref_ax = spec.tensor(out_ax.ref[0]).axis(out_ax.ref[1])
+            f = _factor(out_ax, ref_ax)
+            a = tiling.alignment(f)
+            halo = 0 if whole_image else out_ax.halo
+            align = math.lcm(align, a)
+            margin = max(margin, tiling.margin_for(halo, out_ax.offset, f, a))
+        margin += (-margin) % align
+        if constraint.ref is not None:  # sized by another axis: the whole image in one go
+            follows = False
+        result.append(TiledAxis(axis_id, length, constraint, margin, align, whole_image or not follows))
+    return tuple(result)
+
+
+def _tile_sizes(axes: Sequence[TiledAxis], tile: TileArg, max_pixels: int) -> Dict[str, int]:
+    """Tile length per axis: the user's (rounded up to a valid length) or the largest that fits."""
+    user: Dict[str, int] = {}
+    if isinstance(tile, Mapping):
+        user = {str(k): int(v) for k, v in tile.items()}
+    elif isinstance(tile, int) and not isinstance(tile, bool):
+        user = {a.id: tile for a in axes}
+    elif isinstance(tile, (list, tuple)):
+        if len(tile) != len(axes):
+            raise InputError(f"tile {tuple(tile)} gives {len(tile)} sizes; the model tiles {len(axes)} axes ({', '.join(a.id for a in axes)})")
+        user = {a.id: int(v) for a, v in zip(axes, tile)}
+    unknown = set(user) - {a.id for a in axes}
+    if unknown:
+        raise InputError(f"tile names axis {sorted(unknown)[0]!r}; the model tiles {', '.join(a.id for a in axes) or 'no axes'}")
+    sizes: Dict[str, int] = {}
+    free = []
+    fixed_pixels = 1
+    for a in axes:
+        need = a.length + 2 * a.margin
+        c = a.constraint
+        if a.whole:
+            sizes[a.id] = c.smallest_valid(need)
+        elif a.id in user:
+            sizes[a.id] = c.smallest_valid(max(user[a.id], 2 * a.margin + a.align))
+        elif c.size is not None:
+            sizes[a.id] = c.size
+        else:
+            free.append(a)
+            continue
+        fixed_pixels *= sizes[a.id]
+    if free:
+        cap = max(1.0, max_pixels / fixed_pixels) ** (1.0 / len(free))
+        for a in free:
+            c = a.constraint
+            need = a.length + 2 * a.margin
+            whole = c.smallest_valid(need)
+            sizes[a.id] = whole if whole <= cap else max(c.largest_valid(int(cap)), c.smallest_valid(2 * a.margin + a.align))
+    return sizes
+
+
+def make_plan(
+    spec: ModelSpec,
+    inputs: Mapping[str, np.ndarray],
+    tile: TileArg = None,
+    batch_size: Optional[int] = None,
+    max_tile_pixels: int = DEFAULT_TILE_PIXELS,
+) -> Plan:
+    """Plan the tiles for one sample. ``tile=False`` runs the whole image in one pass
+    (padded up to a valid size, halo not cropped) — the reference for "tiled == untiled"."""
+    whole = tile is False
+    axes = tiled_axes(spec, inputs, whole)
+    sizes = _tile_sizes(axes, None if whole else tile, max_tile_pixels)
+    plans = tuple(tiling.plan_axis(a.id, a.length, sizes[a.id], a.margin, a.align) for a in axes)
+    tiles = tuple(tiling.plan(plans))
+    bmax = _max_batch(spec)
+    bs = max(1, min(batch_size or 1, bmax, len(tiles)))
+    return Plan(axes, plans, tiles, bs)
+
+
+def _max_batch(spec: ModelSpec) -> int:
+    sizes = [a.size for t in spec.inputs for a in t.axes if a.type == "batch"]
+    return min([s for s in sizes if s is not None], default=1 << 30)
+
+
+def _extract(arr: np.ndarray, tensor: Tensor, tile: tiling.Tile, mode: str, value: float) -> np.ndarray:
+    """The tile's region of ``arr`` (model layout), padded where it leaves the image."""
+    slices = []
+    pads = []
+    for i, ax in enumerate(tensor.axes):
+        t = tile.axes.get(ax.id)
+        n = arr.shape[i]
+        if t is None or not ax.tileable:
+            slices.append(slice(None))
+            pads.append((0, 0))
+            continue
+        lo, hi = t.start, t.start + t.size
+        slices.append(slice(max(lo, 0), min(hi, n)))
+        pads.append((max(0, -lo), max(0, hi - n)))
+    region = arr[tuple(slices)]
+    if any(p != (0, 0) for p in pads):
+        if mode == "constant":
+            region = np.pad(region, pads, mode="constant", constant_values=value)
+        else:
+            region = np.pad(region, pads, mode=mode)
+    return region
+
+
+def run_sample(
+    spec: ModelSpec,
+    engine: Engine,
+    inputs: Mapping[str, np.ndarray],
+    tile: TileArg = None,
+    batch_size: Optional[int] = None,
+    pad_mode: Optional[str] = None,
+    max_tile_pixels: int = DEFAULT_TILE_PIXELS,
+) -> Tuple[Dict[str, np.ndarray], Plan]:
+    """Predict one sample; ``inputs`` and the returned outputs are in model layout (batch 1)."""
+    plan = make_plan(spec, inputs, tile, batch_size, max_tile_pixels)
+    tiled_ids = [a.id for a in plan.axes]
+
+    # 1. pre-processing, fitted on whole inputs
+    prepared: Dict[str, np.ndarray] = {}
+    pre: Dict[str, processing.Fitted] = {}
+    for t in spec.inputs:
+        arr = inputs[t.id]
+        fitted = processing.fit(t.preprocessing, arr, t.axis_ids, inputs, tiled_ids)
+        if not fitted.tile_safe:  # rare: statistics vary along a tiled axis
+            arr = fitted(arr.astype(np.float32, copy=False))
+            fitted = processing.Fitted((), (), True)
+        prepared[t.id] = arr
+        pre[t.id] = fitted
+
+    post_per_tile = all(not any(processing.needs_statistics(op) for op in o.postprocessing) for o in spec.outputs)
+    post_tile = {
+        o.id: processing.fit(o.postprocessing, np.zeros((1,) * len(o.axes), np.float32), o.axis_ids)
+        for o in spec.outputs
+    } if post_per_tile else {}
+
+    # 3. tiles through the engine, inner regions into the outputs
+    outputs: Dict[str, np.ndarray] = {}
+    for b0 in range(0, len(plan.tiles), plan.batch_size):
+        batch_tiles = plan.tiles[b0:b0 + plan.batch_size]
+        feeds = []
+        for t in spec.inputs:
+            mode = pad_mode or t.pad_mode or "reflect"
+            parts = [pre[t.id](_to_float(_extract(prepared[t.id], t, tl, mode, t.pad_value), t)) for tl in batch_tiles]
+            bdim = _batch_dim(t)
+            feeds.append(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=bdim))
+        results = engine.run(feeds)
+        for o, res in zip(spec.outputs, results):
+            res = np.asarray(res)
+            if res.ndim != len(o.axes):
+                raise EngineError(
+                    f"output {o.id!r} has {res.ndim} dimensions, the rdf describes {len(o.axes)} ({o.letters})"
+                )
+            bdim = _batch_dim(o)
+            for k, tl in enumerate(batch_tiles):
+                part = res if len(batch_tiles) == 1 else np.take(res, [k], axis=bdim)
+                if post_per_tile:
+                    part = post_tile[o.id](part)
+                _write(outputs, spec, o, part, tl, plan)
+
+    # 4. post-processing that needs whole-output statistics
+    if not post_per_tile:
+        for o in spec.outputs:
+            fitted = processing.fit(o.postprocessing, outputs[o.id], o.axis_ids, {**inputs, **outputs})
+            outputs[o.id] = fitted(outputs[o.id])
+    return outputs, plan
+
+
+def _to_float(region: np.ndarray, tensor: Tensor) -> np.ndarray:
+    if tensor.dtype.startswith("float") and region.dtype.kind in "biu":
+        return region.astype(np.float32)
+    return region
+
+
+def _batch_dim(t: Tensor) -> Optional[int]:
+    return next((i for i, a in enumerate(t.axes) if a.type == "batch"), None)
+
+
+def _write(
+    outputs: Dict[str, np.ndarray], spec: ModelSpec, o: Tensor, part: np.ndarray, tile: tiling.Tile, plan: Plan
+) -> None:
+    """Copy the part of one output tile that this tile owns into the whole-image output."""
+    local: List[slice] = []
+    glob: List[slice] = []
+    full_shape: List[int] = []
+    lengths = {a.id: a.length for a in plan.axes}
+    for i, ax in enumerate(o.axes):
+        t = tile.axes.get(ax.id)
+        n = part.shape[i]
+        if t is None or ax.ref is None or ax.ref[1] != ax.id:
+            if ax.type == "batch":
+                n = 1
+            local.append(slice(0, n))
+            glob.append(slice(0, n))
+            full_shape.append(n)
+            continue
+        ref_ax = spec.tensor(ax.ref[0]).axis(ax.ref[1])
+        f = _factor(ax, ref_ax)
+        expected = int(t.size * ref_ax.scale / ax.scale + ax.offset)
+        if n != expected:
+            raise EngineError(
+                f"output {o.id!r} is {n} long along {ax.id!r} for a tile of {t.size}; the rdf says {expected}"
+            )
+        shift = Fraction(ax.offset, 2)
+        l0 = int((t.write_start - t.start) * f + shift)
+        l1 = int((t.write_stop - t.start) * f + shift)
+        g0 = int(t.write_start * f)
+        total = int(lengths[ax.id] * f)
+        g1 = min(g0 + (l1 - l0), total)
+        local.append(slice(l0, l0 + (g1 - g0)))
+        glob.append(slice(g0, g1))
+        full_shape.append(total)
+    out = outputs.get(o.id)
+    if out is None:
+        out = outputs[o.id] = np.zeros(full_shape, dtype=part.dtype)
+    out[tuple(glob)] = part[tuple(local)]

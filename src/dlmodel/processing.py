@@ -1,0 +1,228 @@
+"""The pre- and post-processing operations of the bioimage.io model spec (0.4 via conversion, 0.5).
+
+An op is *fitted* once on a whole tensor (statistics such as mean, std or percentiles are
+computed over the whole image, never per tile) and the fitted op is then a pure function that
+may be applied to the whole tensor or to any tile of it. Numerics follow bioimageio.core 0.11:
+population std, ``eps`` added to the std, linear percentiles for ``scale_range`` and
+inverted-cdf percentiles for ``clip``.
+
+Arrays here carry the tensor's own axes in the rdf's order (``axis_ids``), batch included.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .errors import SpecError
+
+Array = np.ndarray
+FittedOp = Callable[[Array], Array]
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """A processing chain fitted on one tensor, ready for whole images or tiles.
+
+    ``tile_safe`` is False when a statistic varies along a tiled (space/time) axis, in which
+    case the chain must be applied to the whole tensor."""
+
+    ops: Tuple[FittedOp, ...]
+    names: Tuple[str, ...]
+    tile_safe: bool
+
+    def __call__(self, x: Array) -> Array:
+        for op in self.ops:
+            x = op(x)
+        return x
+
+    @property
+    def identity(self) -> bool:
+        return not self.ops
+
+
+# Ops whose result depends on statistics of a tensor.
+_STAT_OPS = {"zero_mean_unit_variance", "scale_range", "scale_mean_variance"}
+
+
+def needs_statistics(op: Any) -> bool:
+    if op.id in _STAT_OPS:
+        return True
+    if op.id == "clip":
+        return op.kwargs.min_percentile is not None or op.kwargs.max_percentile is not None
+    return False
+
+
+def _reduce_axes(axis_ids: Sequence[str], axes: Optional[Sequence[Any]]) -> Tuple[int, ...]:
+    """Dimensions to reduce for a statistic over spec ``axes`` (None: all axes jointly)."""
+    if axes is None:
+        return tuple(range(len(axis_ids)))
+    wanted = [str(a) for a in axes]
+    return tuple(i for i, a in enumerate(axis_ids) if a in wanted)
+
+
+def _along(values: Sequence[float], axis: str, axis_ids: Sequence[str], what: str) -> Array:
+    """Per-index parameters (e.g. one gain per channel) shaped to broadcast along ``axis``."""
+    axis = str(axis)
+    if axis not in axis_ids:
+        raise SpecError(f"{what}: axis {axis!r} is not an axis of this tensor ({', '.join(axis_ids)})")
+    shape = [1] * len(axis_ids)
+    shape[list(axis_ids).index(axis)] = len(values)
+    return np.asarray(values, dtype=np.float32).reshape(shape)
+
+
+def _mean_std(x: Array, dims: Tuple[int, ...]) -> Tuple[Array, Array]:
+    # float64 accumulation: float32 sums over 10^8 pixels lose digits.
+    mean = x.mean(axis=dims, keepdims=True, dtype=np.float64)
+    var = np.square(x - mean, dtype=np.float64).mean(axis=dims, keepdims=True)
+    return mean.astype(np.float32), np.sqrt(var).astype(np.float32)
+
+
+def _quantile(x: Array, q: float, dims: Tuple[int, ...], method: str) -> Array:
+    return np.quantile(x, q, axis=dims, keepdims=True, method=method).astype(np.float32)
+
+
+def _as_float(x: Array) -> Array:
+    return x if x.dtype in (np.float32, np.float64) else x.astype(np.float32)
+
+
+def fit_op(op: Any, x: Array, axis_ids: Sequence[str], reference: Mapping[str, Array]) -> FittedOp:
+    """Fit one spec op on the whole tensor ``x`` and return the function that applies it.
+
+    ``reference`` maps tensor ids to whole tensors for ops with a ``reference_tensor``."""
+    kind = op.id
+    kw = op.kwargs if hasattr(op, "kwargs") else None
+
+    if kind == "ensure_dtype":
+        dtype = np.dtype(kw.dtype)
+        return lambda t: t.astype(dtype, copy=False)
+
+    if kind == "sigmoid":
+        return lambda t: 1.0 / (1.0 + np.exp(-_as_float(t)))
+
+    if kind == "softmax":
+        from scipy.special import softmax
+
+        idx = list(axis_ids).index(str(kw.axis)) if str(kw.axis) in axis_ids else None
+        if idx is None:
+            raise SpecError(f"softmax: axis {kw.axis!r} is not an axis of this tensor")
+        return lambda t: softmax(_as_float(t), axis=idx)
+
+    if kind == "binarize":
+        if hasattr(kw, "axis"):
+            thr = _along(kw.threshold, kw.axis, axis_ids, "binarize")
+        else:
+            thr = np.float32(kw.threshold)
+        return lambda t: t > thr
+
+    if kind == "scale_linear":
+        if hasattr(kw, "axis"):
+            gain = _along(np.atleast_1d(kw.gain), kw.axis, axis_ids, "scale_linear")
+            offset = _along(np.atleast_1d(kw.offset), kw.axis, axis_ids, "scale_linear")
+        else:
+            gain, offset = np.float32(kw.gain), np.float32(kw.offset)
+        return lambda t: _as_float(t) * gain + offset
+
+    if kind == "fixed_zero_mean_unit_variance":
+        eps = np.float32(1e-6)
+        if hasattr(kw, "axis"):
+            mean = _along(kw.mean, kw.axis, axis_ids, "fixed_zero_mean_unit_variance")
+            std = _along(kw.std, kw.axis, axis_ids, "fixed_zero_mean_unit_variance")
+        else:
+            mean, std = np.float32(kw.mean), np.float32(kw.std)
+        return lambda t: (_as_float(t) - mean) / (std + eps)
+
+    if kind == "zero_mean_unit_variance":
+        mean, std = _mean_std(x, _reduce_axes(axis_ids, kw.axes))
+        denom = std + np.float32(kw.eps)
+        return _with_stats(lambda t: (_as_float(t) - mean) / denom, mean, denom)
+
+    if kind == "scale_range":
+        ref = x if kw.reference_tensor is None else _reference(reference, kw.reference_tensor, kind)
+        dims = _reduce_axes(axis_ids, kw.axes)
+        lo = _quantile(ref, kw.min_percentile / 100.0, dims, "linear")
+        hi = _quantile(ref, kw.max_percentile / 100.0, dims, "linear")
+        denom = hi - lo + np.float32(kw.eps)
+        return _with_stats(lambda t: (_as_float(t) - lo) / denom, lo, denom)
+
+    if kind == "scale_mean_variance":
+        ref = _reference(reference, kw.reference_tensor, kind)
+        dims = _reduce_axes(axis_ids, kw.axes)
+        mean, std = _mean_std(x, dims)
+        ref_mean, ref_std = _mean_std(ref, dims)
+        eps = np.float32(kw.eps)
+        gain = (ref_std + eps) / (std + eps)
+        return _with_stats(lambda t: (_as_float(t) - mean) * gain + ref_mean, mean, gain, ref_mean)
+
+    if kind == "clip":
+        dims = _reduce_axes(axis_ids, kw.axes)
+        lo = kw.min if kw.min_percentile is None else _quantile(x, kw.min_percentile / 100.0, dims, "inverted_cdf")
+        hi = kw.max if kw.max_percentile is None else _quantile(x, kw.max_percentile / 100.0, dims, "inverted_cdf")
+        return _with_stats(lambda t: np.clip(t, lo, hi), lo, hi)
+
+    raise SpecError(
+        f"processing op {kind!r} is not supported by dlmodel"
+        + (" (it runs code from the package)" if kind == "custom" else "")
+    )
+
+
+def _reference(tensors: Mapping[str, Array], tensor_id: Any, op: str) -> Array:
+    try:
+        return tensors[str(tensor_id)]
+    except KeyError:
+        raise SpecError(f"{op}: reference tensor {str(tensor_id)!r} is not available") from None
+
+
+def fit(
+    ops: Sequence[Any],
+    x: Array,
+    axis_ids: Sequence[str],
+    reference: Optional[Mapping[str, Array]] = None,
+    tiled_axes: Sequence[str] = (),
+) -> Fitted:
+    """Fit a chain of spec ops on the whole tensor ``x``.
+
+    Each op's statistics are those of the tensor as it reaches that op (after the earlier ops).
+    Intermediate whole-tensor results are computed only while a later op still needs
+    statistics, so the common ``[zero_mean_unit_variance, ensure_dtype]`` never copies the image.
+    """
+    reference = reference or {}
+    fitted: List[FittedOp] = []
+    remaining_stats = sum(needs_statistics(op) for op in ops)
+    current = x
+    tiled_dims = [i for i, a in enumerate(axis_ids) if a in tiled_axes]
+    tile_safe = True
+    for op in ops:
+        f = fit_op(op, current, axis_ids, reference)
+        if needs_statistics(op):
+            remaining_stats -= 1
+            tile_safe &= _stats_broadcast_over(f, tiled_dims)
+        fitted.append(f)
+        if remaining_stats > 0:
+            current = f(current)
+    return Fitted(tuple(fitted), tuple(op.id for op in ops), tile_safe)
+
+
+def _with_stats(fn: FittedOp, *stats: Any) -> FittedOp:
+    fn.statistics = tuple(s for s in stats if isinstance(s, np.ndarray))  # type: ignore[attr-defined]
+    return fn
+
+
+def _stats_broadcast_over(f: FittedOp, dims: Sequence[int]) -> bool:
+    """Whether every statistic of a fitted op has length 1 along ``dims`` (tiles can use it)."""
+    for value in getattr(f, "statistics", ()):
+        if any(value.shape[d] != 1 for d in dims if d < value.ndim):
+            return False
+    return True
+
+
+def describe(op: Any) -> str:
+    """``zero_mean_unit_variance(axes=['x', 'y'])``: an op as the info listing shows it."""
+    kw = getattr(op, "kwargs", None)
+    if kw is None:
+        return op.id
+    args: Dict[str, Any] = {
+        k: v for k, v in kw.model_dump(mode="json", exclude_unset=True).items() if v is not None
+    }
+    return f"{op.id}(" + ", ".join(f"{k}={v}" for k, v in args.items()) + ")"

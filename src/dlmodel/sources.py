@@ -1,0 +1,354 @@
+"""Model sources and the download cache.
+
+A source is a ``bioimageio.yaml``/``rdf.yaml`` path, a package folder, a package ``.zip``, an
+http(s) URL of an rdf or a zip, a zoo id (``affable-shark``, ``affable-shark/1``) or a Zenodo
+DOI (``10.5281/zenodo.NNN``). Every source ends as a local folder holding the rdf and every
+file it names, each checked against the sha256 the rdf gives.
+
+Remote packages are downloaded once into the cache (``DLMODEL_CACHE``, default the user cache
+dir): into a temporary folder that is renamed into place when complete, under a file lock, so
+many processes sharing one cache on a cluster filesystem download a package once and never see
+half of it. Offline, a cached copy is used.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple, Union
+
+from .errors import SourceError
+
+RDF_NAMES = ("bioimageio.yaml", "rdf.yaml")
+ZOO_ID = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)+(?:/[0-9][0-9a-z.]*)?$")
+DOI = re.compile(r"^(?:doi:|https?://(?:dx\.)?doi\.org/)?(10\.\d{4,}/\S+)$", re.I)
+ZENODO_DOI = re.compile(r"^10\.5281/zenodo\.(\d+)$", re.I)
+
+# Where zoo ids and Zenodo records are looked up; overridable for mirrors (and for tests, which
+# serve a zoo from 127.0.0.1).
+DEFAULT_ZOO_URL = "https://hypha.aicell.io/bioimage-io/artifacts/{id}/files/rdf.yaml"
+DEFAULT_ZENODO_API = "https://zenodo.org/api"
+
+# Archive limits: real packages are a few hundred MB in a few dozen files.
+MAX_UNPACKED_BYTES = int(os.environ.get("DLMODEL_MAX_UNPACKED_BYTES", 8 << 30))
+MAX_FILES = int(os.environ.get("DLMODEL_MAX_FILES", 10_000))
+COMPLETE = ".dlmodel-complete"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A source made local: the rdf path, and whether the package came from the user's disk."""
+
+    rdf: Path
+    origin: str  # the source as the user gave it
+    local: bool
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("DLMODEL_CACHE")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("dlmodel"))
+
+
+def resolve(source: Union[str, os.PathLike]) -> Resolved:
+    """Turn any model source into a verified local package folder; see the module docstring."""
+    text = str(source).strip()
+    path = Path(text).expanduser()
+    if path.exists():
+        return Resolved(_local_rdf(path), text, local=True)
+    if text.startswith(("http://", "https://")) and not DOI.match(text):
+        return Resolved(_remote(text, text), text, local=False)
+    doi = DOI.match(text)
+    if doi:
+        return Resolved(_from_doi(doi.group(1), text), text, local=False)
+    if ZOO_ID.match(text):
+        pattern = os.environ.get("DLMODEL_ZOO_URL", DEFAULT_ZOO_URL)
+        return Resolved(_remote(pattern.format(id=text), text), text, local=False)
+    raise SourceError(
+        f"model source {text!r} is not a file, folder, URL, zoo id or DOI (no such file: {path.resolve()})"
+    )
+
+
+def _local_rdf(path: Path) -> Path:
+    if path.is_dir():
+        for name in RDF_NAMES:
+            if (path / name).is_file():
+                return path / name
+        found = sorted(path.glob("*.bioimageio.yaml"))
+        if found:
+            return found[0]
+        raise SourceError(f"folder {path} holds no bioimageio.yaml or rdf.yaml")
+    if path.suffix.lower() == ".zip":
+        key = _sha256(path)[:16]
+        return _local_rdf(_unpack_cached(path, cache_dir() / "unpacked" / key))
+    if path.suffix.lower() in (".yaml", ".yml"):
+        return path
+    raise SourceError(f"model source {path} is not a folder, .zip or .yaml file")
+
+
+def _sha256(path: Path) -> str:
+    from .spec import sha256_file
+
+    return sha256_file(path)
+
+
+def _unpack_cached(zip_path: Path, dest: Path) -> Path:
+    if (dest / COMPLETE).exists():
+        return dest
+    with _lock(dest):
+        if (dest / COMPLETE).exists():
+            return dest
+        with _staging(dest) as tmp:
+            extract_zip(zip_path, tmp)
+            (tmp / COMPLETE).write_text(json.dumps({"source": str(zip_path)}))
+    return dest
+
+
+def extract_zip(
+    zip_path: Path, dest: Path, max_bytes: int = MAX_UNPACKED_BYTES, max_files: int = MAX_FILES
+) -> Path:
+    """Unpack a zip into ``dest``, refusing anything that could write outside it.
+
+    Refused: absolute paths, ``..``, symbolic links and device files, duplicate names, more
+    than ``max_files`` entries or ``max_bytes`` unpacked (zip bombs), truncated archives."""
+    dest = Path(dest)
+    try:
+        zf = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise SourceError(f"{zip_path} is not a readable zip archive: {e}") from None
+    with zf:
+        infos = zf.infolist()
+        if len(infos) > max_files:
+            raise SourceError(f"{zip_path} holds {len(infos)} files, more than the limit of {max_files}")
+        total = sum(i.file_size for i in infos)
+        if total > max_bytes:
+            raise SourceError(
+                f"{zip_path} unpacks to {total} bytes, more than the limit of {max_bytes} (DLMODEL_MAX_UNPACKED_BYTES)"
+            )
+        seen = set()
+        for info in infos:
+            name = info.filename
+            parts = Path(name.replace("\\", "/")).parts
+            if name.startswith(("/", "\\")) or re.match(r"^[a-zA-Z]:", name) or ".." in parts:
+                raise SourceError(f"{zip_path} has an entry outside the package folder: {name!r}")
+            mode = info.external_attr >> 16
+            if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise SourceError(f"{zip_path} has a link or special file, which packages may not hold: {name!r}")
+            if name in seen:
+                raise SourceError(f"{zip_path} has the entry {name!r} twice")
+            seen.add(name)
+        dest.mkdir(parents=True, exist_ok=True)
+        written = 0
+        for info in infos:
+            target = dest.joinpath(*Path(info.filename).parts)
+            if info.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with zf.open(info) as src, open(target, "wb") as out:
+                    # count real bytes: a forged header must not get past the size limit
+                    while True:
+                        block = src.read(1 << 20)
+                        if not block:
+                            break
+                        written += len(block)
+                        if written > max_bytes:
+                            raise SourceError(f"{zip_path} unpacks to more than {max_bytes} bytes")
+                        out.write(block)
+            except (zipfile.BadZipFile, EOFError, OSError, zlib_error()) as e:
+                raise SourceError(f"{zip_path} is damaged (entry {info.filename!r}): {e}") from None
+    return dest
+
+
+def zlib_error() -> type:
+    import zlib
+
+    return zlib.error
+
+
+# --- remote sources -------------------------------------------------------------------------
+
+
+def _remote(url: str, origin: str, file_urls: Optional[Dict[str, str]] = None, dest: Optional[Path] = None) -> Path:
+    """Download a remote rdf (or zip) and every file it names into the cache; return the rdf.
+
+    ``file_urls`` maps file names to URLs where they do not lie beside the rdf (Zenodo)."""
+    if dest is None:
+        dest = cache_dir() / "packages" / hashlib.sha256(url.encode()).hexdigest()[:16]
+    if (dest / COMPLETE).exists():
+        return _local_rdf(dest)
+    try:
+        with _lock(dest):
+            if not (dest / COMPLETE).exists():
+                with _staging(dest) as tmp:
+                    _fetch_package(url, tmp, file_urls or {})
+                    (tmp / COMPLETE).write_text(json.dumps({"source": origin, "url": url}))
+    except _NetworkError as e:
+        raise SourceError(
+            f"cannot download model {origin!r} ({e}) and there is no cached copy in {dest}"
+        ) from None
+    return _local_rdf(dest)
+
+
+class _NetworkError(Exception):
+    pass
+
+
+def _fetch_package(url: str, folder: Path, file_urls: Dict[str, str]) -> None:
+    if urllib.parse.urlparse(url).path.lower().endswith(".zip"):
+        archive = folder / "package.zip"
+        download(url, archive)
+        extract_zip(archive, folder)
+        archive.unlink()
+        return
+    rdf = folder / "rdf.yaml"
+    download(url, rdf)
+    from .spec import local_path, read_description
+
+    descr = read_description(rdf, origin=url)
+    for name, file_descr in _package_files(descr).items():
+        src = file_descr.source
+        target = local_path(folder, src)
+        text = str(src)
+        if text.startswith(("http://", "https://")):
+            remote = text
+        else:
+            remote = file_urls.get(text) or file_urls.get(name) or urllib.parse.urljoin(url, text)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        download(remote, target, getattr(file_descr, "sha256", None))
+
+
+def _package_files(descr: Any) -> Dict[str, Any]:
+    """Every file an rdf names (weights, test tensors, architecture, covers, docs...)."""
+    from bioimageio.spec._package import get_package_content
+
+    return {k: v for k, v in get_package_content(descr).items() if hasattr(v, "source")}
+
+
+def download(url: str, target: Path, sha256: Optional[str] = None) -> Path:
+    """Download ``url`` to ``target`` atomically (temporary file + rename), checking sha256."""
+    timeout = float(os.environ.get("DLMODEL_HTTP_TIMEOUT", "30"))
+    tmp = target.with_name(f".{target.name}.part-{os.getpid()}")
+    h = hashlib.sha256()
+    try:
+        req = urllib.request.Request(url, headers={"User-Agent": "dlmodel"})
+        with urllib.request.urlopen(req, timeout=timeout) as resp, open(tmp, "wb") as out:
+            while True:
+                block = resp.read(1 << 20)
+                if not block:
+                    break
+                h.update(block)
+                out.write(block)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        tmp.unlink(missing_ok=True)
+        reason = getattr(e, "reason", None) or e
+        raise _NetworkError(f"{url}: {reason}") from None
+    if sha256 and h.hexdigest() != str(sha256):
+        tmp.unlink(missing_ok=True)
+        raise SourceError(f"downloaded {url} has sha256 {h.hexdigest()}, the rdf says {sha256}")
+    os.replace(tmp, target)
+    return target
+
+
+def _from_doi(doi: str, origin: str) -> Path:
+    m = ZENODO_DOI.match(doi)
+    if not m:
+        raise SourceError(f"DOI {doi!r} is not a Zenodo DOI (10.5281/zenodo.N); give the package's URL instead")
+    record = m.group(1)
+    api = os.environ.get("DLMODEL_ZENODO_API", DEFAULT_ZENODO_API).rstrip("/")
+    rec_url = f"{api}/records/{record}"
+    key = hashlib.sha256(rec_url.encode()).hexdigest()[:16]
+    cached = cache_dir() / "packages" / key
+    if (cached / COMPLETE).exists():
+        return _local_rdf(cached)
+    try:
+        req = urllib.request.Request(rec_url, headers={"User-Agent": "dlmodel", "Accept": "application/json"})
+        timeout = float(os.environ.get("DLMODEL_HTTP_TIMEOUT", "30"))
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            meta = json.loads(resp.read().decode())
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise SourceError(
+            f"cannot look up {origin!r} at {rec_url} ({getattr(e, 'reason', e)}) and there is no cached copy in {cached}"
+        ) from None
+    files = {f["key"]: f["links"]["self"] for f in meta.get("files", [])}
+    rdf_name = next((n for n in RDF_NAMES if n in files), None)
+    if rdf_name is None:
+        raise SourceError(f"Zenodo record {record} ({origin}) holds no bioimageio.yaml or rdf.yaml")
+    return _remote(files[rdf_name], origin, files, cached)
+
+
+# --- cache plumbing -------------------------------------------------------------------------
+
+
+class _lock:
+    """An inter-process file lock beside ``dest`` (works on shared cluster filesystems)."""
+
+    def __init__(self, dest: Path):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        from filelock import FileLock
+
+        self._lock = FileLock(str(dest) + ".lock")
+
+    def __enter__(self):
+        self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._lock.release()
+
+
+class _staging:
+    """A temporary folder beside ``dest``, renamed to ``dest`` only if the block succeeds."""
+
+    def __init__(self, dest: Path):
+        self.dest = dest
+
+    def __enter__(self) -> Path:
+        self.dest.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.dest.name}.", dir=self.dest.parent))
+        return self.tmp
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if exc_type is None:
+            if self.dest.exists():  # an incomplete leftover (no marker): replace it
+                shutil.rmtree(self.dest)
+            os.replace(self.tmp, self.dest)
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def verify_files(descr: Any, root: Path) -> Tuple[int, int]:
+    """Check every file the rdf names exists under ``root`` with the sha256 the rdf gives.
+
+    Returns (files checked, files without a sha256 in the rdf)."""
+    from .spec import local_path, sha256_file
+
+    checked = unhashed = 0
+    for name, fd in _package_files(descr).items():
+        path = local_path(root, fd.source)
+        if not path.is_file():
+            raise SourceError(f"file {path.name!r} named in the rdf is missing from {root}")
+        expected = getattr(fd, "sha256", None)
+        if expected is None:
+            unhashed += 1
+            continue
+        actual = sha256_file(path)
+        if actual != str(expected):
+            raise SourceError(f"sha256 mismatch for {path}: the rdf says {expected}, the file has {actual}")
+        checked += 1
+    return checked, unhashed
+

@@ -1,0 +1,349 @@
+"""A small, read-only view of a model's rdf: tensors, axes, sizes, halos, processing, weights.
+
+Everything is read through ``bioimageio.spec`` (format 0.4 packages are converted to 0.5 on
+load); the rest of dlmodel only sees these plain dataclasses.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+from .errors import SpecError
+
+# One-letter axis names users type (``axes="cyx"``) and the spec 0.5 axis ids they mean.
+LETTER_TO_AXIS = {"b": "batch", "c": "channel", "t": "time", "i": "index", "z": "z", "y": "y", "x": "x"}
+AXIS_TO_LETTER = {v: k for k, v in LETTER_TO_AXIS.items()}
+
+# Weight formats dlmodel runs, and the pip extra that brings each engine.
+ENGINE_EXTRA = {
+    "onnx": "onnx",
+    "torchscript": "torch",
+    "pytorch_state_dict": "torch",
+    "tensorflow_saved_model_bundle": "tensorflow",
+    "keras_hdf5": "tensorflow",
+    "keras_v3": "tensorflow",
+}
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One tensor axis. Exactly one of ``size``, (``min``, ``step``) or ``ref`` describes its
+    length, or none of them for a data-dependent/any-size axis (batch, data-dependent outputs)."""
+
+    id: str
+    type: str  # batch | channel | space | time | index
+    size: Optional[int] = None
+    min: Optional[int] = None
+    step: Optional[int] = None
+    ref: Optional[Tuple[str, str]] = None  # (tensor id, axis id) this axis' size follows
+    offset: int = 0
+    scale: float = 1.0
+    halo: int = 0
+    channel_names: Tuple[str, ...] = ()
+
+    @property
+    def letter(self) -> str:
+        return AXIS_TO_LETTER.get(self.id, self.id)
+
+    @property
+    def tileable(self) -> bool:
+        return self.type in ("space", "time")
+
+    def is_valid(self, n: int) -> bool:
+        if self.size is not None:
+            return n == self.size
+        if self.min is not None:
+            return n >= self.min and (n - self.min) % self.step == 0
+        return n >= 1
+
+    def smallest_valid(self, at_least: int) -> int:
+        """Smallest valid length >= ``at_least`` (a fixed size is returned as is)."""
+        if self.size is not None:
+            return self.size
+        if self.min is not None:
+            n = max(0, math.ceil((at_least - self.min) / self.step))
+            return self.min + n * self.step
+        return max(1, at_least)
+
+    def largest_valid(self, at_most: int) -> int:
+        """Largest valid length <= ``at_most``, but never below the smallest valid length."""
+        if self.size is not None:
+            return self.size
+        if self.min is not None:
+            n = max(0, (at_most - self.min) // self.step)
+            return self.min + n * self.step
+        return max(1, at_most)
+
+    def describe_size(self) -> str:
+        if self.size is not None:
+            return str(self.size)
+        if self.min is not None:
+            return f"{self.min}+n*{self.step}"
+        if self.ref is not None:
+            sign = "+" if self.offset >= 0 else "-"
+            off = f"{sign}{abs(self.offset)}" if self.offset else ""
+            return f"{self.ref[0]}.{self.ref[1]}{off}"
+        return "any"
+
+
+@dataclass(frozen=True)
+class Tensor:
+    id: str
+    axes: Tuple[Axis, ...]
+    dtype: str
+    description: str = ""
+    preprocessing: Tuple[Any, ...] = ()  # bioimageio.spec processing descrs, in order
+    postprocessing: Tuple[Any, ...] = ()
+    test_tensor: Optional[Path] = None
+    pad_mode: Optional[str] = None
+    pad_value: float = 0.0
+
+    @property
+    def axis_ids(self) -> Tuple[str, ...]:
+        return tuple(a.id for a in self.axes)
+
+    @property
+    def letters(self) -> str:
+        return "".join(a.letter for a in self.axes)
+
+    def axis(self, axis_id: str) -> Optional[Axis]:
+        return next((a for a in self.axes if a.id == axis_id), None)
+
+    @property
+    def n_channels(self) -> Optional[int]:
+        ch = self.axis("channel")
+        return None if ch is None else ch.size
+
+    def describe(self) -> str:
+        dims = ", ".join(f"{a.id}={a.describe_size()}" for a in self.axes)
+        return f"{self.id} ({dims}; {self.dtype})"
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    relative: float = 1e-3
+    absolute: float = 1e-3
+    mismatched_per_million: float = 100.0
+    weights_formats: Tuple[str, ...] = ()
+    output_ids: Tuple[str, ...] = ()
+
+
+@dataclass
+class ModelSpec:
+    """What dlmodel needs to know about a model package, with every file resolved locally."""
+
+    descr: Any  # the bioimageio.spec v0_5 ModelDescr
+    rdf_path: Path
+    rdf_sha256: str
+    name: str
+    id: Optional[str]
+    version: Optional[str]
+    description: str
+    authors: Tuple[str, ...]
+    license: str
+    cite: Tuple[str, ...]
+    inputs: Tuple[Tensor, ...]
+    outputs: Tuple[Tensor, ...]
+    weights: Dict[str, Any]  # format -> the spec's weights entry
+    weight_paths: Dict[str, Path]
+    tolerances: Tuple[Tolerance, ...] = ()
+    tags: Tuple[str, ...] = ()
+    config: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def root(self) -> Path:
+        return self.rdf_path.parent
+
+    def input(self, tensor_id: str) -> Tensor:
+        return _by_id(self.inputs, tensor_id, "input")
+
+    def output(self, tensor_id: str) -> Tensor:
+        return _by_id(self.outputs, tensor_id, "output")
+
+    def tensor(self, tensor_id: str) -> Tensor:
+        for t in self.inputs + self.outputs:
+            if t.id == tensor_id:
+                return t
+        raise SpecError(f"model {self.name!r} has no tensor {tensor_id!r}")
+
+    def tolerance(self, weights_format: str, output_id: str) -> Tolerance:
+        for tol in self.tolerances:
+            if (not tol.weights_formats or weights_format in tol.weights_formats) and (
+                not tol.output_ids or output_id in tol.output_ids
+            ):
+                return tol
+        return Tolerance()
+
+
+def _by_id(tensors: Sequence[Tensor], tensor_id: str, kind: str) -> Tensor:
+    for t in tensors:
+        if t.id == tensor_id:
+            return t
+    known = ", ".join(t.id for t in tensors)
+    raise SpecError(f"the model has no {kind} tensor {tensor_id!r} (it has: {known})")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def local_path(root: Path, source: Any) -> Path:
+    """Where a file the rdf names lies in the local package folder ``root``.
+
+    Relative sources lie below the rdf; remote sources were downloaded beside it under their
+    file name (the name ``bioimageio.spec`` gives them when packaging)."""
+    from bioimageio.spec._internal.io import RelativeFilePath
+
+    if isinstance(source, RelativeFilePath):
+        return root / Path(str(source))
+    if isinstance(source, Path):
+        return source
+    text = str(source)
+    if text.startswith(("http://", "https://")):
+        return root / text.rstrip("/").split("/")[-1].split("?")[0]
+    return root / text
+
+
+def _axis_from_descr(ax: Any) -> Axis:
+    from bioimageio.spec.model import v0_5
+
+    kind = ax.type
+    size: Optional[int] = None
+    amin = step = None
+    ref = None
+    offset = 0
+    names: Tuple[str, ...] = ()
+    raw_size = getattr(ax, "size", None)
+    if kind == "channel":
+        names = tuple(str(n) for n in ax.channel_names)
+        size = len(names)
+    elif isinstance(raw_size, int):
+        size = raw_size
+    elif isinstance(raw_size, v0_5.ParameterizedSize):
+        amin, step = raw_size.min, raw_size.step
+    elif isinstance(raw_size, v0_5.SizeReference):
+        ref = (str(raw_size.tensor_id), str(raw_size.axis_id))
+        offset = int(raw_size.offset)
+    return Axis(
+        id=str(ax.id),
+        type=kind,
+        size=size,
+        min=amin,
+        step=step,
+        ref=ref,
+        offset=offset,
+        scale=float(getattr(ax, "scale", 1.0) or 1.0),
+        halo=int(getattr(ax, "halo", 0) or 0),
+        channel_names=names,
+    )
+
+
+def _tensor_from_descr(t: Any, root: Path, is_input: bool) -> Tensor:
+    data = t.data if not isinstance(t.data, (list, tuple)) else t.data[0]
+    pad = getattr(t, "pad", None) if is_input else None
+    test = local_path(root, t.test_tensor.source) if t.test_tensor is not None else None
+    return Tensor(
+        id=str(t.id),
+        axes=tuple(_axis_from_descr(a) for a in t.axes),
+        dtype=str(data.type),
+        description=t.description or "",
+        preprocessing=tuple(t.preprocessing) if is_input else (),
+        postprocessing=tuple(t.postprocessing) if not is_input else (),
+        test_tensor=test,
+        pad_mode=None if pad is None else pad.mode,
+        pad_value=float(getattr(pad, "value", 0.0) or 0.0),
+    )
+
+
+def spec_from_descr(descr: Any, rdf_path: Path) -> ModelSpec:
+    """Build the view from a validated v0_5 ``ModelDescr`` whose files lie beside ``rdf_path``."""
+    root = rdf_path.parent
+    weights: Dict[str, Any] = {}
+    paths: Dict[str, Path] = {}
+    for fmt in ENGINE_EXTRA:
+        entry = getattr(descr.weights, fmt, None)
+        if entry is not None:
+            weights[fmt] = entry
+            paths[fmt] = local_path(root, entry.source)
+    tolerances = []
+    bioimageio_cfg = getattr(descr.config, "bioimageio", None)
+    for tol in getattr(bioimageio_cfg, "reproducibility_tolerance", ()) or ():
+        tolerances.append(
+            Tolerance(
+                relative=tol.relative_tolerance,
+                absolute=tol.absolute_tolerance,
+                mismatched_per_million=tol.mismatched_elements_per_million,
+                weights_formats=tuple(tol.weights_formats or ()),
+                output_ids=tuple(str(o) for o in tol.output_ids or ()),
+            )
+        )
+    config = descr.config.model_dump(mode="json") if descr.config is not None else {}
+    return ModelSpec(
+        descr=descr,
+        rdf_path=rdf_path,
+        rdf_sha256=sha256_file(rdf_path),
+        name=descr.name,
+        id=None if descr.id is None else str(descr.id),
+        version=None if getattr(descr, "version", None) is None else str(descr.version),
+        description=descr.description or "",
+        authors=tuple(a.name for a in descr.authors),
+        license=str(descr.license or ""),
+        cite=tuple(c.text for c in descr.cite),
+        inputs=tuple(_tensor_from_descr(t, root, True) for t in descr.inputs),
+        outputs=tuple(_tensor_from_descr(t, root, False) for t in descr.outputs),
+        weights=weights,
+        weight_paths=paths,
+        tolerances=tuple(tolerances),
+        tags=tuple(descr.tags),
+        config=config,
+    )
+
+
+def read_description(rdf: Path, origin: Optional[str] = None) -> Any:
+    """Read and validate an rdf with bioimageio.spec, converted to format 0.5.
+
+    No network: file checks are ours (``sources.verify_files``), so the spec's own io checks,
+    which would try every URL in the rdf, are off. Raises SpecError with the first problem."""
+    import logging
+
+    from bioimageio.spec import load_description
+    from bioimageio.spec.common import InvalidDescr
+
+    logging.getLogger("bioimageio").setLevel(logging.ERROR)
+    _quiet_loguru()
+    where = origin or str(rdf)
+    try:
+        descr = load_description(rdf, perform_io_checks=False, format_version="latest")
+    except Exception as e:  # broken YAML, unreadable file, ...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise SpecError(f"cannot read rdf {where}: {first}") from None
+    if isinstance(descr, InvalidDescr):
+        raise SpecError(f"invalid rdf {where}: {_first_error(descr)}")
+    if getattr(descr, "type", None) != "model":
+        raise SpecError(f"rdf {where} describes a {getattr(descr, 'type', '?')}, not a model")
+    return descr
+
+
+def _first_error(descr: Any) -> str:
+    for detail in descr.validation_summary.details:
+        for err in detail.errors:
+            loc = ".".join(str(p) for p in err.loc if not str(p)[:1].isupper() and "-" not in str(p))
+            return f"{loc}: {err.msg}" if loc else str(err.msg)
+    return "unknown validation error"
+
+
+def _quiet_loguru() -> None:
+    """bioimageio.spec logs validation warnings to stderr through loguru; keep ours clean."""
+    try:
+        from loguru import logger
+
+        logger.disable("bioimageio")
+    except ImportError:
+        pass
