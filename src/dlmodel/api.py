@@ -190,7 +190,7 @@ class Model:
                 if t.test_tensor is None:
                     raise DLModelError(f"input {t.id!r} has no test tensor in the rdf")
                 inputs[t.id] = np.load(t.test_tensor, allow_pickle=False)
-            outs, _ = run_sample(self.spec, engine, inputs, tile=False)
+            outs, _ = run_sample(self.spec, engine, inputs, tile=False, use_halo=False)
             for o in self.spec.outputs:
                 if o.test_tensor is None:
                     raise DLModelError(f"output {o.id!r} has no test tensor in the rdf")
@@ -203,28 +203,29 @@ class Model:
     # ------------------------------------------------------------------ info
     def info(self) -> Dict[str, Any]:
         """Name, id, version, authors, licence, citation, tensors and available engines."""
-        s = self.spec
-        return {
-            "name": s.name,
-            "id": s.id,
-            "version": s.version,
-            "description": s.description,
-            "authors": list(s.authors),
-            "license": s.license,
-            "cite": list(s.cite),
-            "tags": list(s.tags),
-            "source": self.origin,
-            "rdf": str(s.rdf_path),
-            "rdf_sha256": s.rdf_sha256,
-            "inputs": [_tensor_info(t) for t in s.inputs],
-            "outputs": [_tensor_info(t) for t in s.outputs],
-            "weights": {f: {"installed": engines.engine_installed(f), "path": str(p)} for f, p in s.weight_paths.items()},
-            "engine": self.weights_format,
-            "device": self.device,
-        }
+        return {**describe(self.spec), "source": self.origin, "engine": self.weights_format, "device": self.device}
 
     def __repr__(self) -> str:
         return f"<dlmodel.Model {self.spec.name!r} ({self.weights_format} on {self.device})>"
+
+
+def describe(s: ModelSpec) -> Dict[str, Any]:
+    """A model's metadata and tensors as plain data (what ``dlmodel info`` prints)."""
+    return {
+        "name": s.name,
+        "id": s.id,
+        "version": s.version,
+        "description": s.description,
+        "authors": list(s.authors),
+        "license": s.license,
+        "cite": list(s.cite),
+        "tags": list(s.tags),
+        "rdf": str(s.rdf_path),
+        "rdf_sha256": s.rdf_sha256,
+        "inputs": [_tensor_info(t) for t in s.inputs],
+        "outputs": [_tensor_info(t) for t in s.outputs],
+        "weights": {f: {"installed": engines.engine_installed(f), "path": str(p)} for f, p in s.weight_paths.items()},
+    }
 
 
 def _tensor_info(t: Tensor) -> Dict[str, Any]:
@@ -267,6 +268,14 @@ def _check_values(arr: np.ndarray, name: str) -> np.ndarray:
     return arr
 
 
+def open_spec(source: Union[str, Path]) -> "tuple[ModelSpec, sources.Resolved]":
+    """Resolve a source, read and validate its rdf and check every file's sha256; no engine."""
+    resolved = sources.resolve(source)
+    descr = read_description(resolved.rdf, origin=resolved.origin)
+    sources.verify_files(descr, resolved.rdf.parent)
+    return spec_from_descr(descr, resolved.rdf), resolved
+
+
 def load(
     source: Union[str, Path],
     engine: str = "auto",
@@ -283,10 +292,7 @@ def load(
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         threads: engine threads (default: ``DLMODEL_THREADS`` or all cores of this process).
     """
-    resolved = sources.resolve(source)
-    descr = read_description(resolved.rdf, origin=resolved.origin)
-    sources.verify_files(descr, resolved.rdf.parent)
-    spec = spec_from_descr(descr, resolved.rdf)
+    spec, resolved = open_spec(source)
     return Model(spec, engine=engine, device=device, threads=threads, origin=resolved.origin, local=resolved.local)
 
 

@@ -61,7 +61,9 @@ def _factor(out_axis: Axis, in_axis: Axis) -> Fraction:
     return Fraction(in_axis.scale / out_axis.scale).limit_denominator(64)
 
 
-def tiled_axes(spec: ModelSpec, inputs: Mapping[str, np.ndarray], whole_image: bool) -> Tuple[TiledAxis, ...]:
+def tiled_axes(
+    spec: ModelSpec, inputs: Mapping[str, np.ndarray], whole_image: bool, use_halo: bool = True
+) -> Tuple[TiledAxis, ...]:
     """The axes to tile, with lengths, margins and constraints, checked across inputs."""
     found: Dict[str, Tuple[int, Axis, str]] = {}
     for t in spec.inputs:
@@ -90,7 +92,7 @@ def tiled_axes(spec: ModelSpec, inputs: Mapping[str, np.ndarray], whole_image: b
             ref_ax = spec.tensor(out_ax.ref[0]).axis(out_ax.ref[1])
             f = _factor(out_ax, ref_ax)
             a = tiling.alignment(f)
-            halo = 0 if whole_image else out_ax.halo
+            halo = out_ax.halo if use_halo else 0
             align = math.lcm(align, a)
             margin = max(margin, tiling.margin_for(halo, out_ax.offset, f, a))
         margin += (-margin) % align
@@ -146,11 +148,13 @@ def make_plan(
     tile: TileArg = None,
     batch_size: Optional[int] = None,
     max_tile_pixels: int = DEFAULT_TILE_PIXELS,
+    use_halo: bool = True,
 ) -> Plan:
-    """Plan the tiles for one sample. ``tile=False`` runs the whole image in one pass
-    (padded up to a valid size, halo not cropped) — the reference for "tiled == untiled"."""
+    """Plan the tiles for one sample. ``tile=False`` runs the whole image as one tile (with
+    context padded around it, so it differs from tiled output only by seams, if any).
+    ``use_halo=False`` gives no context and crops nothing: the package's test tensors run so."""
     whole = tile is False
-    axes = tiled_axes(spec, inputs, whole)
+    axes = tiled_axes(spec, inputs, whole, use_halo)
     sizes = _tile_sizes(axes, None if whole else tile, max_tile_pixels)
     plans = tuple(tiling.plan_axis(a.id, a.length, sizes[a.id], a.margin, a.align) for a in axes)
     tiles = tuple(tiling.plan(plans))
@@ -195,9 +199,10 @@ def run_sample(
     batch_size: Optional[int] = None,
     pad_mode: Optional[str] = None,
     max_tile_pixels: int = DEFAULT_TILE_PIXELS,
+    use_halo: bool = True,
 ) -> Tuple[Dict[str, np.ndarray], Plan]:
     """Predict one sample; ``inputs`` and the returned outputs are in model layout (batch 1)."""
-    plan = make_plan(spec, inputs, tile, batch_size, max_tile_pixels)
+    plan = make_plan(spec, inputs, tile, batch_size, max_tile_pixels, use_halo)
     tiled_ids = [a.id for a in plan.axes]
 
     # 1. pre-processing, fitted on whole inputs

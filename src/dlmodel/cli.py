@@ -1,0 +1,165 @@
+"""The ``dlmodel`` command: info, test, predict. A thin layer over :mod:`dlmodel.api`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from . import io
+from .errors import DLModelError
+
+
+def _tile_arg(text: str):
+    """``auto`` | ``none`` | ``512`` | ``512,512`` | ``y=512,x=256``."""
+    text = text.strip().lower()
+    if text == "auto":
+        return None
+    if text in ("none", "off", "whole"):
+        return False
+    try:
+        if "=" in text:
+            return {k.strip(): int(v) for k, v in (p.split("=") for p in text.split(","))}
+        parts = [int(p) for p in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--tile {text!r}: use auto, none, 512, 512,512 or y=512,x=512") from None
+    return parts[0] if len(parts) == 1 else parts
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dlmodel", description="Run BioImage Model Zoo models on your images.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def model_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("source", help="rdf/bioimageio.yaml, package folder or .zip, URL, zoo id or DOI")
+        sp.add_argument("--engine", default="auto", help="auto, onnx, torchscript, pytorch, tensorflow, keras")
+        sp.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+
+    sp = sub.add_parser("info", help="describe a model: metadata, tensors, processing, engines")
+    sp.add_argument("source")
+    sp.add_argument("--json", action="store_true", help="print JSON")
+
+    sp = sub.add_parser("test", help="run the package's test inputs and compare with its test outputs")
+    model_args(sp)
+    sp.set_defaults(engine=None)
+
+    sp = sub.add_parser("predict", help="predict images (files, folders or globs) into OUTDIR")
+    model_args(sp)
+    sp.add_argument("inputs", nargs="+", help="image files, folders or glob patterns (tif, png, jpg, npy)")
+    sp.add_argument("-o", "--output", required=True, type=Path, help="output folder")
+    sp.add_argument("--axes", help="axes of the input images, e.g. yx, cyx, zyx (default: from the file)")
+    sp.add_argument("--tile", type=_tile_arg, default=None, help="auto (default), none, 512, 512,512 or y=512,x=512")
+    sp.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass")
+    sp.add_argument("--format", choices=("tif", "npy"), default="tif", help="output file format")
+    sp.add_argument("--threads", type=int, default=None, help="engine threads (default: all cores)")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"info": _info, "test": _test, "predict": _predict}[args.command](args)
+    except DLModelError as e:
+        print(f"dlmodel: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dlmodel: interrupted", file=sys.stderr)
+        return 130
+
+
+def _load(args: argparse.Namespace, engine: Optional[str] = None):
+    from . import api
+
+    return api.load(args.source, engine=engine or getattr(args, "engine", None) or "auto",
+                    device=getattr(args, "device", "auto"), threads=getattr(args, "threads", None))
+
+
+def _info(args: argparse.Namespace) -> int:
+    from . import api
+
+    spec, _ = api.open_spec(args.source)
+    info = api.describe(spec)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{info['name']}" + (f"  (id {info['id']}, version {info['version']})" if info["id"] else ""))
+    print(f"  {info['description']}")
+    print(f"  authors: {', '.join(info['authors'])}; license: {info['license']}")
+    for c in info["cite"]:
+        print(f"  cite: {c}")
+    for kind in ("inputs", "outputs"):
+        for t in info[kind]:
+            shape = ", ".join(f"{k}={v}" for k, v in t["shape"].items())
+            halo = f"; halo {t['halo']}" if t["halo"] else ""
+            print(f"  {kind[:-1]} {t['id']!r}: axes {t['axes']} ({shape}; {t['dtype']}{halo})")
+            for step in ("preprocessing", "postprocessing"):
+                if t[step]:
+                    print(f"    {step}: {' -> '.join(t[step])}")
+    for fmt, w in info["weights"].items():
+        print(f"  weights {fmt}: {'engine installed' if w['installed'] else 'engine not installed'}")
+    return 0
+
+
+def _test(args: argparse.Namespace) -> int:
+    from . import engines
+
+    if args.engine:
+        model = _load(args, args.engine)
+        formats = [model.weights_format]
+    else:
+        model = _load(args)
+        formats = [f for f in model.spec.weights if engines.engine_installed(f)]
+    ok = True
+    for fmt in formats:
+        report = model.test(fmt)
+        print(report.summary())
+        ok &= report.ok
+    print(f"{model.spec.name}: {'passed' if ok else 'FAILED'} ({', '.join(formats)})")
+    return 0 if ok else 1
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    paths = io.find_images(args.inputs)
+    if not paths:
+        raise DLModelError(f"no images found in {' '.join(args.inputs)}")
+    model = _load(args)
+    out_ids = [o.id for o in model.spec.outputs]
+    failures: List[str] = []
+    done = 0
+    t0 = time.perf_counter()
+    bar = tqdm(paths, unit="image", desc=model.spec.name[:30], file=sys.stderr, disable=None)
+    for path in bar:
+        try:
+            image, file_axes = io.read_image(path)
+            pred = model.predict(image, axes=args.axes or file_axes, tile=args.tile,
+                                 batch_size=args.batch_size, name=str(path))
+            for oid in out_ids:
+                target = args.output / f"{_stem(path)}_{oid}.{args.format}"
+                io.write_image(target, pred[oid], pred.axes[oid])
+            done += 1
+        except DLModelError as e:
+            failures.append(str(e))
+            tqdm.write(f"dlmodel: skipped: {e}", file=sys.stderr)
+    bar.close()
+    seconds = time.perf_counter() - t0
+    print(
+        f"dlmodel: predicted {done} of {len(paths)} images with {model.spec.name!r} "
+        f"({model.weights_format} on {model.device}) in {seconds:.1f} s; {len(failures)} failed; outputs in {args.output}"
+    )
+    return 1 if failures else 0
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""Tiny real models, packaged as real BioImage Model Zoo packages for the tests.
+
+Every package's rdf is built from bioimageio.spec's own classes (so it is validated as it is
+made) and written with ``save_bioimageio_yaml_only``. Test outputs come from the reference
+implementation, bioimageio.core, run on the package itself (or, for TF/Keras packages without
+processing, from the framework itself), so ``dlmodel test`` passing means matching them.
+"""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import textwrap
+import zipfile
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+ARCH_SOURCE = textwrap.dedent(
+    '''
+    import torch
+
+
+    class TinyConv(torch.nn.Module):
+        """Two 3x3 convolutions: translation-equivariant, receptive radius 2 (halo 2 is exact)."""
+
+        def __init__(self, c_in: int = 1, c_out: int = 1, ndim: int = 2, upsample: int = 1):
+            super().__init__()
+            conv = torch.nn.Conv2d if ndim == 2 else torch.nn.Conv3d
+            self.c1 = conv(c_in, 4, 3, padding=1)
+            self.c2 = conv(4, c_out, 3, padding=1)
+            self.up = torch.nn.Upsample(scale_factor=upsample, mode="nearest") if upsample > 1 else None
+
+        def forward(self, x):
+            y = self.c2(torch.relu(self.c1(x)))
+            return self.up(y) if self.up is not None else y
+
+
+    class TwoInTwoOut(torch.nn.Module):
+        """Inputs a (1 channel) and b (2 channels); outputs sum (1 channel) and pair (2 channels)."""
+
+        def __init__(self):
+            super().__init__()
+            self.net = TinyConv(3, 3)
+
+        def forward(self, a, b):
+            y = self.net(torch.cat([a, b], dim=1))
+            return y[:, :1], y[:, 1:]
+
+
+    class ThreeIn(torch.nn.Module):
+        """Three inputs (2, 1, 1 channels) -> outputs of 1, 2 and 3 channels."""
+
+        def __init__(self):
+            super().__init__()
+            self.net = TinyConv(4, 6)
+
+        def forward(self, x1, x2, x3):
+            y = self.net(torch.cat([x1, x2, x3], dim=1))
+            return y[:, :1], y[:, 1:3], y[:, 3:]
+    '''
+)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def file_descr(folder: Path, name: str):
+    from bioimageio.spec.model.v0_5 import FileDescr
+
+    return FileDescr(source=name, sha256=sha256(folder / name))
+
+
+def _arch_module(folder: Path):
+    import importlib.util
+    import sys
+
+    path = folder / "tiny_arch.py"
+    path.write_text(ARCH_SOURCE)
+    name = f"tiny_arch_{abs(hash(str(folder)))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def torch_weights(folder: Path, module, example: Sequence[np.ndarray], formats: Sequence[str], arch: Optional[dict] = None) -> dict:
+    """Save a torch module as state dict / TorchScript / ONNX; return WeightsDescr kwargs."""
+    import torch
+    from bioimageio.spec.model.v0_5 import (
+        ArchitectureFromFileDescr,
+        OnnxWeightsDescr,
+        PytorchStateDictWeightsDescr,
+        TorchscriptWeightsDescr,
+        Version,
+    )
+
+    from bioimageio.spec import ValidationContext
+
+    module.eval()
+    with ValidationContext(root=folder, perform_io_checks=False):
+        return _torch_weights(folder, module, example, formats, arch, Version(torch.__version__.split("+")[0]))
+
+
+def _torch_weights(folder, module, example, formats, arch, tv) -> dict:
+    import torch
+    from bioimageio.spec.model.v0_5 import (
+        ArchitectureFromFileDescr,
+        OnnxWeightsDescr,
+        PytorchStateDictWeightsDescr,
+        TorchscriptWeightsDescr,
+    )
+
+    xs = tuple(torch.from_numpy(np.ascontiguousarray(e, dtype=np.float32)) for e in example)
+    out = {}
+    if "pytorch_state_dict" in formats:
+        torch.save(module.state_dict(), folder / "weights_state.pt")
+        out["pytorch_state_dict"] = PytorchStateDictWeightsDescr(
+            source="weights_state.pt",
+            sha256=sha256(folder / "weights_state.pt"),
+            architecture=ArchitectureFromFileDescr(
+                source="tiny_arch.py", sha256=sha256(folder / "tiny_arch.py"),
+                callable=arch["callable"], kwargs=arch.get("kwargs", {}),
+            ),
+            pytorch_version=tv,
+        )
+    if "torchscript" in formats:
+        traced = torch.jit.script(module)
+        traced.save(str(folder / "weights.torchscript.pt"))
+        out["torchscript"] = TorchscriptWeightsDescr(
+            source="weights.torchscript.pt", sha256=sha256(folder / "weights.torchscript.pt"), pytorch_version=tv
+        )
+    if "onnx" in formats:
+        names = [f"in{i}" for i in range(len(xs))]
+        n_out = len(module(*xs)) if isinstance(module(*xs), (tuple, list)) else 1
+        dyn = {n: {0: "b", 2: "h", 3: "w"} if xs[i].ndim == 4 else {0: "b", 2: "d", 3: "h", 4: "w"} for i, n in enumerate(names)}
+        onames = [f"out{i}" for i in range(n_out)]
+        for i, o in enumerate(onames):
+            dyn[o] = {0: "b", 2: "h", 3: "w"}
+        torch.onnx.export(module, xs, str(folder / "weights.onnx"), input_names=names, output_names=onames,
+                          dynamic_axes=dyn, opset_version=17, dynamo=False)
+        out["onnx"] = OnnxWeightsDescr(source="weights.onnx", sha256=sha256(folder / "weights.onnx"), opset_version=17)
+    return out
+
+
+def build(
+    folder: Path,
+    name: str,
+    make_inputs: Callable[[Callable[[str], object]], list],
+    make_outputs: Callable[[Callable[[str], object]], list],
+    weights: dict,
+    test_inputs: Dict[str, np.ndarray],
+    reference: Optional[Callable[[Dict[str, np.ndarray]], Dict[str, np.ndarray]]] = None,
+    reference_format: Optional[str] = None,
+) -> Path:
+    """Write test tensors, compute test outputs, and write a validated bioimageio.yaml.
+
+    ``make_inputs(test_file)`` / ``make_outputs(test_file)`` build the tensor descriptions;
+    ``test_file(tensor_id)`` gives the FileDescr of that tensor's test .npy."""
+    from bioimageio.spec import ValidationContext, save_bioimageio_yaml_only
+    from bioimageio.spec.model.v0_5 import Author, CiteEntry, ModelDescr, WeightsDescr
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for tid, arr in test_inputs.items():
+        np.save(folder / f"test_{tid}.npy", arr)
+
+    def make_descr():
+        with ValidationContext(root=folder, perform_io_checks=False):
+            test_file = lambda tid: file_descr(folder, f"test_{tid}.npy")  # noqa: E731
+            (folder / "README.md").write_text(f"# {name}\nA tiny model made by the dlmodel tests.\n")
+            return ModelDescr(
+                name=name,
+                description=f"{name}: a tiny test model",
+                authors=[Author(name="dlmodel tests")],
+                cite=[CiteEntry(text="dlmodel tests", doi="10.5281/zenodo.0000000")],
+                license="MIT",
+                documentation=file_descr(folder, "README.md"),
+                inputs=make_inputs(test_file),
+                outputs=make_outputs(test_file),
+                weights=WeightsDescr(**weights),
+            )
+
+    # placeholders so the first descr validates; replaced by the reference outputs below
+    for placeholder in (str(o.id) for o in make_outputs(lambda tid: None)):
+        np.save(folder / f"test_{placeholder}.npy", np.zeros((1,), np.float32))
+    descr = make_descr()
+    if reference is not None:
+        outs = reference(test_inputs)
+    else:
+        outs = core_predict(descr, test_inputs, reference_format)
+    for tid, arr in outs.items():
+        np.save(folder / f"test_{tid}.npy", arr)
+    descr = make_descr()
+    rdf = folder / "bioimageio.yaml"
+    save_bioimageio_yaml_only(descr, rdf)
+    return rdf
+
+
+def core_predict(descr, inputs: Dict[str, np.ndarray], weight_format: Optional[str] = None) -> Dict[str, np.ndarray]:
+    """bioimageio.core's output for the test inputs (the reference implementation)."""
+    from bioimageio.core import Sample, Tensor, create_prediction_pipeline
+
+    pp = create_prediction_pipeline(descr, weight_format=weight_format)
+    members = {}
+    for t in descr.inputs:
+        members[str(t.id)] = Tensor.from_numpy(inputs[str(t.id)], dims=tuple(str(a.id) for a in t.axes))
+    sample = Sample(members=members, stat={}, id="test")
+    # as bioimageio.core's own test_model runs test tensors: no halo padding, no cropping
+    out = pp.predict_sample_without_blocking(sample, skip_input_padding=True, skip_output_cropping=True)
+    return {str(k): v.data.to_numpy() for k, v in out.members.items()}
+
+
+def zip_folder(folder: Path, target: Path) -> Path:
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as zf:
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                zf.write(p, p.relative_to(folder).as_posix())
+    return target
+
+
+def copy_package(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    for p in dst.rglob("*"):
+        p.chmod(0o644 if p.is_file() else 0o755)
+    return dst
