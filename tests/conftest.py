@@ -77,3 +77,213 @@ def torch2d(tmp_path_factory) -> Path:
         )]
 
     return zoo.build(folder, "tiny torch 2d", inputs, outputs, weights, {"raw": x}, reference_format="torchscript")
+
+
+# --- small helpers to describe axes -------------------------------------------------------------
+
+def _v():
+    import bioimageio.spec.model.v0_5 as v
+
+    return v
+
+
+def channel(names):
+    v = _v()
+    return v.ChannelAxis(channel_names=[v.Identifier(n) for n in names])
+
+
+def space_in(axis_ids, min_=16, step=8):
+    v = _v()
+    return [v.SpaceInputAxis(id=v.AxisId(a), size=v.ParameterizedSize(min=min_, step=step)) for a in axis_ids]
+
+
+def space_out(tensor_id, axis_ids, halo=0, scale=1.0):
+    v = _v()
+    ref = lambda a: v.SizeReference(tensor_id=v.TensorId(tensor_id), axis_id=v.AxisId(a))  # noqa: E731
+    if halo:
+        return [v.SpaceOutputAxisWithHalo(id=v.AxisId(a), halo=halo, size=ref(a), scale=scale) for a in axis_ids]
+    return [v.SpaceOutputAxis(id=v.AxisId(a), size=ref(a), scale=scale) for a in axis_ids]
+
+
+@pytest.fixture(scope="session")
+def torch3d(tmp_path_factory) -> Path:
+    """3D (bczyx), parameterized sizes, halo 2, TorchScript; scale_range preprocessing."""
+    v = _v()
+    folder = tmp_path_factory.mktemp("torch3d")
+    _, net = _torch_module(folder, "TinyConv", ndim=3)
+    x = _rng().normal(100, 20, (1, 1, 12, 20, 16)).astype(np.float32)
+    weights = zoo.torch_weights(folder, net, [x], ["torchscript"])
+
+    def inputs(tf):
+        return [v.InputTensorDescr(
+            id=v.TensorId("raw"), axes=[v.BatchAxis(), channel(["c0"]), *space_in("zyx", 8, 4)], test_tensor=tf("raw"),
+            preprocessing=[v.ScaleRangeDescr(kwargs=v.ScaleRangeKwargs(axes=[v.AxisId(a) for a in "zyx"], min_percentile=1, max_percentile=99.8))],
+        )]
+
+    def outputs(tf):
+        return [v.OutputTensorDescr(id=v.TensorId("out"), axes=[v.BatchAxis(), channel(["o"]), *space_out("raw", "zyx", halo=2)], test_tensor=tf("out"))]
+
+    return zoo.build(folder, "tiny torch 3d", inputs, outputs, weights, {"raw": x})
+
+
+@pytest.fixture(scope="session")
+def two_io(tmp_path_factory) -> Path:
+    """Two inputs (1 and 2 channels), two outputs; TorchScript and ONNX."""
+    v = _v()
+    folder = tmp_path_factory.mktemp("two_io")
+    _, net = _torch_module(folder, "TwoInTwoOut")
+    rng = _rng(1)
+    a = rng.normal(0, 1, (1, 1, 40, 32)).astype(np.float32)
+    b = rng.normal(0, 1, (1, 2, 40, 32)).astype(np.float32)
+    weights = zoo.torch_weights(folder, net, [a, b], ["torchscript", "onnx"])
+
+    def inputs(tf):
+        return [
+            v.InputTensorDescr(id=v.TensorId("a"), axes=[v.BatchAxis(), channel(["a0"]), *space_in("yx")], test_tensor=tf("a")),
+            v.InputTensorDescr(id=v.TensorId("b"), axes=[v.BatchAxis(), channel(["b0", "b1"]), *space_in("yx")], test_tensor=tf("b")),
+        ]
+
+    def outputs(tf):
+        return [
+            v.OutputTensorDescr(id=v.TensorId("sum"), axes=[v.BatchAxis(), channel(["s"]), *space_out("a", "yx", halo=2)], test_tensor=tf("sum")),
+            v.OutputTensorDescr(id=v.TensorId("pair"), axes=[v.BatchAxis(), channel(["p0", "p1"]), *space_out("a", "yx", halo=2)], test_tensor=tf("pair")),
+        ]
+
+    return zoo.build(folder, "tiny two in two out", inputs, outputs, weights, {"a": a, "b": b})
+
+
+@pytest.fixture(scope="session")
+def upsample2(tmp_path_factory) -> Path:
+    """Output twice the input size (output axis scale 0.5), halo 4 output pixels."""
+    v = _v()
+    folder = tmp_path_factory.mktemp("upsample2")
+    _, net = _torch_module(folder, "TinyConv", upsample=2)
+    x = _rng(2).normal(0, 1, (1, 1, 32, 24)).astype(np.float32)
+    weights = zoo.torch_weights(folder, net, [x], ["torchscript"])
+
+    def inputs(tf):
+        return [v.InputTensorDescr(id=v.TensorId("raw"), axes=[v.BatchAxis(), channel(["c0"]), *space_in("yx")], test_tensor=tf("raw"))]
+
+    def outputs(tf):
+        return [v.OutputTensorDescr(id=v.TensorId("up"), axes=[v.BatchAxis(), channel(["u"]), *space_out("raw", "yx", halo=4, scale=0.5)], test_tensor=tf("up"))]
+
+    return zoo.build(folder, "tiny upsample x2", inputs, outputs, weights, {"raw": x})
+
+
+@pytest.fixture(scope="session")
+def allops(tmp_path_factory) -> Path:
+    """Three inputs and three outputs whose processing uses every op of spec 0.5."""
+    v = _v()
+    folder = tmp_path_factory.mktemp("allops")
+    _, net = _torch_module(folder, "ThreeIn")
+    rng = _rng(3)
+    x1 = rng.gamma(2.0, 50.0, (1, 2, 40, 32)).astype(np.float32)
+    x2 = rng.normal(20, 5, (1, 1, 40, 32)).astype(np.float32)
+    x3 = rng.uniform(0, 1000, (1, 1, 40, 32)).astype(np.float32)
+    weights = zoo.torch_weights(folder, net, [x1, x2, x3], ["torchscript"])
+    yx = [v.AxisId("y"), v.AxisId("x")]
+    ch = v.AxisId("channel")
+
+    def inputs(tf):
+        return [
+            v.InputTensorDescr(id=v.TensorId("x1"), axes=[v.BatchAxis(), channel(["a", "b"]), *space_in("yx")], test_tensor=tf("x1"), preprocessing=[
+                v.ScaleRangeDescr(kwargs=v.ScaleRangeKwargs(axes=yx, min_percentile=1, max_percentile=99.5)),
+                v.ClipDescr(kwargs=v.ClipKwargs(min=0.0, max=1.0)),
+                v.ScaleLinearDescr(kwargs=v.ScaleLinearAlongAxisKwargs(axis=ch, gain=[1.0, 2.0], offset=[0.0, 0.5])),
+                v.SoftmaxDescr(kwargs=v.SoftmaxKwargs(axis=ch)),
+                v.EnsureDtypeDescr(kwargs=v.EnsureDtypeKwargs(dtype="float32")),
+            ]),
+            v.InputTensorDescr(id=v.TensorId("x2"), axes=[v.BatchAxis(), channel(["c"]), *space_in("yx")], test_tensor=tf("x2"), preprocessing=[
+                v.ZeroMeanUnitVarianceDescr(),
+                v.FixedZeroMeanUnitVarianceDescr(kwargs=v.FixedZeroMeanUnitVarianceKwargs(mean=0.1, std=2.0)),
+                v.SigmoidDescr(),
+                v.BinarizeDescr(kwargs=v.BinarizeKwargs(threshold=0.5)),
+                v.EnsureDtypeDescr(kwargs=v.EnsureDtypeKwargs(dtype="float32")),
+            ]),
+            v.InputTensorDescr(id=v.TensorId("x3"), axes=[v.BatchAxis(), channel(["d"]), *space_in("yx")], test_tensor=tf("x3"), preprocessing=[
+                v.ClipDescr(kwargs=v.ClipKwargs(min_percentile=2.0, max_percentile=98.0, axes=yx)),
+                v.FixedZeroMeanUnitVarianceDescr(kwargs=v.FixedZeroMeanUnitVarianceAlongAxisKwargs(axis=ch, mean=[500.0], std=[250.0])),
+                v.ScaleLinearDescr(kwargs=v.ScaleLinearKwargs(gain=0.5, offset=0.1)),
+            ]),
+        ]
+
+    def outputs(tf):
+        return [
+            v.OutputTensorDescr(id=v.TensorId("y1"), axes=[v.BatchAxis(), channel(["y1"]), *space_out("x1", "yx", halo=2)], test_tensor=tf("y1"), postprocessing=[
+                v.ScaleMeanVarianceDescr(kwargs=v.ScaleMeanVarianceKwargs(reference_tensor=v.TensorId("x2"), axes=yx)),
+            ]),
+            v.OutputTensorDescr(id=v.TensorId("y2"), axes=[v.BatchAxis(), channel(["p", "q"]), *space_out("x1", "yx", halo=2)], test_tensor=tf("y2"), postprocessing=[
+                v.SigmoidDescr(),
+                # (binarize along an axis is tested in test_processing: bioimageio.core 0.11 fails on it)
+                v.BinarizeDescr(kwargs=v.BinarizeKwargs(threshold=0.45)),
+                v.EnsureDtypeDescr(kwargs=v.EnsureDtypeKwargs(dtype="uint8")),
+            ]),
+            v.OutputTensorDescr(id=v.TensorId("y3"), axes=[v.BatchAxis(), channel(["r", "s", "t"]), *space_out("x1", "yx", halo=2)], test_tensor=tf("y3"), postprocessing=[
+                v.SoftmaxDescr(kwargs=v.SoftmaxKwargs(axis=ch)),
+            ]),
+        ]
+
+    return zoo.build(folder, "tiny every op", inputs, outputs, weights, {"x1": x1, "x2": x2, "x3": x3})
+
+
+def _keras_model():
+    """A channel-last keras conv net (b, y, x, c) with 3x3 receptive field (halo 1 is exact)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input(shape=(None, None, 1), name="raw")
+    out = keras.layers.Conv2D(2, 3, padding="same", name="conv")(inp)
+    return keras.Model(inp, out, name="tiny_keras")
+
+
+def _keras_package(tmp_path_factory, kind: str) -> Path:
+    import keras
+    import tensorflow as tf
+
+    v = _v()
+    folder = tmp_path_factory.mktemp(kind)
+    model = _keras_model()
+    x = _rng(4).normal(0, 1, (1, 32, 24, 1)).astype(np.float32)
+    tv = v.Version(tf.__version__)
+    from bioimageio.spec import ValidationContext
+
+    with ValidationContext(root=folder, perform_io_checks=False):
+        if kind == "keras_hdf5":
+            model.save(folder / "weights.h5")
+            weights = {kind: v.KerasHdf5WeightsDescr(source="weights.h5", sha256=zoo.sha256(folder / "weights.h5"), tensorflow_version=tv)}
+        elif kind == "keras_v3":
+            model.save(folder / "weights.keras")
+            weights = {kind: v.KerasV3WeightsDescr(source="weights.keras", sha256=zoo.sha256(folder / "weights.keras"),
+                                                   keras_version=v.Version(keras.__version__), backend=("tensorflow", tv))}
+        else:
+            model.export(str(folder / "saved_model"), format="tf_saved_model", verbose=False)
+            zoo.zip_folder(folder / "saved_model", folder / "saved_model.zip")
+            import shutil
+
+            shutil.rmtree(folder / "saved_model")
+            weights = {kind: v.TensorflowSavedModelBundleWeightsDescr(
+                source="saved_model.zip", sha256=zoo.sha256(folder / "saved_model.zip"), tensorflow_version=tv)}
+
+    def inputs(tf_):
+        return [v.InputTensorDescr(id=v.TensorId("raw"), axes=[v.BatchAxis(), *space_in("yx"), channel(["c0"])], test_tensor=tf_("raw"))]
+
+    def outputs(tf_):
+        return [v.OutputTensorDescr(id=v.TensorId("out"), axes=[v.BatchAxis(), *space_out("raw", "yx", halo=1), channel(["o0", "o1"])], test_tensor=tf_("out"))]
+
+    expected = np.asarray(model(x, training=False))
+    return zoo.build(folder, f"tiny {kind}", inputs, outputs, weights, {"raw": x}, reference=lambda _: {"out": expected})
+
+
+@pytest.fixture(scope="session")
+def keras_h5(tmp_path_factory) -> Path:
+    return _keras_package(tmp_path_factory, "keras_hdf5")
+
+
+@pytest.fixture(scope="session")
+def keras_v3(tmp_path_factory) -> Path:
+    return _keras_package(tmp_path_factory, "keras_v3")
+
+
+@pytest.fixture(scope="session")
+def tf_saved_model(tmp_path_factory) -> Path:
+    return _keras_package(tmp_path_factory, "tensorflow_saved_model_bundle")

@@ -46,11 +46,19 @@ _FRAMEWORK_MODULE = {"onnx": "onnxruntime", "torch": "torch", "tensorflow": "ten
 
 def engine_installed(weights_format: str) -> bool:
     """Whether the framework for a weight format can be imported (without importing it)."""
-    extra = ENGINE_EXTRA[weights_format]
-    module = _FRAMEWORK_MODULE[extra]
-    if weights_format in ("keras_v3", "keras_hdf5") and importlib.util.find_spec("keras") is None:
+    modules = [_FRAMEWORK_MODULE[ENGINE_EXTRA[weights_format]]]
+    if weights_format in ("keras_v3", "keras_hdf5"):
+        modules.append("keras")
+    return all(_findable(m) for m in modules)
+
+
+def _findable(module: str) -> bool:
+    if module in sys.modules:
+        return sys.modules[module] is not None  # None: imports of it are blocked
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
         return False
-    return importlib.util.find_spec(module) is not None
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -298,14 +306,13 @@ class TensorflowEngine(Engine):
     format = "tensorflow_saved_model_bundle"
 
     def _load(self) -> None:
-        import tensorflow as tf
-
+        tf = _import_tf()
         _tf_threads(tf, self.threads)
         path = self.path
-        if path.suffix == ".zip":  # a zipped bundle: unpack once beside it
-            from .sources import extract_zip
+        if path.suffix == ".zip":  # a zipped bundle: unpack once into the cache
+            from .sources import unpack_to_cache
 
-            path = extract_zip(path, path.with_suffix(""))
+            path = unpack_to_cache(path)
         with tf.device(_tf_device(self.device)):
             loaded = tf.saved_model.load(str(path))
         self._loaded = loaded  # keep the trackable objects alive
@@ -327,6 +334,14 @@ class TensorflowEngine(Engine):
         return [res[n].numpy() for n in self.output_names]
 
 
+def _import_tf() -> Any:
+    # TensorFlow prints start-up banners to stderr unless told not to; keep CLI output clean.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    return tf
+
+
 def _tf_device(device: str) -> str:
     return "/GPU:" + (device.split(":")[1] if ":" in device else "0") if device.startswith("cuda") else "/CPU:0"
 
@@ -343,9 +358,7 @@ class KerasEngine(Engine):
     format = "keras_v3"
 
     def _load(self) -> None:
-        import tensorflow as tf
-
-        _tf_threads(tf, self.threads)
+        _tf_threads(_import_tf(), self.threads)
         import keras
 
         self.model = keras.models.load_model(str(self.path), compile=False, safe_mode=True)

@@ -92,8 +92,7 @@ def _local_rdf(path: Path) -> Path:
             return found[0]
         raise SourceError(f"folder {path} holds no bioimageio.yaml or rdf.yaml")
     if path.suffix.lower() == ".zip":
-        key = _sha256(path)[:16]
-        return _local_rdf(_unpack_cached(path, cache_dir() / "unpacked" / key))
+        return _local_rdf(unpack_to_cache(path))
     if path.suffix.lower() in (".yaml", ".yml"):
         return path
     raise SourceError(f"model source {path} is not a folder, .zip or .yaml file")
@@ -103,6 +102,11 @@ def _sha256(path: Path) -> str:
     from .spec import sha256_file
 
     return sha256_file(path)
+
+
+def unpack_to_cache(zip_path: Path) -> Path:
+    """Unpack a zip once into the cache (keyed by its sha256) and return the folder."""
+    return _unpack_cached(zip_path, cache_dir() / "unpacked" / _sha256(zip_path)[:16])
 
 
 def _unpack_cached(zip_path: Path, dest: Path) -> Path:
