@@ -122,18 +122,19 @@ class Model:
         Returns:
             A :class:`Prediction`: ``{output_id: array}`` (float32 for most models), each in
             ``prediction.axes[output_id]`` order: loop axes first, then the output's axes
-            without batch; a single channel is dropped when the input had no channel axis.
+            without batch; a single channel is dropped when the input the output follows
+            was given without a channel axis (``"yx"`` in, ``"yx"`` out).
         """
         t0 = time.perf_counter()
         arrays = self._as_inputs(image)
         layouts: Dict[str, np.ndarray] = {}
         loop = None
-        keep_channel = False
+        has_channel: Dict[str, bool] = {}
         for t in self.spec.inputs:
             arr = _check_values(np.asarray(arrays[t.id]), name)
             ax = axes.get(t.id) if isinstance(axes, Mapping) else axes
             ax = ax or axes_mod.guess_axes(arr.ndim, t)
-            keep_channel |= "c" in ax.lower()
+            has_channel[t.id] = "c" in ax.lower()
             what = name if len(self.spec.inputs) == 1 else f"{name} (input {t.id!r})"
             layout, t_loop = axes_mod.to_model_layout(arr, ax, t, what)
             if loop is not None and (t_loop != loop or layout.shape[: len(loop)] != next(iter(layouts.values())).shape[: len(loop)]):
@@ -155,7 +156,9 @@ class Model:
         final: Dict[str, np.ndarray] = {}
         out_axes: Dict[str, str] = {}
         for o in self.spec.outputs:
-            letters, squeeze = axes_mod.output_axes(o, loop, keep_channel)
+            follows = next((a.ref[0] for a in o.axes if a.ref is not None), None)
+            keep = has_channel.get(follows, any(has_channel.values()))
+            letters, squeeze = axes_mod.output_axes(o, loop, keep)
             parts = [np.squeeze(a, axis=tuple(squeeze)) if squeeze else a for a in results[o.id]]
             stacked = parts[0] if not loop else np.stack(parts).reshape(loop_shape + parts[0].shape)
             final[o.id] = stacked

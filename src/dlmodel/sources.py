@@ -148,8 +148,8 @@ def extract_zip(
             parts = Path(name.replace("\\", "/")).parts
             if name.startswith(("/", "\\")) or re.match(r"^[a-zA-Z]:", name) or ".." in parts:
                 raise SourceError(f"{zip_path} has an entry outside the package folder: {name!r}")
-            mode = info.external_attr >> 16
-            if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            kind = stat.S_IFMT(info.external_attr >> 16)  # 0 when the archiver stored no type
+            if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
                 raise SourceError(f"{zip_path} has a link or special file, which packages may not hold: {name!r}")
             if name in seen:
                 raise SourceError(f"{zip_path} has the entry {name!r} twice")
@@ -237,10 +237,27 @@ def _fetch_package(url: str, folder: Path, file_urls: Dict[str, str]) -> None:
 
 
 def _package_files(descr: Any) -> Dict[str, Any]:
-    """Every file an rdf names (weights, test tensors, architecture, covers, docs...)."""
-    from bioimageio.spec._package import get_package_content
+    """Every file the rdf describes with a ``source`` (weights, architecture, test tensors,
+    documentation, attachments...), by source text. Covers are not needed to run a model."""
+    from pydantic import BaseModel
 
-    return {k: v for k, v in get_package_content(descr).items() if hasattr(v, "source")}
+    found: Dict[str, Any] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, BaseModel):
+            if hasattr(node, "source") and hasattr(node, "sha256") and node.source is not None:
+                found.setdefault(str(node.source), node)
+            for name in type(node).model_fields:
+                walk(getattr(node, name, None))
+        elif isinstance(node, (list, tuple)):
+            for item in node:
+                walk(item)
+        elif isinstance(node, dict):
+            for item in node.values():
+                walk(item)
+
+    walk(descr)
+    return found
 
 
 def download(url: str, target: Path, sha256: Optional[str] = None) -> Path:

@@ -1,0 +1,108 @@
+"""Every engine and every kind of tensor layout, on tiny real packages (see conftest.py)."""
+import numpy as np
+import pytest
+
+import dlmodel
+
+RNG = np.random.default_rng(42)
+
+
+@pytest.mark.parametrize(
+    "fixture, engine",
+    [
+        ("torch2d", "onnx"),
+        ("torch2d", "torchscript"),
+        ("torch2d", "pytorch"),
+        ("torch3d", "torchscript"),
+        ("two_io", "onnx"),
+        ("two_io", "torchscript"),
+        ("upsample2", "torchscript"),
+        ("allops", "torchscript"),
+        ("keras_h5", "keras"),
+        ("keras_v3", "keras"),
+        ("tf_saved_model", "tensorflow"),
+    ],
+)
+def test_package_reproduces_its_test_outputs(fixture, engine, request):
+    model = dlmodel.load(request.getfixturevalue(fixture), engine=engine)
+    report = model.test()
+    assert report.ok, report.summary()
+    assert report.checks and all(c.max_abs_error < 1e-3 for c in report.checks)
+
+
+def test_auto_engine_prefers_onnx_on_cpu(torch2d):
+    assert dlmodel.load(torch2d, device="cpu").weights_format == "onnx"
+
+
+def test_pytorch_state_dict_is_loaded_weights_only(torch2d):
+    # the state dict holds tensors only; torch.load(weights_only=True) must accept it
+    model = dlmodel.load(torch2d, engine="pytorch")
+    assert model.weights_format == "pytorch_state_dict"
+    out = model.predict(RNG.normal(size=(40, 40)).astype(np.float32))["prob"]
+    ref = dlmodel.load(torch2d, engine="torchscript").predict(RNG.normal(size=(40, 40)).astype(np.float32))
+    assert out.shape == ref["prob"].shape == (40, 40)
+
+
+@pytest.mark.parametrize("shape", [(203, 311), (16, 16), (5, 3), (1, 1), (1000, 17)])
+@pytest.mark.parametrize("tile", [32, (24, 64), {"y": 48, "x": 16}])
+def test_tiled_equals_untiled_2d(torch2d, shape, tile):
+    model = dlmodel.load(torch2d, engine="onnx")
+    x = RNG.normal(10, 3, shape).astype(np.float32)
+    whole = model.predict(x, tile=False)["prob"]
+    tiled = model.predict(x, tile=tile)
+    assert tiled["prob"].shape == shape
+    np.testing.assert_allclose(tiled["prob"], whole, atol=1e-5)
+
+
+def test_tiled_equals_untiled_3d(torch3d):
+    model = dlmodel.load(torch3d)
+    x = RNG.normal(100, 20, (21, 45, 38)).astype(np.float32)
+    whole = model.predict(x, axes="zyx", tile=False)
+    tiled = model.predict(x, axes="zyx", tile={"z": 12, "y": 16, "x": 20})
+    assert len(tiled.plan.tiles) > 8
+    assert tiled["out"].shape == x.shape and tiled.axes["out"] == "zyx"
+    np.testing.assert_allclose(tiled["out"], whole["out"], atol=1e-4)
+
+
+def test_two_inputs_two_outputs(two_io):
+    model = dlmodel.load(two_io, engine="onnx")
+    a = RNG.normal(size=(70, 50)).astype(np.float32)
+    b = RNG.normal(size=(2, 70, 50)).astype(np.float32)
+    out = model.predict({"a": a, "b": b}, axes={"a": "yx", "b": "cyx"}, tile=24)
+    assert set(out) == {"sum", "pair"}
+    assert out["sum"].shape == (70, 50) and out["pair"].shape == (2, 70, 50)
+    whole = dlmodel.load(two_io, engine="torchscript").predict({"a": a, "b": b}, axes={"a": "yx", "b": "cyx"}, tile=False)
+    np.testing.assert_allclose(out["pair"], whole["pair"], atol=1e-4)
+
+
+def test_output_twice_the_input_size(upsample2):
+    model = dlmodel.load(upsample2)
+    x = RNG.normal(size=(45, 37)).astype(np.float32)
+    whole = model.predict(x, tile=False)
+    tiled = model.predict(x, tile=16)
+    assert whole["up"].shape == tiled["up"].shape == (90, 74)
+    assert len(tiled.plan.tiles) > 4
+    np.testing.assert_allclose(tiled["up"], whole["up"], atol=1e-5)
+
+
+def test_channel_last_keras_model(keras_v3):
+    model = dlmodel.load(keras_v3)
+    x = RNG.normal(size=(50, 70)).astype(np.float32)
+    out = model.predict(x, tile=24)
+    assert out.axes["out"] == "yxc" and out["out"].shape == (50, 70, 2)
+    np.testing.assert_allclose(out["out"], model.predict(x, tile=False)["out"], atol=1e-5)
+
+
+def test_batched_tiles_equal_single_tiles(torch2d):
+    model = dlmodel.load(torch2d, engine="torchscript")
+    x = RNG.normal(size=(100, 90)).astype(np.float32)
+    one = model.predict(x, tile=32, batch_size=1)
+    four = model.predict(x, tile=32, batch_size=4)
+    assert four.plan.batch_size == 4
+    np.testing.assert_allclose(one["prob"], four["prob"], atol=1e-6)
+
+
+def test_same_input_gives_bit_identical_output(torch2d):
+    model = dlmodel.load(torch2d, engine="onnx")
+    x = RNG.normal(size=(80, 60)).astype(np.float32)
+    assert np.array_equal(model.predict(x, tile=32)["prob"], model.predict(x, tile=32)["prob"])
