@@ -11,8 +11,8 @@ EXTRAS = {
     "distributed": ["dask[distributed]>=2024.1"],
     # The bioimageio.core reference implementation: tests compare our outputs with it.
     "reference": ["bioimageio.core==0.11.*"],
-    "test": ["pytest>=7", "hypothesis>=6"],
-    "cellprofiler": ["cellprofiler-core-nightly", "cellprofiler-library-nightly"],
+    # onnx: the tests export tiny torch models to ONNX
+    "test": ["pytest>=7", "hypothesis>=6", "onnx"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 
@@ -36,6 +36,8 @@ setup(
         "scikit-image",
         "scipy",
         "tqdm",
+        "filelock",
+        "platformdirs",
     ],
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["dlmodel = dlmodel.cli:main"]},

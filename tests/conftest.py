@@ -287,3 +287,54 @@ def keras_v3(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tf_saved_model(tmp_path_factory) -> Path:
     return _keras_package(tmp_path_factory, "tensorflow_saved_model_bundle")
+
+
+def _v04_package(folder: Path, torch2d: Path, mode: str) -> Path:
+    """A format 0.4 rdf around the torch2d TorchScript weights, with 0.4's
+    zero_mean_unit_variance in ``mode`` per_sample / per_dataset / fixed."""
+    import shutil
+    from datetime import datetime, timezone
+
+    import bioimageio.spec.model.v0_4 as v4
+    from bioimageio.spec import ValidationContext, save_bioimageio_yaml_only
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(torch2d.parent / "weights.torchscript.pt", folder)
+    x = _rng(5).normal(10, 3, (1, 1, 40, 32)).astype(np.float32)
+    np.save(folder / "test_raw.npy", x)
+    (folder / "README.md").write_text("# tiny 0.4 model\n")
+    kwargs = {"mode": mode, "axes": "xy"}
+    if mode == "fixed":
+        kwargs.update(mean=9.5, std=2.5)
+
+    def descr():
+        with ValidationContext(root=folder, perform_io_checks=False):
+            return v4.ModelDescr(
+                format_version="0.4.10", type="model", name=f"tiny 0.4 {mode}", description="format 0.4 test model",
+                authors=[v4.Author(name="dlmodel tests")], cite=[v4.CiteEntry(text="dlmodel tests", doi="10.5281/zenodo.0000000")],
+                documentation="README.md", license="MIT", timestamp=datetime(2024, 1, 1, tzinfo=timezone.utc),
+                inputs=[v4.InputTensorDescr(
+                    name="raw", axes="bcyx", data_type="float32",
+                    shape=v4.ParameterizedInputShape(min=[1, 1, 16, 16], step=[0, 0, 8, 8]),
+                    preprocessing=[v4.ZeroMeanUnitVarianceDescr(kwargs=v4.ZeroMeanUnitVarianceKwargs(**kwargs))],
+                )],
+                outputs=[v4.OutputTensorDescr(
+                    name="prob", axes="bcyx", data_type="float32", halo=[0, 0, 2, 2],
+                    shape=v4.ImplicitOutputShape(reference_tensor="raw", scale=[1, 1, 1, 1], offset=[0, 0, 0, 0]),
+                    postprocessing=[v4.SigmoidDescr()],
+                )],
+                test_inputs=["test_raw.npy"], test_outputs=["test_prob.npy"],
+                weights=v4.WeightsDescr(torchscript=v4.TorchscriptWeightsDescr(
+                    source="weights.torchscript.pt", sha256=zoo.sha256(folder / "weights.torchscript.pt"), pytorch_version="2.1")),
+            )
+
+    np.save(folder / "test_prob.npy", np.zeros(1, np.float32))
+    out = zoo.core_predict(descr(), {"raw": x})
+    np.save(folder / "test_prob.npy", out["prob"])
+    save_bioimageio_yaml_only(descr(), folder / "rdf.yaml")
+    return folder / "rdf.yaml"
+
+
+@pytest.fixture(scope="session", params=["per_sample", "per_dataset", "fixed"])
+def v04(request, tmp_path_factory, torch2d) -> Path:
+    return _v04_package(tmp_path_factory.mktemp(f"v04_{request.param}"), torch2d, request.param)

@@ -212,13 +212,16 @@ def core_predict(descr, inputs: Dict[str, np.ndarray], weight_format: Optional[s
     stripped = descr.model_copy(deep=True)
     deferred = {}
     for o in stripped.outputs:
-        if any(getattr(p, "id", "") in ("zero_mean_unit_variance", "scale_range", "scale_mean_variance") for p in o.postprocessing):
+        if hasattr(o, "id") and any(getattr(p, "id", "") in ("zero_mean_unit_variance", "scale_range", "scale_mean_variance") for p in o.postprocessing):
             deferred[str(o.id)] = (o.model_copy(), list(o.postprocessing))
             o.postprocessing = []
     pp = create_prediction_pipeline(stripped, weight_format=weight_format)
+    from bioimageio.core.digest_spec import get_axes_infos, get_member_id
+
     members = {}
-    for t in descr.inputs:
-        members[str(t.id)] = Tensor.from_numpy(inputs[str(t.id)], dims=tuple(str(a.id) for a in t.axes))
+    for t in descr.inputs:  # format 0.4 or 0.5
+        tid = str(get_member_id(t))
+        members[tid] = Tensor.from_numpy(inputs[tid], dims=tuple(str(a.id) for a in get_axes_infos(t)))
     sample = Sample(members=dict(members), stat={}, id="test")
     # as bioimageio.core's own test_model runs test tensors: no halo padding, no cropping
     out = pp.predict_sample_without_blocking(sample, skip_input_padding=True, skip_output_cropping=True)

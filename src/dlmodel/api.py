@@ -133,9 +133,9 @@ class Model:
         for t in self.spec.inputs:
             arr = _check_values(np.asarray(arrays[t.id]), name)
             ax = axes.get(t.id) if isinstance(axes, Mapping) else axes
-            ax = ax or axes_mod.guess_axes(arr.ndim, t)
-            has_channel[t.id] = "c" in ax.lower()
             what = name if len(self.spec.inputs) == 1 else f"{name} (input {t.id!r})"
+            ax = ax or axes_mod.guess_axes(arr.ndim, t, what)
+            has_channel[t.id] = "c" in ax.lower()
             layout, t_loop = axes_mod.to_model_layout(arr, ax, t, what)
             if loop is not None and (t_loop != loop or layout.shape[: len(loop)] != next(iter(layouts.values())).shape[: len(loop)]):
                 raise InputError(f"{name}: inputs have different extra axes ({loop!r} vs {t_loop!r})")

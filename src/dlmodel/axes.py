@@ -13,7 +13,7 @@ from .errors import InputError
 from .spec import LETTER_TO_AXIS, Tensor
 
 
-def guess_axes(ndim: int, tensor: Tensor) -> str:
+def guess_axes(ndim: int, tensor: Tensor, what: str = "image") -> str:
     """The axes an array of ``ndim`` dimensions most likely has for this input tensor."""
     letters = "".join(a.letter for a in tensor.axes if a.type != "batch")
     if ndim == len(letters):
@@ -21,7 +21,7 @@ def guess_axes(ndim: int, tensor: Tensor) -> str:
     if "c" in letters and tensor.n_channels == 1 and ndim == len(letters) - 1:
         return letters.replace("c", "")
     raise InputError(
-        f"cannot tell the axes of a {ndim}D image for model input {tensor.id!r} "
+        f"{what}: cannot tell the axes of a {ndim}D image for model input {tensor.id!r} "
         f"(which has axes {letters!r}); pass axes=, e.g. axes={letters!r}"
     )
 

@@ -225,4 +225,6 @@ def describe(op: Any) -> str:
     args: Dict[str, Any] = {
         k: v for k, v in kw.model_dump(mode="json", exclude_unset=True).items() if v is not None
     }
+    if not args:
+        return op.id
     return f"{op.id}(" + ", ".join(f"{k}={v}" for k, v in args.items()) + ")"

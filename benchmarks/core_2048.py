@@ -1,0 +1,56 @@
+"""dlmodel (auto engine) vs bioimageio.core (its default weight choice, and ONNX) on a 2048x2048
+image with the shared nuclei model, measured side by side in one run (best of N).
+
+    .venv/bin/python benchmarks/core_2048.py [--size 2048] [--repeat 2]
+"""
+import argparse
+import glob
+import time
+
+import numpy as np
+import tifffile
+
+MODEL = "../shared/models/unet2d_nuclei_broad/bioimageio.yaml"
+
+
+def best(fn, repeat):
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", type=int, default=2048)
+    ap.add_argument("--repeat", type=int, default=2)
+    args = ap.parse_args()
+    import dlmodel
+    from bioimageio.core import Sample, Tensor, create_prediction_pipeline, predict
+    from bioimageio.core.axis import AxisId
+    from bioimageio.spec import load_model_description
+
+    base = tifffile.imread(sorted(glob.glob("../shared/data/dsb2018_nuclei_val/images/*.tif"))[-1])
+    img = np.tile(base, (args.size // base.shape[0] + 1, args.size // base.shape[1] + 1))[: args.size, : args.size]
+    img = img.astype(np.float32)
+
+    model = dlmodel.load(MODEL)
+    ours = best(lambda: model.predict(img), args.repeat)
+    descr = load_model_description(MODEL, perform_io_checks=False)
+    block = {"raw": {AxisId("batch"): 1, AxisId("channel"): 1, AxisId("y"): 512, AxisId("x"): 512}}
+    rows = [("dlmodel, auto engine (%s)" % model.weights_format, ours)]
+    for wf, label in [(None, "bioimageio.core, default choice"), ("onnx", "bioimageio.core, onnx")]:
+        pp = create_prediction_pipeline(descr, weight_format=wf)
+        sample = lambda: Sample(members={"raw": Tensor.from_numpy(img[None, None], dims=("batch", "channel", "y", "x"))}, stat={}, id="s")  # noqa: E731
+        t = best(lambda: predict(model=pp, inputs=sample(), input_block_shape=block), args.repeat)
+        adapter = type(pp._adapter).__name__.replace("ModelAdapter", "").lower()  # the format core chose
+        rows.append((f"{label} ({adapter})", t))
+    print(f"{args.size}x{args.size}, shared nuclei model, best of {args.repeat}:")
+    for label, t in rows:
+        print(f"  {label:45s} {t:6.2f} s   ratio to dlmodel {t / ours:4.2f}")
+
+
+if __name__ == "__main__":
+    main()

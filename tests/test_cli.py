@@ -1,0 +1,64 @@
+"""The dlmodel command, run as users run it (a subprocess)."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import tifffile
+
+import zoo
+
+
+def run(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "dlmodel.cli", *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def test_info_text_and_json(nuclei_model):
+    res = run("info", nuclei_model)
+    assert res.returncode == 0
+    assert "UNet 2D Nuclei Broad" in res.stdout and "halo" in res.stdout and "zero_mean_unit_variance" in res.stdout
+    data = json.loads(run("info", nuclei_model, "--json").stdout)
+    assert data["outputs"][0]["id"] == "probability"
+
+
+def test_test_exits_1_on_a_mismatch(torch2d, tmp_path):
+    pkg = zoo.copy_package(torch2d.parent, tmp_path / "pkg")
+    good = run("test", pkg)
+    assert good.returncode == 0 and "passed" in good.stdout
+    # a package whose test output does not match its weights (rdf updated with the new hash)
+    out = np.load(pkg / "test_prob.npy")
+    np.save(pkg / "test_prob.npy", out + 0.1)
+    rdf = pkg / "bioimageio.yaml"
+    rdf.write_text(rdf.read_text().replace(zoo.sha256(torch2d.parent / "test_prob.npy"), zoo.sha256(pkg / "test_prob.npy")))
+    bad = run("test", pkg, "--engine", "onnx")
+    assert bad.returncode == 1 and "FAIL" in bad.stdout and "max abs error 0.1" in bad.stdout
+
+
+def test_predict_skips_bad_files_and_keeps_the_rest(torch2d, tmp_path):
+    images = tmp_path / "in"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(images / "a.tif", rng.integers(0, 4000, (40, 30), dtype=np.uint16))
+    np.save(images / "b.npy", rng.normal(size=(33, 50)).astype(np.float32))
+    (images / "broken.tif").write_bytes(b"this is not a tiff")
+    tifffile.imwrite(images / "rgb.tif", rng.integers(0, 255, (20, 20, 3), dtype=np.uint8), photometric="rgb")
+    out = tmp_path / "out"
+    res = run("predict", torch2d, images, "-o", out, "--tile", "24", "--format", "tif")
+    assert res.returncode == 1
+    assert "broken.tif" in res.stderr and "not a readable image" in res.stderr
+    assert "rgb.tif" in res.stderr and "channel" in res.stderr
+    assert "predicted 2 of 4 images" in res.stdout and "2 failed" in res.stdout
+    assert tifffile.imread(out / "a_prob.tif").shape == (40, 30)
+    assert tifffile.imread(out / "b_prob.tif").shape == (33, 50)
+    assert sorted(p.name for p in out.iterdir()) == ["a_prob.tif", "b_prob.tif"]
+
+
+def test_predict_npy_output_and_bad_options(torch2d, tmp_path):
+    np.save(tmp_path / "x.npy", np.ones((20, 20), np.float32))
+    res = run("predict", torch2d, tmp_path / "x.npy", "-o", tmp_path / "o", "--format", "npy", "--tile", "none")
+    assert res.returncode == 0, res.stderr
+    assert np.load(tmp_path / "o" / "x_prob.npy").shape == (20, 20)
+    bad = run("predict", torch2d, tmp_path / "x.npy", "-o", tmp_path / "o", "--engine", "caffe")
+    assert bad.returncode == 2 and bad.stderr.startswith("dlmodel: error: unknown engine")
+    none = run("predict", torch2d, str(tmp_path / "nothing*.tif"), "-o", tmp_path / "o")
+    assert none.returncode == 2 and "no files match" in none.stderr

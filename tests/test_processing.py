@@ -1,0 +1,105 @@
+"""Processing ops against their definitions in the spec (bioimageio.core is compared in
+test_engines through the every-op package; here the cases core 0.11 cannot run, and 0.4)."""
+import numpy as np
+import pytest
+
+import dlmodel
+from dlmodel import processing
+
+AXES = ("batch", "channel", "y", "x")
+RNG = np.random.default_rng(11)
+
+
+def _v():
+    import bioimageio.spec.model.v0_5 as v
+
+    return v
+
+
+def _fit(op, x, ref=None):
+    return processing.fit([op], x, AXES, ref or {})(x)
+
+
+def test_binarize_along_axis():
+    v = _v()
+    x = RNG.uniform(size=(1, 2, 5, 6)).astype(np.float32)
+    op = v.BinarizeDescr(kwargs=v.BinarizeAlongAxisKwargs(axis=v.AxisId("channel"), threshold=[0.25, 0.75]))
+    out = _fit(op, x)
+    np.testing.assert_array_equal(out[0, 0], x[0, 0] > 0.25)
+    np.testing.assert_array_equal(out[0, 1], x[0, 1] > 0.75)
+
+
+def test_scale_linear_and_fixed_zmuv_along_axis():
+    v = _v()
+    x = RNG.normal(size=(1, 3, 4, 4)).astype(np.float32)
+    ch = v.AxisId("channel")
+    out = _fit(v.ScaleLinearDescr(kwargs=v.ScaleLinearAlongAxisKwargs(axis=ch, gain=[1.0, 2.0, 3.0], offset=[0.0, 1.0, -1.0])), x)
+    np.testing.assert_allclose(out[0, 2], x[0, 2] * 3 - 1, rtol=1e-6)
+    out = _fit(v.FixedZeroMeanUnitVarianceDescr(kwargs=v.FixedZeroMeanUnitVarianceAlongAxisKwargs(axis=ch, mean=[0, 1, 2], std=[1, 2, 4])), x)
+    np.testing.assert_allclose(out[0, 1], (x[0, 1] - 1) / (2 + 1e-6), rtol=1e-6)
+
+
+def test_statistics_per_channel_and_whole_tensor():
+    v = _v()
+    x = np.stack([RNG.normal(5, 2, (8, 9)), RNG.normal(-3, 7, (8, 9))])[None].astype(np.float32)
+    yx = [v.AxisId("y"), v.AxisId("x")]
+    per_channel = _fit(v.ZeroMeanUnitVarianceDescr(kwargs=v.ZeroMeanUnitVarianceKwargs(axes=yx)), x)
+    np.testing.assert_allclose(per_channel.mean(axis=(2, 3)), 0, atol=1e-5)
+    np.testing.assert_allclose(per_channel.std(axis=(2, 3)), 1, atol=1e-4)
+    joint = _fit(v.ZeroMeanUnitVarianceDescr(), x)
+    np.testing.assert_allclose(joint, (x - x.mean()) / (x.std() + 1e-6), atol=1e-5)
+    sr = _fit(v.ScaleRangeDescr(kwargs=v.ScaleRangeKwargs(axes=yx, min_percentile=0, max_percentile=100)), x)
+    np.testing.assert_allclose(sr.min(axis=(2, 3)), 0, atol=1e-6)
+    np.testing.assert_allclose(sr.max(axis=(2, 3)), 1, atol=1e-5)
+
+
+def test_clip_percentiles_use_inverted_cdf():
+    v = _v()
+    x = np.arange(100, dtype=np.float32).reshape(1, 1, 10, 10)
+    out = _fit(v.ClipDescr(kwargs=v.ClipKwargs(min_percentile=10, max_percentile=90)), x)
+    assert out.min() == 9 and out.max() == 89  # actual data values, as inverted_cdf gives
+
+
+def test_statistics_come_from_the_whole_image_not_the_tile():
+    v = _v()
+    x = np.concatenate([np.zeros((1, 1, 8, 8)), np.ones((1, 1, 8, 8)) * 10], axis=2).astype(np.float32)
+    fitted = processing.fit([v.ZeroMeanUnitVarianceDescr()], x, AXES, {}, tiled_axes=("y", "x"))
+    assert fitted.tile_safe
+    top_tile = fitted(x[:, :, :8])
+    np.testing.assert_allclose(top_tile, -1, atol=1e-5)  # (0 - 5) / 5, not 0 as the tile alone would give
+
+
+def test_statistics_varying_along_a_tiled_axis_are_not_tile_safe():
+    v = _v()
+    x = RNG.normal(size=(1, 1, 6, 7)).astype(np.float32)
+    per_row = v.ZeroMeanUnitVarianceDescr(kwargs=v.ZeroMeanUnitVarianceKwargs(axes=[v.AxisId("x")]))
+    assert not processing.fit([per_row], x, AXES, {}, tiled_axes=("y", "x")).tile_safe
+
+
+def test_ops_chain_statistics_after_earlier_ops():
+    v = _v()
+    x = RNG.normal(3, 2, size=(1, 1, 10, 10)).astype(np.float32)
+    chain = [v.ScaleLinearDescr(kwargs=v.ScaleLinearKwargs(gain=4.0, offset=1.0)), v.ZeroMeanUnitVarianceDescr()]
+    out = processing.fit(chain, x, AXES, {})(x)
+    np.testing.assert_allclose(out.mean(), 0, atol=1e-5)
+    np.testing.assert_allclose(out.std(), 1, atol=1e-4)
+
+
+def test_custom_ops_are_refused_clearly():
+    from bioimageio.spec.model.v0_5 import StardistPostprocessingDescr  # noqa: F401  (exists in spec 0.5.12)
+
+    class Custom:
+        id = "custom"
+        kwargs = None
+
+    with pytest.raises(dlmodel.SpecError, match="'custom' is not supported.*runs code"):
+        processing.fit_op(Custom(), np.zeros((1, 1, 2, 2)), AXES, {})
+
+
+def test_format_04_packages_in_every_zmuv_mode(v04):
+    model = dlmodel.load(v04)
+    assert model.spec.descr.format_version.startswith("0.5")  # converted on load
+    report = model.test()
+    assert report.ok, report.summary()
+    x = RNG.normal(10, 3, (50, 45)).astype(np.float32)
+    np.testing.assert_allclose(model.predict(x, tile=24)["prob"], model.predict(x, tile=False)["prob"], atol=1e-5)

@@ -1,0 +1,43 @@
+"""The tile planner: every output pixel written exactly once, from a tile's valid region."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import dlmodel
+from dlmodel import tiling
+
+
+@settings(max_examples=300, deadline=None)
+@given(length=st.integers(1, 5000), inner=st.integers(1, 600), margin=st.integers(0, 64), align=st.sampled_from([1, 2, 4]))
+def test_plan_axis_covers_each_pixel_once_from_valid_regions(length, inner, margin, align):
+    size = inner + 2 * margin
+    if inner < align:
+        with pytest.raises(dlmodel.InputError):
+            tiling.plan_axis("x", length, size, margin, align)
+        return
+    plan = tiling.plan_axis("x", length, size, margin, align)
+    covered = np.zeros(length, int)
+    for t in plan.tiles:
+        assert t.size == size
+        assert t.start + margin <= t.write_start < t.write_stop <= t.start + size - margin
+        if len(plan.tiles) > 1:
+            assert (t.start + margin) % align == 0
+        covered[t.write_start:t.write_stop] += 1
+    assert (covered == 1).all()
+    if align == 1:  # no more tiles than needed (one more at most for even spreading)
+        assert len(plan.tiles) <= max(1, -(-length // inner))
+
+
+def test_2048_with_the_nuclei_model_geometry_needs_5_tiles_per_axis():
+    plan = tiling.plan_axis("x", 2048, 512, 32)
+    assert len(plan.tiles) == 5 and plan.tiles[0].start == -32 and plan.tiles[-1].write_stop == 2048
+
+
+def test_margin_accounts_for_scale_and_offset():
+    from fractions import Fraction
+
+    assert tiling.margin_for(32, 0, Fraction(1), 1) == 32
+    assert tiling.margin_for(4, 0, Fraction(2), 1) == 2  # x2 up-sampling: 4 output px = 2 input px
+    assert tiling.margin_for(0, -16, Fraction(1), 1) == 8  # valid convolutions lose 8 px per side
+    assert tiling.margin_for(3, 0, Fraction(1, 2), 2) == 6  # down-sampling: even margins
