@@ -4,6 +4,7 @@
 >>> m = dlmodel.load("path/to/bioimageio.yaml")          # doctest: +SKIP
 >>> probs = m.predict(image, axes="yx")["probability"]   # doctest: +SKIP
 """
+from . import api, axes, engines, instances, processing, sources, tiling
 from .api import Model, Prediction, TestReport, clear_cache, load, load_cached
 from .errors import DLModelError, EngineError, ImageFileError, InputError, SourceError, SpecError
 

@@ -1,6 +1,7 @@
 """The Python API: ``load(source) -> Model``; ``Model.predict``, ``Model.info``, ``Model.test``."""
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from .errors import DLModelError, InputError
 from .prediction import DEFAULT_TILE_PIXELS, Plan, TileArg, run_sample
 from .spec import ModelSpec, Tensor, read_description, spec_from_descr
 
+LOGGER = logging.getLogger("dlmodel")
+
 
 class Prediction(dict):
     """Output arrays by tensor id, with ``axes`` (letters per output) and the tile ``plan``."""
@@ -24,6 +27,20 @@ class Prediction(dict):
         self.axes = dict(axes)
         self.plan = plan
         self.seconds = seconds
+
+    def channel(self, output_id: str, index: int = 0) -> np.ndarray:
+        """One channel of an output, with the output's other axes (``yx``, ``zyx``, ...)."""
+        if output_id not in self:
+            raise InputError(f"the model has no output {output_id!r} (it has: {', '.join(self)})")
+        arr, axes = self[output_id], self.axes[output_id]
+        if "c" not in axes:
+            if index != 0:
+                raise InputError(f"output {output_id!r} has one channel; channel {index + 1} was asked for")
+            return arr
+        n = arr.shape[axes.index("c")]
+        if not 0 <= index < n:
+            raise InputError(f"output {output_id!r} has {n} channel(s); channel {index + 1} was asked for")
+        return np.take(arr, index, axis=axes.index("c"))
 
 
 @dataclass
@@ -309,7 +326,10 @@ def load_cached(source: Union[str, Path], engine: str = "auto", device: str = "a
     with _CACHE_LOCK:
         model = _CACHE.get(key)
         if model is None:
+            t0 = time.perf_counter()
             model = _CACHE[key] = load(source, engine=engine, device=device, threads=threads)
+            LOGGER.info("dlmodel: loaded model %r (%s on %s) in %.2f s", model.spec.name,
+                        model.weights_format, model.device, time.perf_counter() - t0)
         return model
 
 

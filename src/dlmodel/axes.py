@@ -5,7 +5,7 @@ axes: each slice is predicted on its own and the outputs are stacked back along 
 """
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -91,3 +91,46 @@ def output_axes(tensor: Tensor, loop: str, keep_channel: bool) -> Tuple[str, Lis
         letters.append(a.letter)
     return loop + "".join(letters), sorted(squeeze)
 
+
+
+def assign_images(
+    tensors: Sequence[Tensor], images: Sequence[Tuple[np.ndarray, str]], names: Sequence[str]
+) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
+    """Feed a list of images to a model's inputs, in order.
+
+    Each input takes as many images as it has channels (grey images stacked as its channels),
+    or one colour image with exactly that many channels. ``images`` are ``(array, axes)``
+    with axes such as ``yx``, ``yxc``, ``zyx``; ``names`` name them in errors.
+    Returns arrays and axes per input tensor id."""
+    arrays: Dict[str, np.ndarray] = {}
+    axes_out: Dict[str, str] = {}
+    i = 0
+    wanted = ", ".join(f"{t.id!r}: {t.n_channels or 1} channel(s)" for t in tensors)
+    for t in tensors:
+        n = t.n_channels or 1
+        if i >= len(images):
+            raise InputError(f"the model has inputs {wanted}; {len(images)} image(s) given ({', '.join(names)})")
+        arr, ax = images[i]
+        if "c" in ax:
+            if arr.shape[ax.index("c")] != n:
+                raise InputError(
+                    f"image {names[i]!r} has {arr.shape[ax.index('c')]} channels; model input {t.id!r} wants {n}"
+                )
+            arrays[t.id], axes_out[t.id] = arr, ax
+            i += 1
+            continue
+        group = images[i:i + n]
+        if len(group) < n or any("c" in a for _, a in group):
+            raise InputError(
+                f"model input {t.id!r} wants {n} channel(s): give {n} grey images or one image with {n} channels "
+                f"(given: {', '.join(names[i:i + n])})"
+            )
+        shapes = {g.shape for g, _ in group}
+        if len(shapes) != 1:
+            raise InputError(f"images {', '.join(names[i:i + n])} differ in size {sorted(shapes)}; model input {t.id!r} needs them equal")
+        arrays[t.id] = group[0][0] if n == 1 else np.stack([g for g, _ in group])
+        axes_out[t.id] = ax if n == 1 else "c" + ax
+        i += n
+    if i != len(images):
+        raise InputError(f"the model has inputs {wanted}; {len(images)} image(s) given ({', '.join(names)}): too many")
+    return arrays, axes_out

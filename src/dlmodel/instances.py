@@ -136,6 +136,14 @@ def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     return out
 
 
+def centers(labels: np.ndarray) -> np.ndarray:
+    """Centre of mass of each object 1..N, shape (N, ndim) in array axis order (z, y, x)."""
+    n = int(labels.max()) if labels.size else 0
+    if n == 0:
+        return np.zeros((0, labels.ndim))
+    return np.asarray(ndi.center_of_mass(np.ones(labels.shape), labels, np.arange(1, n + 1))).reshape(n, labels.ndim)
+
+
 def f1_at_iou(pred: np.ndarray, truth: np.ndarray, iou: float = 0.5) -> tuple:
     """True positives, false positives and false negatives at an IoU threshold (matches unique).
 

@@ -1,0 +1,503 @@
+"""
+RunDLModel
+==========
+
+**RunDLModel** runs a trained deep-learning model from the BioImage Model Zoo
+(https://bioimage.io) on the images of each image set, with the model package's own pre- and
+post-processing, and turns its outputs into images and objects that the usual modules
+(MeasureObjectSizeShape, MeasureObjectIntensity, RelateObjects, IdentifySecondaryObjects,
+ExportToSpreadsheet...) measure.
+
+Point **Model** at a model package: its folder, its ``bioimageio.yaml``/``rdf.yaml``, its
+``.zip``, a URL, or a zoo id such as ``affable-shark`` (downloaded once into a cache). The
+module shows the model's name, authors, licence and tensors. **Check model** runs the package's
+own test images and reports whether this computer reproduces them.
+
+Images of any size are tiled as the model needs, with per-image normalisation computed on the
+whole image. Intensities reach the model as stored in the file (CellProfiler's 0-1 rescaling is
+undone), as the model's authors saw them.
+
+The model is loaded once per process and reused for every image set and by every RunDLModel
+module using the same model, engine and device.
+
+============ ============ ===============
+Supports 2D? Supports 3D? Respects masks?
+============ ============ ===============
+YES          YES          NO
+============ ============ ===============
+
+Measurements made by this module
+^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
+
+**Image measurements** (suffixed with the first output's name): *DLModel_Name*,
+*DLModel_Version* (zoo id and version, if any), *DLModel_RdfSha256* (identifies the exact model
+package), *DLModel_Engine*, *DLModel_Device* and *DLModel_InferenceSeconds*; *Count_<objects>*.
+
+**Object measurements**: *Location_Center_X*, *Location_Center_Y*, *Location_Center_Z*,
+*Number_Object_Number*.
+"""
+# Importing this file must stay cheap: no engine (torch, TensorFlow, onnxruntime) is imported
+# until a model is loaded, so CellProfiler starts fast and lists the module without them.
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from cellprofiler_core.constants.measurement import COLTYPE_FLOAT, COLTYPE_INTEGER, COLTYPE_VARCHAR, IMAGE
+from cellprofiler_core.image import Image
+from cellprofiler_core.module import Module
+from cellprofiler_core.object import Objects
+from cellprofiler_core.setting import Binary, Divider, HiddenCount, HTMLText, SettingsGroup, ValidationError
+from cellprofiler_core.setting.choice import Choice
+from cellprofiler_core.setting.do_something import DoSomething, RemoveSettingButton
+from cellprofiler_core.setting.subscriber import ImageSubscriber
+from cellprofiler_core.setting.text import Float, ImageName, Integer, LabelName, Text
+
+LOGGER = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+ENGINES = ["Automatic", "ONNX", "TorchScript", "PyTorch", "TensorFlow", "Keras"]
+ENGINE_ARG = {"Automatic": "auto", "ONNX": "onnx", "TorchScript": "torchscript", "PyTorch": "pytorch",
+              "TensorFlow": "tensorflow", "Keras": "keras"}
+DEVICES = ["Automatic", "CPU", "GPU"]
+DEVICE_ARG = {"Automatic": "auto", "CPU": "cpu", "GPU": "cuda"}
+TILE_AUTO, TILE_CUSTOM = "Automatic", "Custom"
+M_WATERSHED = "Threshold, then split touching objects (watershed)"
+M_THRESHOLD = "Threshold, then connected components"
+M_LABELS = "The output is a label image: use it as is"
+METHOD_ARG = {M_WATERSHED: "watershed", M_THRESHOLD: "threshold", M_LABELS: "labels"}
+FIRST_OUTPUT = "First output"
+
+# settings per output in revision 1 (revision 2 added fill holes and discard border)
+N_PER_OUTPUT_V1 = 10
+
+
+def _dlmodel():
+    import dlmodel
+
+    return dlmodel
+
+
+def resolve_source(text):
+    """A model source as typed: absolute, relative to the current folder, or relative to the
+    project (so example pipelines run from anywhere); URLs and zoo ids pass unchanged."""
+    text = (text or "").strip()
+    if not text or "://" in text or os.path.isabs(text) or os.path.exists(text):
+        return text
+    candidate = PROJECT_ROOT / text
+    return str(candidate) if candidate.exists() else text
+
+
+_SPECS = {}
+
+
+def _spec(source):
+    """The model's description (no engine), cached per source and rdf modification time."""
+    dl = _dlmodel()
+    path = Path(source)
+    key = (source, path.stat().st_mtime if path.exists() else None)
+    if key not in _SPECS:
+        _SPECS[key] = dl.api.open_spec(source)[0]
+    return _SPECS[key]
+
+
+class RunDLModel(Module):
+    module_name = "RunDLModel"
+    category = "Object Processing"
+    variable_revision_number = 2
+    doi = {"BioImage Model Zoo": "https://doi.org/10.1101/2022.06.07.495102"}
+
+    def create_settings(self):
+        self.model_source = Text(
+            "Model",
+            "",
+            doc="""\
+The model package: a folder holding a *bioimageio.yaml* (or *rdf.yaml*), that file itself, a
+package *.zip*, a URL, or a BioImage Model Zoo id (e.g. *affable-shark*). Remote models are
+downloaded once into the cache (*DLMODEL_CACHE*, default your user cache folder); every file is
+checked against the hash the package gives. Relative paths are looked up in the current folder,
+then in the RunDLModel project folder.""",
+        )
+        self.model_info = HTMLText("Model information", content="", size=(40, 8))
+        self.check_model = DoSomething(
+            "", "Check model", self.do_check_model,
+            doc="Run the package's own test images through the model and report whether this computer reproduces its test outputs.",
+        )
+        self.engine = Choice(
+            "Engine", ENGINES, ENGINES[0],
+            doc="""\
+The framework that runs the model's weights. *Automatic* picks, among the weight formats the
+package has and whose engine is installed, the fastest (ONNX on CPU).""",
+        )
+        self.device = Choice("Device", DEVICES, DEVICES[0], doc="*Automatic* uses a GPU when one is usable, else the CPU.")
+        self.tile_mode = Choice(
+            "Tile size", [TILE_AUTO, TILE_CUSTOM], TILE_AUTO,
+            doc="""\
+*Automatic*: the largest tile the model accepts, up to about one megapixel (tiles overlap by the
+model's halo, so results have no seams). *Custom*: set the tile size yourself, e.g. to use less
+memory.""",
+        )
+        self.tile_size = Integer("Tile size (pixels)", 512, minval=1, doc="Length of each tile side; rounded up to a size the model accepts.")
+        self.batch_size = Integer("Tiles per batch", 1, minval=1, doc="Tiles run together through the model (more uses more memory; helps on GPUs).")
+        self.inputs = []
+        self.outputs = []
+        self.input_count = HiddenCount(self.inputs, "Input image count")
+        self.output_count = HiddenCount(self.outputs, "Output count")
+        self.add_input(can_remove=False)
+        self.add_input_button = DoSomething("", "Add another image", self.add_input)
+        self.add_output(can_remove=False)
+        self.add_output_button = DoSomething("", "Add another output", self.add_output)
+
+    def add_input(self, can_remove=True):
+        group = SettingsGroup()
+        group.append("image_name", ImageSubscriber(
+            "Input image", "None",
+            doc="""\
+Images are fed to the model's inputs in order: an input with N channels takes N grey images
+(one per channel) or one colour image with N channels.""",
+        ))
+        if can_remove:
+            group.append("remover", RemoveSettingButton("", "Remove this image", self.inputs, group))
+        self.inputs.append(group)
+
+    def add_output(self, can_remove=True):
+        group = SettingsGroup()
+        group.append("divider", Divider(line=True))
+        group.append("output_id", Text(
+            "Model output", FIRST_OUTPUT,
+            doc="The id of the model output to use (see the model information), or *First output*.",
+        ))
+        group.append("channel", Integer("Output channel", 1, minval=1, doc="Which channel of that output (1 = the first)."))
+        group.append("save_image", Binary("Save the output as an image?", True, doc="Keep the output (e.g. probabilities) as an image for later modules."))
+        group.append("image_name", ImageName("Name the output image", "Probability"))
+        group.append("make_objects", Binary("Make objects from the output?", True, doc="Turn the output into objects (e.g. nuclei)."))
+        group.append("objects_name", LabelName("Name the objects", "Nuclei"))
+        group.append("method", Choice(
+            "Method", [M_WATERSHED, M_THRESHOLD, M_LABELS], M_WATERSHED,
+            doc="""\
+- *%s*: pixels above the threshold are foreground; touching objects are split where the
+  distance map has a neck, one object per expected-diameter blob. Best for round nuclei.
+- *%s*: each connected foreground region is one object.
+- *%s*: for models whose output already numbers the objects.""" % (M_WATERSHED, M_THRESHOLD, M_LABELS),
+        ))
+        group.append("threshold", Float("Threshold", 0.5, doc="Output values above this are foreground (0.5 for probabilities)."))
+        group.append("diameter", Integer("Typical object diameter (pixels)", 20, minval=0,
+                                         doc="Used to split touching objects; 0 estimates it from the image."))
+        group.append("min_size", Integer("Minimum object size (pixels)", 30, minval=0, doc="Smaller objects are removed."))
+        group.append("fill_holes", Binary("Fill holes in objects?", True))
+        group.append("discard_border", Binary("Discard objects touching the image border?", False))
+        if can_remove:
+            group.append("remover", RemoveSettingButton("", "Remove this output", self.outputs, group))
+        self.outputs.append(group)
+
+    # ------------------------------------------------------------------ settings plumbing
+    def settings(self):
+        result = [self.model_source, self.engine, self.device, self.tile_mode, self.tile_size, self.batch_size,
+                  self.input_count, self.output_count]
+        for g in self.inputs:
+            result.append(g.image_name)
+        for g in self.outputs:
+            result += [g.output_id, g.channel, g.save_image, g.image_name, g.make_objects, g.objects_name,
+                       g.method, g.threshold, g.diameter, g.min_size, g.fill_holes, g.discard_border]
+        return result
+
+    def prepare_settings(self, setting_values):
+        n_in, n_out = int(setting_values[6]), int(setting_values[7])
+        del self.inputs[n_in:]
+        while len(self.inputs) < n_in:
+            self.add_input()
+        del self.outputs[n_out:]
+        while len(self.outputs) < n_out:
+            self.add_output()
+
+    def upgrade_settings(self, setting_values, variable_revision_number, module_name):
+        if variable_revision_number == 1:
+            # Revision 1 (the first prototype): model, engine, tile mode, tile size, image count,
+            # output count; outputs had no fill-holes / discard-border choices; CPU only, one
+            # tile per batch.
+            model, engine, tile_mode, tile_size, n_in, n_out = setting_values[:6]
+            rest = setting_values[6:]
+            images = rest[: int(n_in)]
+            outs = rest[int(n_in):]
+            new = [model, engine, "CPU", tile_mode, tile_size, "1", n_in, n_out] + images
+            for k in range(int(n_out)):
+                new += outs[k * N_PER_OUTPUT_V1:(k + 1) * N_PER_OUTPUT_V1] + ["Yes", "No"]
+            setting_values, variable_revision_number = new, 2
+        return setting_values, variable_revision_number
+
+    def visible_settings(self):
+        result = [self.model_source, self.model_info, self.check_model, self.engine, self.device, self.tile_mode]
+        if self.tile_mode.value == TILE_CUSTOM:
+            result.append(self.tile_size)
+        result.append(self.batch_size)
+        self.model_info.content = self._info_html()
+        for g in self.inputs:
+            result += g.visible_settings()
+        result.append(self.add_input_button)
+        for g in self.outputs:
+            result += [g.divider, g.output_id, g.channel, g.save_image]
+            if g.save_image.value:
+                result.append(g.image_name)
+            result.append(g.make_objects)
+            if g.make_objects.value:
+                result += [g.objects_name, g.method]
+                if g.method.value != M_LABELS:
+                    result.append(g.threshold)
+                if g.method.value == M_WATERSHED:
+                    result.append(g.diameter)
+                result += [g.min_size, g.fill_holes, g.discard_border]
+            if hasattr(g, "remover"):
+                result.append(g.remover)
+        result.append(self.add_output_button)
+        return result
+
+    def help_settings(self):
+        return [self.model_source, self.engine, self.device, self.tile_mode, self.tile_size, self.batch_size,
+                self.inputs[0].image_name] + [s for s in self.outputs[0].settings if s not in (self.outputs[0].divider,)]
+
+    def volumetric(self):
+        return True
+
+    # ------------------------------------------------------------------ model
+    def _source(self):
+        return resolve_source(self.model_source.value)
+
+    def _info_html(self):
+        if not self.model_source.value.strip():
+            return "<i>Choose a model package.</i>"
+        try:
+            info = _dlmodel().api.describe(_spec(self._source()))
+        except Exception as e:  # shown in the panel, not raised: the user is still typing
+            return f"<b>Cannot read the model:</b> {_escape(str(e))}"
+        rows = "".join(
+            f"<li>{kind} <b>{t['id']}</b>: axes {t['axes']}, "
+            + ", ".join(f"{k}={v}" for k, v in t["shape"].items())
+            + (f"; halo {t['halo']}" if t["halo"] else "") + "</li>"
+            for kind, ts in (("input", info["inputs"]), ("output", info["outputs"])) for t in ts
+        )
+        return (
+            f"<b>{_escape(info['name'])}</b><br>{_escape(info['description'])}<br>"
+            f"Authors: {_escape(', '.join(info['authors']))}<br>Licence: {_escape(info['license'])}<br>"
+            f"Weights: {', '.join(info['weights'])}<ul>{rows}</ul>"
+        )
+
+    def _model(self):
+        # one model per (source, engine, device) per process, shared by every RunDLModel module
+        return _dlmodel().load_cached(self._source(), engine=ENGINE_ARG[self.engine.value],
+                                      device=DEVICE_ARG[self.device.value])
+
+    def do_check_model(self):
+        try:
+            report = self._model().test()
+            message = report.summary() + ("\n\nThe model reproduces its test outputs." if report.ok else
+                                          "\n\nThe model does NOT reproduce its test outputs on this computer.")
+        except Exception as e:
+            message = f"Cannot check the model: {e}"
+        try:
+            import wx
+
+            wx.MessageBox(message, caption="RunDLModel: check model", style=wx.OK | wx.CENTRE)
+        except ImportError:  # headless
+            LOGGER.warning(message)
+        return message
+
+    def validate_module(self, pipeline):
+        if not self.model_source.value.strip():
+            raise ValidationError("Choose a model package (folder, bioimageio.yaml, .zip, URL or zoo id)", self.model_source)
+        dl = _dlmodel()
+        try:
+            spec = _spec(self._source())
+        except dl.DLModelError as e:
+            raise ValidationError(str(e), self.model_source)
+        try:
+            dl.engines.choose_format(spec, ENGINE_ARG[self.engine.value], "cpu")
+        except dl.DLModelError as e:
+            raise ValidationError(str(e), self.engine)
+        channels = sum(t.n_channels or 1 for t in spec.inputs)
+        if len(self.inputs) < len(spec.inputs) or len(self.inputs) > channels:
+            raise ValidationError(
+                f"The model has {len(spec.inputs)} input(s) with {channels} channel(s) in all; "
+                f"{len(self.inputs)} image(s) are selected", self.inputs[-1].image_name)
+        is_3d = any(a.id == "z" for t in spec.inputs for a in t.axes)
+        if is_3d and not pipeline.volumetric():
+            raise ValidationError(f"{spec.name} is a 3D model: process the images as 3D in NamesAndTypes", self.model_source)
+        ids = [t.id for t in spec.outputs]
+        for g in self.outputs:
+            oid = self._output_id(g, spec)
+            if oid not in ids:
+                raise ValidationError(f"The model has no output {oid!r} (it has: {', '.join(ids)})", g.output_id)
+            n = spec.output(oid).n_channels or 1
+            if g.channel.value > n:
+                raise ValidationError(f"Output {oid!r} has {n} channel(s)", g.channel)
+            if not (g.save_image.value or g.make_objects.value):
+                raise ValidationError("Save the output as an image, make objects from it, or remove it", g.save_image)
+
+    @staticmethod
+    def _output_id(group, spec):
+        value = group.output_id.value.strip()
+        return spec.outputs[0].id if value in ("", FIRST_OUTPUT) else value
+
+    # ------------------------------------------------------------------ run
+    def run(self, workspace):
+        dl = _dlmodel()
+        names = [g.image_name.value for g in self.inputs]
+        images = [workspace.image_set.get_image(n, must_be_grayscale=False) for n in names]
+        files = _file_names(workspace, names)
+        where = f"{self.module_name} #{self.module_num}, image set {workspace.measurements.image_set_number} ({files})"
+        try:
+            model = self._model()
+            arrays = [(_raw_pixels(im), _axes_of(im)) for im in images]
+            inputs, axes = dl.axes.assign_images(model.spec.inputs, arrays, names)
+            tile = self.tile_size.value if self.tile_mode.value == TILE_CUSTOM else None
+            t0 = time.perf_counter()
+            pred = model.predict(inputs, axes=axes, tile=tile, batch_size=self.batch_size.value, name=files)
+            seconds = time.perf_counter() - t0
+            results = []
+            for g in self.outputs:
+                arr = pred.channel(self._output_id(g, model.spec), g.channel.value - 1)
+                labels = None
+                if g.make_objects.value:
+                    opts = dl.instances.InstanceOptions(
+                        method=METHOD_ARG[g.method.value], threshold=g.threshold.value,
+                        diameter=g.diameter.value or None, min_size=g.min_size.value,
+                        fill_holes=g.fill_holes.value, discard_border=g.discard_border.value,
+                    )
+                    labels = dl.instances.to_labels(arr, opts)
+                results.append((g, arr, labels))
+        except dl.DLModelError as e:
+            raise RuntimeError(f"{where}: {e}") from None
+
+        parent = images[0]
+        for g, arr, labels in results:
+            if g.save_image.value:
+                workspace.image_set.add(g.image_name.value, Image(arr.astype(np.float32, copy=False), parent_image=parent,
+                                                                   dimensions=parent.dimensions, convert=False))
+            if labels is not None:
+                objects = Objects()
+                objects.segmented = labels
+                objects.parent_image = parent
+                workspace.object_set.add_objects(objects, g.objects_name.value)
+                self._add_object_measurements(workspace.measurements, g.objects_name.value, labels)
+        m = workspace.measurements
+        tag = self._tag()
+        version = " ".join(x for x in (model.spec.id, model.spec.version) if x)
+        for feature, value in (("Name", model.spec.name), ("Version", version), ("RdfSha256", model.spec.rdf_sha256),
+                               ("Engine", model.weights_format), ("Device", model.device), ("InferenceSeconds", seconds)):
+            m.add_image_measurement(f"DLModel_{feature}_{tag}", value)
+        if self.show_window:
+            workspace.display_data.dimensions = parent.dimensions
+            workspace.display_data.input = parent.pixel_data
+            workspace.display_data.results = [
+                (g.image_name.value if g.save_image.value else None, arr,
+                 g.objects_name.value if labels is not None else None, labels)
+                for g, arr, labels in results
+            ]
+
+    @staticmethod
+    def _add_object_measurements(measurements, name, labels):
+        centers = _dlmodel().instances.centers(labels)
+        n = len(centers)
+        measurements.add_image_measurement(f"Count_{name}", n)
+        z = centers[:, 0] if labels.ndim == 3 else np.zeros(n)
+        measurements.add_measurement(name, "Location_Center_X", centers[:, -1])
+        measurements.add_measurement(name, "Location_Center_Y", centers[:, -2])
+        measurements.add_measurement(name, "Location_Center_Z", z)
+        measurements.add_measurement(name, "Number_Object_Number", np.arange(1, n + 1))
+
+    def post_run(self, workspace):
+        _dlmodel().clear_cache()  # the run is over: give the engines' memory back
+
+    def display(self, workspace, figure):
+        d = workspace.display_data
+        n = 1 + sum((img is not None) + (obj is not None) for img, _, obj, _ in d.results)
+        figure.set_subplots(dimensions=d.dimensions, subplots=(n, 1))
+        figure.subplot_imshow_grayscale(0, 0, d.input if d.input.ndim == d.dimensions else d.input[..., 0],
+                                        title="Input")
+        x = 1
+        for img, arr, obj, labels in d.results:
+            if img is not None:
+                figure.subplot_imshow_grayscale(x, 0, arr, title=img, sharexy=figure.subplot(0, 0))
+                x += 1
+            if obj is not None:
+                background = d.input if d.input.ndim == d.dimensions else d.input[..., 0]
+                figure.subplot_imshow_labels(x, 0, labels, title=f"{obj} ({int(labels.max())})",
+                                             background_image=background, sharexy=figure.subplot(0, 0))
+                x += 1
+
+    # ------------------------------------------------------------------ measurements
+    def _tag(self):
+        g = self.outputs[0]
+        return g.objects_name.value if g.make_objects.value else g.image_name.value
+
+    def _object_names(self):
+        return [g.objects_name.value for g in self.outputs if g.make_objects.value]
+
+    def get_measurement_columns(self, pipeline):
+        tag = self._tag()
+        cols = [(IMAGE, f"DLModel_{f}_{tag}", COLTYPE_VARCHAR) for f in ("Name", "Version", "RdfSha256", "Engine", "Device")]
+        cols.append((IMAGE, f"DLModel_InferenceSeconds_{tag}", COLTYPE_FLOAT))
+        for name in self._object_names():
+            cols += [
+                (name, "Location_Center_X", COLTYPE_FLOAT),
+                (name, "Location_Center_Y", COLTYPE_FLOAT),
+                (name, "Location_Center_Z", COLTYPE_FLOAT),
+                (name, "Number_Object_Number", COLTYPE_INTEGER),
+                (IMAGE, f"Count_{name}", COLTYPE_INTEGER),
+            ]
+        return cols
+
+    def get_categories(self, pipeline, object_name):
+        if object_name == IMAGE:
+            return ["Count", "DLModel"]
+        if object_name in self._object_names():
+            return ["Location", "Number"]
+        return []
+
+    def get_measurements(self, pipeline, object_name, category):
+        if object_name == IMAGE and category == "Count":
+            return self._object_names()
+        if object_name == IMAGE and category == "DLModel":
+            return ["Name", "Version", "RdfSha256", "Engine", "Device", "InferenceSeconds"]
+        if object_name in self._object_names():
+            if category == "Location":
+                return ["Center_X", "Center_Y", "Center_Z"]
+            if category == "Number":
+                return ["Object_Number"]
+        return []
+
+    def get_measurement_objects(self, pipeline, object_name, category, measurement):
+        if object_name == IMAGE and category == "DLModel":
+            return [self._tag()]
+        return []
+
+    def is_object_identification_module(self):
+        return bool(self._object_names())
+
+
+def _raw_pixels(image):
+    """Pixel values as stored in the file: CellProfiler scales integer images to 0-1."""
+    data = image.pixel_data
+    scale = getattr(image, "scale", None)
+    if scale and scale != 1:
+        return data * np.float32(scale)
+    return data
+
+
+def _axes_of(image):
+    axes = ("zyx" if image.volumetric else "yx")
+    return axes + "c" if image.multichannel else axes
+
+
+def _file_names(workspace, names):
+    m = workspace.measurements
+    found = []
+    for n in names:
+        feature = f"FileName_{n}"
+        found.append(str(m.get_current_image_measurement(feature)) if m.has_feature(IMAGE, feature) else n)
+    return ", ".join(found)
+
+
+def _escape(text):
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
