@@ -95,9 +95,54 @@ def nuclei(instantiate):
     ]
 
 
+SBS_REGEX = r"^Channel(?P<ChannelNumber>[12])-(?P<ImageNumber>[0-9]{2})-(?P<Row>[A-H])-(?P<Column>[0-9]{2})"
+
+
+def plate_screen(instantiate):
+    """CellProfiler's 96-well example plate: Hoechst (Channel2) and GFP (Channel1) per well."""
+    csv_join = "[{'CSV Metadata': 'Row', 'Image Metadata': 'Row'}, {'CSV Metadata': 'Column', 'Image Metadata': 'Column'}]"
+    image_join = "[{'DNA': 'Row', 'GFP': 'Row'}, {'DNA': 'Column', 'GFP': 'Column'}]"
+    return [
+        module(instantiate, "Images", "The plate's images: the folder given with -i."),
+        module(instantiate, "Metadata",
+               "Well row and column from the file names; dose and controls per well from 1049_Metadata.csv in the same folder.",
+               {"Extract metadata?": "Yes", "Extraction method count": "2",
+                "Regular expression to extract from file name": SBS_REGEX},
+               # second extraction method: the per-well CSV, joined on Row and Column
+               extra=["Import from file", "File name", SBS_REGEX, "(?P<Date>[0-9]{4}_[0-9]{2}_[0-9]{2})$", "All images",
+                      'and (file does contain "")', "Default Input Folder|", csv_join, "No", "1049_Metadata.csv"]),
+        module(instantiate, "NamesAndTypes", "Channel2 is Hoechst (DNA), Channel1 is GFP; matched by well.",
+               {"Assign a name to": "Images matching rules", ("Name to assign these images", 1): "DNA",
+                "Match metadata": image_join, "Image set matching method": "Metadata",
+                "Set intensity range from": "Image bit-depth", "Assignments count": "2",
+                "Select the rule criteria": 'and (file does startwith "Channel2")', ("Name to assign these images", 2): "DNA",
+                ("Select the image type", 2): "Grayscale image", ("Set intensity range from", 2): "Image bit-depth"},
+               extra=['and (file does startwith "Channel1")', "GFP", "Cell", "Grayscale image", "Image bit-depth", "255.0"]),
+        module(instantiate, "Groups", "No grouping."),
+        rundlmodel(instantiate, "DNA", "Nuclei", "Nuclei from the Hoechst image.", **{"Save the output as an image?": "No"}),
+        module(instantiate, "IdentifySecondaryObjects", "Cells grown from the nuclei over the GFP image.",
+               {"Select the input objects": "Nuclei", "Name the objects to be identified": "Cells",
+                "Select the input image": "GFP"}),
+        module(instantiate, "IdentifyTertiaryObjects", "Cytoplasm: cells minus nuclei.",
+               {"Select the larger identified objects": "Cells", "Select the smaller identified objects": "Nuclei",
+                "Name the tertiary objects to be identified": "Cytoplasm"}),
+        module(instantiate, "MeasureObjectSizeShape", "Size and shape of nuclei and cells.",
+               {"Select object sets to measure": "Nuclei, Cells", "Calculate the Zernike features?": "No"}),
+        module(instantiate, "MeasureObjectIntensity", "GFP and DNA intensity in nuclei, cytoplasm and cells.",
+               {"Select images to measure": "DNA, GFP", "Select objects to measure": "Nuclei, Cytoplasm, Cells"}),
+        module(instantiate, "ExportToSpreadsheet",
+               "Image.csv (one row per well, with dose and controls, and per-image means of object measurements) and one CSV per object type.",
+               {"Add image metadata columns to your object data file?": "Yes",
+                "Add image file and folder names to your object data file?": "Yes",
+                "Calculate the per-image mean values for object measurements?": "Yes",
+                "Add a prefix to file names?": "No", "Overwrite existing files without warning?": "Yes"}),
+    ]
+
+
 def main():
     instantiate = _cp()
     save(nuclei(instantiate), HERE / "nuclei.cppipe")
+    save(plate_screen(instantiate), HERE / "plate_screen.cppipe")
 
 
 if __name__ == "__main__":
