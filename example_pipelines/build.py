@@ -139,8 +139,31 @@ def plate_screen(instantiate):
     ]
 
 
+def nuclei_3d(instantiate):
+    """A volume through the demo 3D model: 3D objects, measured in 3D."""
+    return [
+        module(instantiate, "Images", "The folder given with -i (../shared/data/nuclei3d_synthetic in the tests)."),
+        module(instantiate, "Metadata", "No metadata needed."),
+        module(instantiate, "NamesAndTypes", "Volumes named img*.tif are DNA, processed as 3D.",
+               {"Assign a name to": "Images matching rules", "Process as 3D?": "Yes", "Set intensity range from": "Image bit-depth",
+                "Select the rule criteria": 'and (file does startwith "img")', ("Name to assign these images", 2): "DNA",
+                ("Set intensity range from", 2): "Image bit-depth"}),
+        module(instantiate, "Groups", "No grouping."),
+        rundlmodel(instantiate, "DNA", "Nuclei", "3D nuclei from the demo 3D model shipped in models/.",
+                   model="models/nuclei3d_demo", **{"Typical object diameter (pixels)": "8", "Minimum object size (pixels)": "10"}),
+        module(instantiate, "MeasureObjectSizeShape", "Volume and shape of each nucleus.",
+               {"Select object sets to measure": "Nuclei", "Calculate the Zernike features?": "No"}),
+        module(instantiate, "MeasureObjectIntensity", "DNA intensity in each nucleus.",
+               {"Select images to measure": "DNA", "Select objects to measure": "Nuclei"}),
+        module(instantiate, "ExportToSpreadsheet", "Image.csv and Nuclei.csv.",
+               {"Add image metadata columns to your object data file?": "Yes", "Add a prefix to file names?": "No",
+                "Overwrite existing files without warning?": "Yes"}),
+    ]
+
+
 def main():
     instantiate = _cp()
+    save(nuclei_3d(instantiate), HERE / "nuclei_3d.cppipe")
     save(nuclei(instantiate), HERE / "nuclei.cppipe")
     save(plate_screen(instantiate), HERE / "plate_screen.cppipe")
 
