@@ -15,6 +15,8 @@ $(VENV)/.installed: setup.py constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[all]"
+	$(BIN)/python -m pip install -q --no-deps -c constraints.txt cellprofiler-nightly
+	$(BIN)/cellprofiler --version
 	touch $@
 
 test: setup

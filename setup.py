@@ -13,6 +13,27 @@ EXTRAS = {
     "reference": ["bioimageio.core==0.11.*"],
     # onnx: the tests export tiny torch models to ONNX
     "test": ["pytest>=7", "hypothesis>=6", "onnx"],
+    # The CellProfiler 5 API for plugins/rundlmodel.py, and what the headless `cellprofiler`
+    # (cellprofiler-nightly, installed with --no-deps: it declares wxPython and mysqlclient,
+    # which headless runs do not need) needs at run time.
+    "cellprofiler": [
+        "cellprofiler-core-nightly",
+        "cellprofiler-library-nightly",
+        "centriole-nightly",
+        "docutils==0.15.2",
+        "sentry-sdk~=2.8.0",
+        "rapidfuzz>=3",
+        "Jinja2",
+        "joblib",
+        "mahotas",
+        "pyzmq",
+        "h5py",
+        "boto3",
+        "scyjava",
+        "six",
+        "requests",
+        "Pillow",
+    ],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 

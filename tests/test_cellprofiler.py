@@ -1,0 +1,321 @@
+"""The RunDLModel CellProfiler module, run by a real headless `cellprofiler` (no mocks)."""
+import csv
+import io
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from conftest import DSB_VAL, ROOT, SHARED
+
+from dlmodel.instances import f1_at_iou
+
+CELLPROFILER = Path(sys.executable).parent / "cellprofiler"
+SBS = SHARED / "data" / "ExampleSBSImages"
+VOLUME = SHARED / "data" / "nuclei3d_synthetic"
+
+pytestmark = pytest.mark.skipif(not CELLPROFILER.exists(), reason="cellprofiler (cellprofiler-nightly) is not installed")
+
+
+def run_cellprofiler(pipeline, images, out, *extra, timeout=900):
+    cmd = [str(CELLPROFILER), "-c", "-r", "-p", str(ROOT / "example_pipelines" / pipeline),
+           "--plugins-directory", str(ROOT / "plugins"), "-i", str(images), "-o", str(out),
+           # offline: CellProfiler's Bio-Formats reader would fetch Java jars from Maven
+           "--enable-readers", "imageio_reader", "imageio_reader_v3", "-L", "INFO", *extra]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def nuclei_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("nuclei_out")
+    res = run_cellprofiler("nuclei.cppipe", DSB_VAL / "images", out)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out, res
+
+
+def test_nuclei_pipeline_exports_one_row_per_image(nuclei_run):
+    out, _ = nuclei_run
+    images = sorted((DSB_VAL / "images").glob("*.tif"))
+    rows = read_csv(out / "Image.csv")
+    assert len(rows) == len(images) == 32
+    assert {r["FileName_DNA"] for r in rows} == {p.name for p in images}
+    for r in rows:
+        assert r["DLModel_Name_Nuclei"] == "UNet 2D Nuclei Broad"
+        assert r["DLModel_Engine_Nuclei"] == "onnx" and r["DLModel_Device_Nuclei"] == "cpu"
+        assert len(r["DLModel_RdfSha256_Nuclei"]) == 64 and float(r["DLModel_InferenceSeconds_Nuclei"]) > 0
+        assert 1 <= int(r["Count_Nuclei"]) < 1000
+    nuclei = read_csv(out / "Nuclei.csv")
+    assert len(nuclei) == sum(int(r["Count_Nuclei"]) for r in rows)
+    assert {"AreaShape_Area", "Intensity_MeanIntensity_DNA", "Location_Center_X"} <= set(nuclei[0])
+
+
+def test_nuclei_pipeline_f1_against_the_true_labels(nuclei_run):
+    """F1 at IoU 0.5, pooled over the 32 validation images (measured: 0.786)."""
+    out, _ = nuclei_run
+    tp = fp = fn = 0
+    for truth_path in sorted((DSB_VAL / "labels").glob("*.tif")):
+        pred = tifffile.imread(out / f"{truth_path.stem}_nuclei.tiff")
+        t, p, n = f1_at_iou(pred, tifffile.imread(truth_path))
+        tp, fp, fn = tp + t, fp + p, fn + n
+    f1 = 2 * tp / (2 * tp + fp + fn)
+    print(f"nuclei.cppipe F1@0.5 = {f1:.3f} (TP {tp}, FP {fp}, FN {fn})")
+    assert f1 >= 0.76
+
+
+def test_model_is_loaded_once_for_all_image_sets(nuclei_run):
+    _, res = nuclei_run
+    assert res.stderr.count("dlmodel: loaded model") == 1
+
+
+def _plate_subset(tmp_path, wells):
+    folder = tmp_path / "plate"
+    folder.mkdir()
+    for p in SBS.glob("Channel*.tif"):
+        if p.stem.split("-", 2)[2] in wells:
+            shutil.copy(p, folder)
+    shutil.copy(SBS / "1049_Metadata.csv", folder)
+    return folder
+
+
+def test_plate_pipeline_on_a_subset_of_wells(tmp_path):
+    wells = ["A-01", "A-02", "B-05", "D-07", "E-12", "H-12"]
+    res = run_cellprofiler("plate_screen.cppipe", _plate_subset(tmp_path, wells), tmp_path / "out")
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = read_csv(tmp_path / "out" / "Image.csv")
+    assert sorted(f"{r['Metadata_Row']}-{r['Metadata_Column']}" for r in rows) == sorted(wells)
+    meta = {f"{r['Row']}-{r['Column']}": r for r in read_csv(SBS / "1049_Metadata.csv")}
+    for r in rows:
+        well = f"{r['Metadata_Row']}-{r['Metadata_Column']}"
+        assert r["Metadata_SBS_Doses"] == meta[well]["SBS_Doses"]
+        assert r["FileName_DNA"].startswith("Channel2") and r["FileName_GFP"].startswith("Channel1")
+        assert 100 <= int(r["Count_Nuclei"]) <= 400  # measured on the full plate: 130..318
+        assert float(r["Count_Cells"]) == float(r["Count_Nuclei"])
+        assert float(r["Mean_Cytoplasm_Intensity_MeanIntensity_GFP"]) > 0
+    cells = read_csv(tmp_path / "out" / "Cells.csv")
+    assert "Metadata_SBS_Controls" in cells[0] and "Intensity_MeanIntensity_GFP" in cells[0]
+
+
+def test_always_continue_keeps_the_other_image_sets(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    good = sorted((DSB_VAL / "images").glob("*.tif"))[:3]
+    for p in good:
+        shutil.copy(p, folder)
+    data = good[0].read_bytes()
+    (folder / "zz_corrupted.tif").write_bytes(data[: len(data) // 3])  # a truncated TIFF
+    res = run_cellprofiler("nuclei.cppipe", folder, tmp_path / "out", "--always-continue")
+    rows = read_csv(tmp_path / "out" / "Image.csv")
+    done = {r["FileName_DNA"]: r for r in rows if r.get("Count_Nuclei")}
+    assert set(done) == {p.name for p in good}
+    for p in good:
+        assert int(done[p.name]["Count_Nuclei"]) > 0
+    nuclei = read_csv(tmp_path / "out" / "Nuclei.csv")
+    assert len(nuclei) == sum(int(done[p.name]["Count_Nuclei"]) for p in good)
+    # the bad one is reported: an error in the log, and its row with no results
+    assert "Error detected during run of module NamesAndTypes" in res.stderr
+    (bad,) = [r for r in rows if r["FileName_DNA"] == "zz_corrupted.tif"]
+    assert bad["Count_Nuclei"] == ""
+
+
+def test_3d_pipeline(tmp_path):
+    res = run_cellprofiler("nuclei_3d.cppipe", VOLUME, tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (row,) = read_csv(tmp_path / "Image.csv")
+    assert row["FileName_DNA"] == "img3d.tif" and int(row["Count_Nuclei"]) > 10
+    nuclei = read_csv(tmp_path / "Nuclei.csv")
+    zs = [float(n["Location_Center_Z"]) for n in nuclei]
+    assert max(zs) > 5 and "AreaShape_Volume" in nuclei[0]
+
+
+# --- the module in-process: settings, validation ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def cp():
+    import cellprofiler_core.preferences as prefs
+
+    prefs.set_headless()
+    prefs.set_plugin_directory(str(ROOT / "plugins"))
+    from cellprofiler_core.utilities.core.modules import fill_modules, instantiate_module
+
+    fill_modules()
+    return instantiate_module
+
+
+def test_import_is_cheap():
+    code = (
+        "import sys; sys.path.insert(0, 'plugins'); import rundlmodel; "
+        "print(sorted(m for m in ('torch', 'onnxruntime', 'tensorflow', 'bioimageio.spec') if m in sys.modules))"
+    )
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
+
+
+def _roundtrip(module):
+    from cellprofiler_core.pipeline import Pipeline
+
+    p = Pipeline()
+    module.set_module_num(1)
+    p.add_module(module)
+    buf = io.StringIO()
+    p.dump(buf)
+    q = Pipeline()
+    q.load(io.StringIO(buf.getvalue()))
+    return q.modules()[0], buf.getvalue()
+
+
+def test_settings_roundtrip_through_a_saved_pipeline(cp):
+    m = cp("RunDLModel")
+    m.model_source.value = "models/nuclei3d_demo"
+    m.engine.value = "TorchScript"
+    m.tile_mode.value = "Custom"
+    m.tile_size.value = 96
+    m.add_input()
+    m.inputs[0].image_name.value = "DNA"
+    m.inputs[1].image_name.value = "GFP"
+    m.add_output()
+    m.outputs[1].output_id.value = "probability"
+    m.outputs[1].make_objects.value = False
+    m.outputs[1].image_name.value = "Prob2"
+    m.outputs[0].min_size.value = 12
+    m.outputs[0].discard_border.value = True
+    loaded, text = _roundtrip(m)
+    assert [s.unicode_value for s in loaded.settings()] == [s.unicode_value for s in m.settings()]
+    assert len(loaded.inputs) == 2 and len(loaded.outputs) == 2
+    again, text2 = _roundtrip(loaded)
+    assert text2 == text
+
+
+def test_upgrade_from_revision_1(cp):
+    from cellprofiler_core.pipeline import Pipeline
+
+    v1 = """CellProfiler Pipeline: http://www.cellprofiler.org
+Version:5
+DateRevision:500
+GitHash:
+ModuleCount:1
+HasImagePlaneDetails:False
+
+RunDLModel:[module_num:1|svn_version:'Unknown'|variable_revision_number:1|show_window:False|notes:[]|batch_state:array([], dtype=uint8)|enabled:True|wants_pause:False]
+    Model:models/nuclei3d_demo
+    Engine:ONNX
+    Tile size:Custom
+    Tile size (pixels):64
+    Input image count:1
+    Output count:1
+    Input image:DNA
+    Model output:probability
+    Output channel:1
+    Save the output as an image?:No
+    Name the output image:Probability
+    Make objects from the output?:Yes
+    Name the objects:Nuclei3D
+    Method:Threshold, then connected components
+    Threshold:0.6
+    Typical object diameter (pixels):10
+    Minimum object size (pixels):5
+"""
+    p = Pipeline()
+    p.load(io.StringIO(v1))
+    m = p.modules()[0]
+    assert m.variable_revision_number == 2
+    assert m.model_source.value == "models/nuclei3d_demo" and m.engine.value == "ONNX" and m.device.value == "CPU"
+    assert m.tile_mode.value == "Custom" and m.tile_size.value == 64 and m.batch_size.value == 1
+    g = m.outputs[0]
+    assert g.objects_name.value == "Nuclei3D" and g.threshold.value == 0.6 and g.min_size.value == 5
+    assert g.fill_holes.value is True and g.discard_border.value is False
+
+
+def _validate(module, volumetric=False):
+    from cellprofiler_core.pipeline import Pipeline
+
+    p = Pipeline()
+    module.set_module_num(1)
+    p.add_module(module)
+    p.volumetric = lambda: volumetric
+    module.validate_module(p)
+
+
+@pytest.mark.parametrize(
+    "change, setting, message",
+    [
+        (lambda m: setattr(m.model_source, "value", ""), "model_source", "Choose a model"),
+        (lambda m: setattr(m.model_source, "value", "no/such/model"), "model_source", "not a file, folder"),
+        (lambda m: setattr(m.engine, "value", "TensorFlow"), "engine", "has no tensorflow weights"),
+        (lambda m: (m.add_input(), m.inputs[1].image_name.__setattr__("value", "GFP")), "inputs", "1 channel"),
+        (lambda m: setattr(m.outputs[0].output_id, "value", "mask"), "output_id", "no output 'mask'"),
+        (lambda m: setattr(m.outputs[0].channel, "value", 2), "channel", "has 1 channel"),
+    ],
+)
+def test_validate_module_names_the_setting(cp, change, setting, message):
+    from cellprofiler_core.setting import ValidationError
+
+    m = cp("RunDLModel")
+    m.model_source.value = "../shared/models/unet2d_nuclei_broad"
+    m.inputs[0].image_name.value = "DNA"
+    _validate(m)  # valid as set up
+    change(m)
+    with pytest.raises(ValidationError) as err:
+        _validate(m)
+    assert message in err.value.message
+    expected = {"model_source": m.model_source, "engine": m.engine, "inputs": m.inputs[-1].image_name,
+                "output_id": m.outputs[0].output_id, "channel": m.outputs[0].channel}[setting]
+    assert err.value.get_setting() is expected
+
+
+def test_3d_model_needs_a_3d_pipeline(cp):
+    from cellprofiler_core.setting import ValidationError
+
+    m = cp("RunDLModel")
+    m.model_source.value = "models/nuclei3d_demo"
+    m.inputs[0].image_name.value = "DNA"
+    _validate(m, volumetric=True)
+    with pytest.raises(ValidationError, match="3D model"):
+        _validate(m, volumetric=False)
+
+
+def test_model_information_is_shown(cp):
+    m = cp("RunDLModel")
+    m.model_source.value = "../shared/models/unet2d_nuclei_broad"
+    assert m.model_info in m.visible_settings()
+    html = m.model_info.content
+    assert "UNet 2D Nuclei Broad" in html and "MIT" in html and "Constantin Pape" in html and "halo" in html
+    assert "zero" not in m.check_model.label.lower()
+    report = m.do_check_model()  # headless: the message is returned (and logged)
+    assert "reproduces its test outputs" in report
+
+
+def test_a_failing_image_set_names_the_module_and_the_image(cp):
+    """run() on a real CellProfiler workspace with an image no model can use (all NaN)."""
+    from cellprofiler_core.image import Image, ImageSetList
+    from cellprofiler_core.measurement import Measurements
+    from cellprofiler_core.object import ObjectSet
+    from cellprofiler_core.pipeline import Pipeline
+    from cellprofiler_core.workspace import Workspace
+
+    m = cp("RunDLModel")
+    m.model_source.value = "../shared/models/unet2d_nuclei_broad"
+    m.inputs[0].image_name.value = "DNA"
+    m.set_module_num(1)
+    pipeline = Pipeline()
+    pipeline.add_module(m)
+    image_sets = ImageSetList()
+    image_set = image_sets.get_image_set(0)
+    image_set.add("DNA", Image(np.full((64, 64), np.nan, np.float32)))
+    measurements = Measurements()
+    measurements.add_image_measurement("FileName_DNA", "plate1_A01.tif")
+    workspace = Workspace(pipeline, m, image_set, ObjectSet(), measurements, image_sets)
+    with pytest.raises(RuntimeError) as err:
+        m.run(workspace)
+    msg = str(err.value)
+    assert msg.startswith("RunDLModel #1, image set 1 (plate1_A01.tif): ") and "NaN" in msg and "\n" not in msg
