@@ -161,8 +161,17 @@ def nuclei_3d(instantiate):
     ]
 
 
+def classic_baseline(instantiate):
+    """The comparison: CellProfiler's IdentifyPrimaryObjects with its default settings."""
+    steps = nuclei(instantiate)
+    ipo = module(instantiate, "IdentifyPrimaryObjects", "Classic nuclei: IdentifyPrimaryObjects, default settings.",
+                 {"Select the input image": "DNA", "Name the primary objects to be identified": "Nuclei"})
+    return steps[:4] + [ipo] + steps[5:]
+
+
 def main():
     instantiate = _cp()
+    save(classic_baseline(instantiate), ROOT / "benchmarks" / "identify_primary_baseline.cppipe")
     save(nuclei_3d(instantiate), HERE / "nuclei_3d.cppipe")
     save(nuclei(instantiate), HERE / "nuclei.cppipe")
     save(plate_screen(instantiate), HERE / "plate_screen.cppipe")
