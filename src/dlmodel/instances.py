@@ -118,9 +118,11 @@ def fill_holes(labels: np.ndarray) -> np.ndarray:
         return out
     hole_labels, n = ndi.label(holes)
     for i, sl in enumerate(ndi.find_objects(hole_labels), start=1):
+        # one pixel of margin so the ring around the hole is inside the window
+        sl = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in sl)
         region = hole_labels[sl] == i
-        grown = ndi.binary_dilation(region)
-        around = labels[sl][grown & ~region]
+        ring = ndi.binary_dilation(region) & ~region
+        around = labels[sl][ring]
         around = around[around > 0]
         if around.size and (around == around[0]).all():
             out[sl][region] = around[0]
@@ -148,8 +150,10 @@ def f1_at_iou(pred: np.ndarray, truth: np.ndarray, iou: float = 0.5) -> tuple:
     """True positives, false positives and false negatives at an IoU threshold (matches unique).
 
     With IoU > 0.5 a match is necessarily unique, so pairs are counted from the overlap table."""
-    pred = np.asarray(pred).ravel().astype(np.int64)
-    truth = np.asarray(truth).ravel().astype(np.int64)
+    from skimage.segmentation import relabel_sequential
+
+    pred = relabel_sequential(np.asarray(pred).astype(np.int64))[0].ravel()
+    truth = relabel_sequential(np.asarray(truth).astype(np.int64))[0].ravel()
     n_p, n_t = int(pred.max()), int(truth.max())
     if n_p == 0 or n_t == 0:
         return 0, n_p, n_t

@@ -1,0 +1,98 @@
+"""From outputs to objects, and feeding CellProfiler-style image lists to model inputs."""
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+import dlmodel
+from dlmodel.axes import assign_images
+from dlmodel.instances import InstanceOptions, centers, f1_at_iou, to_labels
+
+
+def _disk(shape, center, r):
+    yy, xx = np.ogrid[: shape[0], : shape[1]]
+    return (yy - center[0]) ** 2 + (xx - center[1]) ** 2 <= r**2
+
+
+def test_watershed_splits_two_touching_nuclei_that_thresholding_merges():
+    prob = np.zeros((60, 80), np.float32)
+    prob[_disk(prob.shape, (30, 28), 10) | _disk(prob.shape, (30, 46), 10)] = 0.9
+    assert to_labels(prob, InstanceOptions("threshold")).max() == 1
+    split = to_labels(prob, InstanceOptions("watershed", diameter=20))
+    assert split.max() == 2
+    assert abs((split == 1).sum() - (split == 2).sum()) < 40
+
+
+def test_min_size_fill_holes_and_border():
+    prob = np.zeros((50, 50), np.float32)
+    prob[_disk(prob.shape, (25, 25), 8)] = 1
+    prob[25, 25] = 0  # a hole
+    prob[1:3, 1:3] = 1  # a speck at the border
+    labels = to_labels(prob, InstanceOptions("threshold", min_size=10, fill_holes=True))
+    assert labels.max() == 1 and labels[25, 25] == 1
+    assert to_labels(prob, InstanceOptions("threshold", fill_holes=False))[25, 25] == 0
+    prob[40:50, 40:50] = 1  # touches the border
+    kept = to_labels(prob, InstanceOptions("threshold", min_size=10, discard_border=True))
+    assert kept.max() == 1 and kept[45, 45] == 0
+
+
+def test_label_outputs_are_renumbered():
+    labels = np.zeros((10, 10), np.int32)
+    labels[1:3, 1:3], labels[5:8, 5:8] = 7, 42
+    out = to_labels(labels, InstanceOptions("labels", fill_holes=False))
+    assert sorted(np.unique(out)) == [0, 1, 2]
+
+
+def test_3d_objects_and_centers():
+    vol = np.zeros((20, 30, 30), np.float32)
+    vol[5:11, 5:12, 5:12] = 1
+    vol[12:18, 15:25, 15:25] = 1
+    labels = to_labels(vol, InstanceOptions("watershed", min_size=5))
+    assert labels.max() == 2
+    c = centers(labels)
+    assert c.shape == (2, 3)
+    np.testing.assert_allclose(sorted(c[:, 0]), [7.5, 14.5])
+
+
+def test_f1_counts():
+    truth = np.zeros((20, 20), int)
+    truth[2:8, 2:8], truth[10:16, 10:16] = 1, 2
+    pred = np.zeros_like(truth)
+    pred[2:8, 2:8] = 5  # exact
+    pred[10:12, 10:12] = 3  # IoU 4/36: no match
+    pred[17:19, 0:3] = 9  # false positive
+    assert f1_at_iou(pred, truth) == (1, 2, 1)
+    assert f1_at_iou(np.zeros_like(truth), truth) == (0, 0, 2)
+
+
+def test_unknown_method():
+    with pytest.raises(ValueError, match="unknown object method"):
+        to_labels(np.zeros((3, 3)), InstanceOptions("magic"))
+
+
+# --- assign_images: what CellProfiler hands over, onto the model's inputs ---------------------
+
+def test_grey_images_become_channels_and_colour_images_fit_directly(allops):
+    model = dlmodel.load(allops)
+    a, b = np.ones((40, 32)), np.zeros((40, 32))
+    arrays, axes = assign_images(model.spec.inputs, [(a, "yx"), (b, "yx"), (a, "yx"), (b, "yx")], ["A", "B", "C", "D"])
+    assert axes == {"x1": "cyx", "x2": "yx", "x3": "yx"} and arrays["x1"].shape == (2, 40, 32)
+    rgb = np.zeros((40, 32, 2))
+    arrays, axes = assign_images(model.spec.inputs, [(rgb, "yxc"), (a, "yx"), (b, "yx")], ["RGB", "C", "D"])
+    assert axes["x1"] == "yxc"
+    out = model.predict(arrays, axes=axes)
+    assert out["y3"].shape == (3, 40, 32)
+
+
+@pytest.mark.parametrize(
+    "images, message",
+    [
+        ([(np.ones((8, 8)), "yx")], r"wants 2 channel\(s\): give 2 grey images"),
+        ([(np.ones((8, 8, 3)), "yxc"), (np.ones((8, 8)), "yx"), (np.ones((8, 8)), "yx")], "has 3 channels; model input 'x1' wants 2"),
+        ([(np.ones((8, 8)), "yx"), (np.ones((9, 8)), "yx"), (np.ones((8, 8)), "yx"), (np.ones((8, 8)), "yx")], "differ in size"),
+        ([(np.ones((8, 8)), "yx")] * 5, "too many"),
+    ],
+)
+def test_images_that_do_not_fit_the_inputs(allops, images, message):
+    spec = dlmodel.load(allops).spec
+    with pytest.raises(dlmodel.InputError, match=message):
+        assign_images(spec.inputs, images, [f"img{i}" for i in range(len(images))])
