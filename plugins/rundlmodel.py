@@ -64,10 +64,11 @@ ENGINE_ARG = {"Automatic": "auto", "ONNX": "onnx", "TorchScript": "torchscript",
 DEVICES = ["Automatic", "CPU", "GPU"]
 DEVICE_ARG = {"Automatic": "auto", "CPU": "cpu", "GPU": "cuda"}
 TILE_AUTO, TILE_CUSTOM = "Automatic", "Custom"
+M_AUTO = "Automatic: the model's own recipe, else a watershed split"
 M_WATERSHED = "Threshold, then split touching objects (watershed)"
 M_THRESHOLD = "Threshold, then connected components"
 M_LABELS = "The output is a label image: use it as is"
-METHOD_ARG = {M_WATERSHED: "watershed", M_THRESHOLD: "threshold", M_LABELS: "labels"}
+METHOD_ARG = {M_AUTO: "watershed", M_WATERSHED: "watershed", M_THRESHOLD: "threshold", M_LABELS: "labels"}
 FIRST_OUTPUT = "First output"
 
 # settings per output in revision 1 (revision 2 added fill holes and discard border)
@@ -175,12 +176,15 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
         group.append("make_objects", Binary("Make objects from the output?", True, doc="Turn the output into objects (e.g. nuclei)."))
         group.append("objects_name", LabelName("Name the objects", "Nuclei"))
         group.append("method", Choice(
-            "Method", [M_WATERSHED, M_THRESHOLD, M_LABELS], M_WATERSHED,
+            "Method", [M_AUTO, M_WATERSHED, M_THRESHOLD, M_LABELS], M_AUTO,
             doc="""\
+- *%s*: packages made with ``dlmodel package`` (the default nuclei model, say) carry their
+  own recipe for objects (e.g. interior seeds grown over interior + boundary); otherwise as
+  the next choice.
 - *%s*: pixels above the threshold are foreground; touching objects are split where the
-  distance map has a neck, one object per expected-diameter blob. Best for round nuclei.
+  distance map has a neck, one object per expected-diameter blob. Good for round nuclei.
 - *%s*: each connected foreground region is one object.
-- *%s*: for models whose output already numbers the objects.""" % (M_WATERSHED, M_THRESHOLD, M_LABELS),
+- *%s*: for models whose output already numbers the objects.""" % (M_AUTO, M_WATERSHED, M_THRESHOLD, M_LABELS),
         ))
         group.append("threshold", Float("Threshold", 0.5, doc="Output values above this are foreground (0.5 for probabilities)."))
         group.append("diameter", Integer("Typical object diameter (pixels)", 20, minval=0,
@@ -243,7 +247,7 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
             result.append(g.make_objects)
             if g.make_objects.value:
                 result += [g.objects_name, g.method]
-                if g.method.value != M_LABELS:
+                if g.method.value in (M_WATERSHED, M_THRESHOLD):
                     result.append(g.threshold)
                 if g.method.value == M_WATERSHED:
                     result.append(g.diameter)
@@ -359,12 +363,7 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
                 arr = pred.channel(self._output_id(g, model.spec), g.channel.value - 1)
                 labels = None
                 if g.make_objects.value:
-                    opts = dl.instances.InstanceOptions(
-                        method=METHOD_ARG[g.method.value], threshold=g.threshold.value,
-                        diameter=g.diameter.value or None, min_size=g.min_size.value,
-                        fill_holes=g.fill_holes.value, discard_border=g.discard_border.value,
-                    )
-                    labels = dl.instances.to_labels(arr, opts)
+                    labels = self._objects(dl, model, pred, g, arr)
                 results.append((g, arr, labels))
         except dl.DLModelError as e:
             raise RuntimeError(f"{where}: {e}") from None
@@ -394,6 +393,16 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
                  g.objects_name.value if labels is not None else None, labels)
                 for g, arr, labels in results
             ]
+
+    def _objects(self, dl, model, pred, g, arr):
+        finish = {"min_size": g.min_size.value, "fill_holes": g.fill_holes.value,
+                  "discard_border": g.discard_border.value}
+        recipe = model.instance_recipe
+        if g.method.value == M_AUTO and recipe:
+            return model.labels(pred, {**recipe, **finish})
+        opts = dl.instances.InstanceOptions(method=METHOD_ARG[g.method.value], threshold=g.threshold.value,
+                                            diameter=g.diameter.value or None, **finish)
+        return dl.instances.to_labels(arr, opts)
 
     @staticmethod
     def _add_object_measurements(measurements, name, labels):

@@ -197,6 +197,24 @@ class Model:
             raise InputError(f"model {self.spec.name!r} has {len(ids)} inputs ({', '.join(ids)}); pass a dict of arrays")
         return {ids[0]: image}
 
+    # ------------------------------------------------------------------ objects
+    @property
+    def instance_recipe(self) -> Optional[Dict[str, Any]]:
+        """The package's own recipe for objects (``config: dlmodel: instances``), if any."""
+        recipe = (self.spec.config.get("dlmodel") or {}).get("instances")
+        return dict(recipe) if recipe else None
+
+    def labels(self, prediction: "Prediction", recipe: Optional[Mapping[str, Any]] = None) -> np.ndarray:
+        """Objects (int32 labels) from a prediction, by ``recipe``, else the package's own
+        recipe, else a watershed split of the first output's first channel."""
+        from . import instances
+
+        recipe = dict(recipe or self.instance_recipe or {"method": "watershed", "min_size": 15})
+        oid = recipe.pop("output", None) or self.spec.outputs[0].id
+        if oid not in prediction:
+            raise InputError(f"the recipe names output {oid!r}; the model has {', '.join(prediction)}")
+        return instances.from_recipe(prediction[oid], prediction.axes[oid], recipe)
+
     # ------------------------------------------------------------------ test
     def test(self, weights_format: Optional[str] = None) -> TestReport:
         """Run the package's own test inputs and compare with its test outputs, using the

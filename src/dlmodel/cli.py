@@ -54,13 +54,37 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass")
     sp.add_argument("--format", choices=("tif", "npy"), default="tif", help="output file format")
     sp.add_argument("--threads", type=int, default=None, help="engine threads (default: all cores)")
+    sp.add_argument("--labels", action="store_true",
+                    help="also write <image>_labels.tif: objects by the package's recipe (else a watershed split)")
+
+    sp = sub.add_parser("convert", help="add TorchScript or ONNX weights to a package folder (verified first)")
+    sp.add_argument("source", help="a package folder or its rdf")
+    sp.add_argument("--to", required=True, choices=("torchscript", "onnx"))
+
+    sp = sub.add_parser("package", help="bundle weights, a sample image and metadata as a zoo package")
+    sp.add_argument("weights", help=".onnx, TorchScript .pt, .keras or .h5 file")
+    sp.add_argument("--sample", required=True, help="a sample image (tif, png, npy): the test input")
+    sp.add_argument("-o", "--output", required=True, type=Path, help="package folder, or a .zip")
+    sp.add_argument("--name", required=True)
+    sp.add_argument("--description", required=True)
+    sp.add_argument("--author", action="append", required=True, help="repeat for several authors")
+    sp.add_argument("--license", default="MIT")
+    sp.add_argument("--cite", action="append", default=[], help="'TEXT|DOI-or-URL'; repeat for several")
+    sp.add_argument("--tag", action="append", default=[])
+    sp.add_argument("--preprocessing", default="[]", help='JSON list, e.g. [{"id": "zero_mean_unit_variance"}]')
+    sp.add_argument("--postprocessing", default="[]", help='JSON list, e.g. [{"id": "sigmoid"}]')
+    sp.add_argument("--size", default="16,16", help="fixed side (512) or MIN,STEP (16,16)")
+    sp.add_argument("--halo", type=int, default=0)
+    sp.add_argument("--instances", default=None, help="JSON recipe for objects, stored in the rdf")
+    sp.add_argument("--overwrite", action="store_true")
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"info": _info, "test": _test, "predict": _predict}[args.command](args)
+        return {"info": _info, "test": _test, "predict": _predict, "convert": _convert,
+                "package": _package}[args.command](args)
     except DLModelError as e:
         print(f"dlmodel: error: {e}", file=sys.stderr)
         return 2
@@ -140,6 +164,8 @@ def _predict(args: argparse.Namespace) -> int:
             for oid in out_ids:
                 target = args.output / f"{_stem(path)}_{oid}.{args.format}"
                 io.write_image(target, pred[oid], pred.axes[oid])
+            if args.labels:
+                io.write_image(args.output / f"{_stem(path)}_labels.{args.format}", model.labels(pred))
             done += 1
         except DLModelError as e:
             failures.append(str(e))
@@ -151,6 +177,36 @@ def _predict(args: argparse.Namespace) -> int:
         f"({model.weights_format} on {model.device}) in {seconds:.1f} s; {len(failures)} failed; outputs in {args.output}"
     )
     return 1 if failures else 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from .converters import convert
+
+    rdf = convert(args.source, args.to)
+    print(f"dlmodel: added {args.to} weights to {rdf} (they reproduce the package's test outputs)")
+    return 0
+
+
+def _package(args: argparse.Namespace) -> int:
+    from .packaging import package
+
+    sample, axes = io.read_image(Path(args.sample))
+    size = [int(s) for s in args.size.split(",")]
+    cites = []
+    for c in args.cite:
+        text, _, ref = c.partition("|")
+        cites.append({"text": text, ("doi" if ref.startswith("10.") else "url"): ref} if ref else {"text": text, "url": "https://bioimage.io"})
+    try:
+        pre, post = json.loads(args.preprocessing), json.loads(args.postprocessing)
+        recipe = json.loads(args.instances) if args.instances else None
+    except json.JSONDecodeError as e:
+        raise DLModelError(f"--preprocessing/--postprocessing/--instances must be JSON: {e}") from None
+    rdf = package(args.weights, sample, args.output, name=args.name, description=args.description,
+                  authors=args.author, license=args.license, cite=cites, tags=args.tag, sample_axes=axes or "yx",
+                  preprocessing=pre, postprocessing=post, size=size[0] if len(size) == 1 else tuple(size),
+                  halo=args.halo, instances=recipe, overwrite=args.overwrite)
+    print(f"dlmodel: wrote {rdf}; it validates and reproduces its test outputs")
+    return 0
 
 
 def _stem(path: Path) -> str:

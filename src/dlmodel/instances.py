@@ -6,7 +6,7 @@ numbered 1..N without gaps, 0 for background.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -50,16 +50,73 @@ def to_labels(output: np.ndarray, options: InstanceOptions = InstanceOptions()) 
             labels, _ = ndi.label(mask)
         else:
             labels = split_touching(mask, options.diameter)
-    if options.fill_holes:
+    return _finish(labels, options.min_size, options.fill_holes, options.discard_border)
+
+
+def seeded_watershed(
+    foreground: np.ndarray, seeds: np.ndarray, threshold: float = 0.5, seed_threshold: float = 0.5,
+    min_seed_size: int = 4,
+) -> np.ndarray:
+    """Objects from a foreground probability and a seed (object interior) probability.
+
+    Each connected region of ``seeds > seed_threshold`` inside the foreground is one object;
+    the foreground (``> threshold``) is shared out among them by a watershed on the seed
+    probability, so touching objects meet where the model saw a boundary."""
+    from skimage.segmentation import watershed
+
+    mask = foreground > threshold
+    markers, _ = ndi.label((seeds > seed_threshold) & mask)
+    if min_seed_size > 1:
+        markers = remove_small(markers, min_seed_size)
+    labels = watershed(-seeds, markers, mask=mask)
+    unseeded = mask & (labels == 0)  # foreground blobs with no interior: keep them whole
+    if unseeded.any():
+        extra, _ = ndi.label(unseeded)
+        labels[unseeded] = extra[unseeded] + labels.max()
+    return labels
+
+
+RECIPE_KEYS = {"output", "method", "channel", "foreground", "seeds", "threshold", "seed_threshold", "min_seed_size",
+               "diameter", "min_size", "fill_holes", "discard_border"}
+
+
+def from_recipe(output: np.ndarray, axes: str, recipe: Mapping[str, Any]) -> np.ndarray:
+    """Objects from a whole model output (``axes`` e.g. ``cyx``), following a package's recipe.
+
+    A recipe lives in the rdf under ``config: dlmodel: instances`` (see ``dlmodel package``)::
+
+        {"output": "prediction", "method": "seeded_watershed", "foreground": [1, 2],
+         "seeds": 1, "threshold": 0.5, "seed_threshold": 0.5, "min_size": 15}
+
+    ``seeded_watershed`` sums the ``foreground`` channels and seeds from the ``seeds``
+    channel; other methods (``watershed``, ``threshold``, ``labels``) use ``channel``."""
+    unknown = set(recipe) - RECIPE_KEYS
+    if unknown:
+        raise ValueError(f"unknown key(s) in the instance recipe: {', '.join(sorted(unknown))}")
+    method = recipe.get("method", "watershed")
+
+    def channel(i: int) -> np.ndarray:
+        return np.take(output, int(i), axis=axes.index("c")) if "c" in axes else output
+
+    if method == "seeded_watershed":
+        fg = sum(channel(i) for i in recipe.get("foreground", [0]))
+        labels = seeded_watershed(fg, channel(recipe.get("seeds", 0)), recipe.get("threshold", 0.5),
+                                  recipe.get("seed_threshold", 0.5), recipe.get("min_seed_size", 4))
+        return _finish(labels, recipe.get("min_size", 0), recipe.get("fill_holes", True), recipe.get("discard_border", False))
+    opts = InstanceOptions(**{k: recipe[k] for k in ("method", "threshold", "diameter", "min_size", "fill_holes",
+                                                      "discard_border") if k in recipe})
+    return to_labels(channel(recipe.get("channel", 0)), opts)
+
+
+def _finish(labels: np.ndarray, min_size: int, fill: bool, discard_border: bool) -> np.ndarray:
+    from skimage.segmentation import clear_border, relabel_sequential
+
+    if fill:
         labels = fill_holes(labels)
-    if options.min_size > 1:
-        labels = remove_small(labels, options.min_size)
-    if options.discard_border:
-        from skimage.segmentation import clear_border
-
+    if min_size > 1:
+        labels = remove_small(labels, min_size)
+    if discard_border:
         labels = clear_border(labels)
-    from skimage.segmentation import relabel_sequential
-
     return relabel_sequential(labels.astype(np.int32, copy=False))[0]
 
 
