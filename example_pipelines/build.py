@@ -60,7 +60,7 @@ def save(modules, path):
     print(f"wrote {path.relative_to(ROOT)}")
 
 
-def rundlmodel(instantiate, image, objects, notes, model="../shared/models/unet2d_nuclei_broad", **kw):
+def rundlmodel(instantiate, image, objects, notes, model="models/nuclei_default", **kw):
     values = {"Model": model, "Input image": image, "Name the objects": objects,
               "Name the output image": kw.pop("probability", "Probability")}
     values.update(kw)
@@ -75,7 +75,8 @@ def nuclei(instantiate):
                {"Assign a name to": "All images", ("Name to assign these images", 1): "DNA",
                 "Set intensity range from": "Image bit-depth"}),
         module(instantiate, "Groups", "No grouping."),
-        rundlmodel(instantiate, "DNA", "Nuclei", "Nuclei from the zoo U-Net: probabilities, then a watershed split of touching nuclei."),
+        rundlmodel(instantiate, "DNA", "Nuclei", "Nuclei from the default nuclei model, with the package's own recipe (interior seeds grown over interior + boundary).",
+                   probability="NucleusInterior", **{"Output channel": "2"}),
         module(instantiate, "MeasureObjectSizeShape", "Size and shape of each nucleus.",
                {"Select object sets to measure": "Nuclei", "Calculate the Zernike features?": "No"}),
         module(instantiate, "MeasureObjectIntensity", "DNA intensity in each nucleus.",

@@ -57,6 +57,8 @@ from cellprofiler_core.setting.text import Float, ImageName, Integer, LabelName,
 LOGGER = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# the nuclei model shipped with the project (relative paths are also looked up in the project)
+DEFAULT_MODEL = "models/nuclei_default"
 
 ENGINES = ["Automatic", "ONNX", "TorchScript", "PyTorch", "TensorFlow", "Keras"]
 ENGINE_ARG = {"Automatic": "auto", "ONNX": "onnx", "TorchScript": "torchscript", "PyTorch": "pytorch",
@@ -113,13 +115,14 @@ class RunDLModel(Module):
     def create_settings(self):
         self.model_source = Text(
             "Model",
-            "",
+            DEFAULT_MODEL,
             doc="""\
 The model package: a folder holding a *bioimageio.yaml* (or *rdf.yaml*), that file itself, a
 package *.zip*, a URL, or a BioImage Model Zoo id (e.g. *affable-shark*). Remote models are
 downloaded once into the cache (*DLMODEL_CACHE*, default your user cache folder); every file is
 checked against the hash the package gives. Relative paths are looked up in the current folder,
-then in the RunDLModel project folder.""",
+then in the RunDLModel project folder. The default, *models/nuclei_default*, is the nuclei
+model shipped with RunDLModel (2D fluorescence nuclei, with its own recipe for objects).""",
         )
         self.model_info = HTMLText("Model information", content="", size=(40, 8))
         self.check_model = DoSomething(

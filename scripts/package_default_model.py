@@ -16,9 +16,10 @@ ROOT = HERE.parent
 SAMPLE = ROOT.parent / "shared" / "data" / "dsb2018_nuclei_train" / "images"
 
 # What the package tells RunDLModel and `dlmodel predict --labels` to do with the output:
-# interior pixels seed one object each; interior + boundary is the object's extent.
-RECIPE = {"method": "seeded_watershed", "foreground": [1, 2], "seeds": 1, "threshold": 0.5,
-          "seed_threshold": 0.5, "min_seed_size": 4, "min_size": 15, "fill_holes": True}
+# interior pixels seed one object each; interior + boundary is the object's extent. The
+# thresholds were chosen on training images by scripts/tune_default_recipe.py.
+RECIPE = {"method": "seeded_watershed", "foreground": [1, 2], "seeds": 1, "threshold": 0.6,
+          "seed_threshold": 0.8, "min_seed_size": 4, "min_size": 30, "fill_holes": True}
 
 
 def main() -> int:

@@ -50,7 +50,7 @@ def test_nuclei_pipeline_exports_one_row_per_image(nuclei_run):
     assert len(rows) == len(images) == 32
     assert {r["FileName_DNA"] for r in rows} == {p.name for p in images}
     for r in rows:
-        assert r["DLModel_Name_Nuclei"] == "UNet 2D Nuclei Broad"
+        assert r["DLModel_Name_Nuclei"] == "RunDLModel default nuclei"
         assert r["DLModel_Engine_Nuclei"] == "onnx" and r["DLModel_Device_Nuclei"] == "cpu"
         assert len(r["DLModel_RdfSha256_Nuclei"]) == 64 and float(r["DLModel_InferenceSeconds_Nuclei"]) > 0
         assert 1 <= int(r["Count_Nuclei"]) < 1000
@@ -60,7 +60,7 @@ def test_nuclei_pipeline_exports_one_row_per_image(nuclei_run):
 
 
 def test_nuclei_pipeline_f1_against_the_true_labels(nuclei_run):
-    """F1 at IoU 0.5, pooled over the 32 validation images (measured: 0.786)."""
+    """F1 at IoU 0.5, pooled over the 32 validation images (measured: 0.803 with the default model)."""
     out, _ = nuclei_run
     tp = fp = fn = 0
     for truth_path in sorted((DSB_VAL / "labels").glob("*.tif")):
@@ -69,7 +69,7 @@ def test_nuclei_pipeline_f1_against_the_true_labels(nuclei_run):
         tp, fp, fn = tp + t, fp + p, fn + n
     f1 = 2 * tp / (2 * tp + fp + fn)
     print(f"nuclei.cppipe F1@0.5 = {f1:.3f} (TP {tp}, FP {fp}, FN {fn})")
-    assert f1 >= 0.76
+    assert f1 >= 0.78
 
 
 def test_model_is_loaded_once_for_all_image_sets(nuclei_run):

@@ -57,6 +57,13 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--labels", action="store_true",
                     help="also write <image>_labels.tif: objects by the package's recipe (else a watershed split)")
 
+    sp = sub.add_parser("heatmap", help="plate heatmaps of per-well means from a per-image CSV (e.g. Image.csv)")
+    sp.add_argument("table", type=Path, help="per-image CSV with well row and column columns")
+    sp.add_argument("-o", "--output", required=True, type=Path, help="PNG to write")
+    sp.add_argument("--measure", action="append", required=True, help="a column to average per well; repeat")
+    sp.add_argument("--row", default="Metadata_Row")
+    sp.add_argument("--column", default="Metadata_Column")
+
     sp = sub.add_parser("convert", help="add TorchScript or ONNX weights to a package folder (verified first)")
     sp.add_argument("source", help="a package folder or its rdf")
     sp.add_argument("--to", required=True, choices=("torchscript", "onnx"))
@@ -84,7 +91,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return {"info": _info, "test": _test, "predict": _predict, "convert": _convert,
-                "package": _package}[args.command](args)
+                "package": _package, "heatmap": _heatmap}[args.command](args)
     except DLModelError as e:
         print(f"dlmodel: error: {e}", file=sys.stderr)
         return 2
@@ -177,6 +184,14 @@ def _predict(args: argparse.Namespace) -> int:
         f"({model.weights_format} on {model.device}) in {seconds:.1f} s; {len(failures)} failed; outputs in {args.output}"
     )
     return 1 if failures else 0
+
+
+def _heatmap(args: argparse.Namespace) -> int:
+    from .plates import summarise
+
+    png, wells = summarise(args.table, args.measure, args.output, row=args.row, column=args.column)
+    print(f"dlmodel: plate heatmap of {', '.join(args.measure)} over {wells} wells: {png}")
+    return 0
 
 
 def _convert(args: argparse.Namespace) -> int:

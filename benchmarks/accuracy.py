@@ -1,0 +1,66 @@
+"""F1 at IoU 0.5 (pooled) on ../shared/data/dsb2018_nuclei_val for: the default nuclei model
+with its own recipe, the shared zoo U-Net with our watershed step (and with threshold +
+connected components), and CellProfiler's IdentifyPrimaryObjects with default settings.
+
+    .venv/bin/python benchmarks/accuracy.py [--skip-cellprofiler]
+"""
+import argparse
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import tifffile
+
+import dlmodel
+from dlmodel.instances import InstanceOptions, f1_at_iou, to_labels
+
+ROOT = Path(__file__).resolve().parents[1]
+VAL = ROOT.parent / "shared" / "data" / "dsb2018_nuclei_val"
+ZOO = ROOT.parent / "shared" / "models" / "unet2d_nuclei_broad"
+
+
+def pooled(pairs):
+    tp = fp = fn = 0
+    for pred, truth in pairs:
+        t, p, n = f1_at_iou(pred, truth)
+        tp, fp, fn = tp + t, fp + p, fn + n
+    return 2 * tp / (2 * tp + fp + fn), tp, fp, fn
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--skip-cellprofiler", action="store_true")
+    args = ap.parse_args()
+    images = sorted((VAL / "images").glob("*.tif"))
+    truths = [tifffile.imread(VAL / "labels" / p.name) for p in images]
+    rows = []
+
+    default = dlmodel.load(ROOT / "models" / "nuclei_default")
+    preds = [default.labels(default.predict(tifffile.imread(p))) for p in images]
+    rows.append(("default nuclei model, its recipe (seeded watershed)", pooled(zip(preds, truths))))
+
+    zoo = dlmodel.load(ZOO)
+    probs = [zoo.predict(tifffile.imread(p))["probability"] for p in images]
+    for label, opts in [("zoo U-Net + watershed split (RunDLModel defaults)", InstanceOptions("watershed", diameter=20, min_size=30)),
+                        ("zoo U-Net + threshold 0.5 + connected components", InstanceOptions("threshold", fill_holes=False))]:
+        rows.append((label, pooled((to_labels(p, opts), t) for p, t in zip(probs, truths))))
+
+    if not args.skip_cellprofiler:
+        with tempfile.TemporaryDirectory() as out:
+            cp = Path(sys.executable).parent / "cellprofiler"
+            subprocess.run([str(cp), "-c", "-r", "-p", str(ROOT / "benchmarks" / "identify_primary_baseline.cppipe"),
+                            "-i", str(VAL / "images"), "-o", out, "--enable-readers", "imageio_reader", "imageio_reader_v3"],
+                           check=True, capture_output=True)
+            preds = [tifffile.imread(Path(out) / f"{p.stem}_nuclei.tiff") for p in images]
+            rows.append(("CellProfiler IdentifyPrimaryObjects, default settings", pooled(zip(preds, truths))))
+
+    print(f"F1 at IoU 0.5, pooled over {len(images)} images of {VAL.name} ({sum(int(t.max() > 0) and len(set(t.ravel())) - 1 for t in truths)} nuclei)")
+    print("| method | F1 | TP | FP | FN |\n| --- | --- | --- | --- | --- |")
+    for label, (f1, tp, fp, fn) in rows:
+        print(f"| {label} | {f1:.3f} | {tp} | {fp} | {fn} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

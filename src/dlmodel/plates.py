@@ -1,0 +1,96 @@
+"""Plate summaries: per-well values from a per-image table, drawn as plate heatmaps."""
+from __future__ import annotations
+
+import csv
+import os
+import string
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple, Union
+
+import numpy as np
+
+from .errors import DLModelError
+
+PathLike = Union[str, os.PathLike]
+PLATE_SHAPES = ((8, 12), (16, 24), (32, 48))  # 96, 384, 1536 wells
+
+
+def well_values(table: PathLike, measures: Sequence[str], row: str = "Metadata_Row",
+                column: str = "Metadata_Column") -> Dict[Tuple[str, int], Dict[str, float]]:
+    """Mean of each measure per well from a per-image CSV (e.g. CellProfiler's Image.csv).
+
+    Returns ``{(row letter, column number): {measure: mean over the well's images}}``."""
+    table = Path(table)
+    with open(table, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise DLModelError(f"{table} has no rows")
+    missing = [m for m in (row, column, *measures) if m not in rows[0]]
+    if missing:
+        raise DLModelError(f"{table} has no column {missing[0]!r} (columns: {', '.join(list(rows[0])[:12])}, ...)")
+    sums: Dict[Tuple[str, int], Dict[str, List[float]]] = {}
+    for r in rows:
+        try:
+            key = (r[row].strip().upper(), int(float(r[column])))
+        except ValueError:
+            continue  # an image set that failed has no well values
+        for m in measures:
+            if r[m] not in ("", "nan", "NaN"):
+                sums.setdefault(key, {}).setdefault(m, []).append(float(r[m]))
+    return {k: {m: float(np.mean(v)) for m, v in d.items()} for k, d in sums.items()}
+
+
+def plate_shape(wells: Sequence[Tuple[str, int]]) -> Tuple[int, int]:
+    n_rows = max(string.ascii_uppercase.index(r[-1]) + 26 * (len(r) - 1) for r, _ in wells) + 1
+    n_cols = max(c for _, c in wells)
+    for shape in PLATE_SHAPES:
+        if n_rows <= shape[0] and n_cols <= shape[1]:
+            return shape
+    return n_rows, n_cols
+
+
+def heatmaps(values: Dict[Tuple[str, int], Dict[str, float]], measures: Sequence[str], out: PathLike,
+             title: str = "") -> Path:
+    """One plate heatmap per measure, side by side, written atomically to ``out`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    if not values:
+        raise DLModelError("no wells to draw")
+    n_rows, n_cols = plate_shape(list(values))
+    fig, axes = plt.subplots(1, len(measures), figsize=(6.5 * len(measures), 0.45 * n_rows + 1.8), squeeze=False)
+    for ax, m in zip(axes[0], measures):
+        grid = np.full((n_rows, n_cols), np.nan)
+        for (r, c), d in values.items():
+            if m in d:
+                grid[string.ascii_uppercase.index(r[-1]), c - 1] = d[m]
+        im = ax.imshow(grid, cmap="viridis")
+        ax.set_xticks(range(n_cols), [str(i + 1) for i in range(n_cols)], fontsize=7)
+        ax.set_yticks(range(n_rows), list(string.ascii_uppercase[:n_rows]), fontsize=7)
+        ax.set_title(m, fontsize=9)
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp)
+        os.replace(tmp, out)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
+    return out
+
+
+def summarise(table: PathLike, measures: Sequence[str], out: PathLike, **columns: str) -> Tuple[Path, int]:
+    """Per-well means of ``measures`` from ``table``, drawn to ``out``; returns (png, wells)."""
+    values = well_values(table, measures, **columns)
+    n = len(values)
+    return heatmaps(values, measures, out, title=f"{Path(table).name}: {n} wells"), n
+
