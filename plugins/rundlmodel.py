@@ -109,7 +109,7 @@ def _spec(source):
 class RunDLModel(Module):
     module_name = "RunDLModel"
     category = "Object Processing"
-    variable_revision_number = 2
+    variable_revision_number = 3
     doi = {"BioImage Model Zoo": "https://doi.org/10.1101/2022.06.07.495102"}
 
     def create_settings(self):
@@ -145,6 +145,14 @@ memory.""",
         )
         self.tile_size = Integer("Tile size (pixels)", 512, minval=1, doc="Length of each tile side; rounded up to a size the model accepts.")
         self.batch_size = Integer("Tiles per batch", 1, minval=1, doc="Tiles run together through the model (more uses more memory; helps on GPUs).")
+        self.trust = Binary(
+            "Trust code from the model package?", False,
+            doc="""\
+Some packages ship Python code: a PyTorch architecture file, custom post-processing, Keras
+Lambda layers. That code runs with your rights. It runs for packages on your own disk; for
+downloaded packages (URL, zoo id, DOI) only when this is *Yes*. ONNX and TorchScript weights
+run no package code and never need it.""",
+        )
         self.inputs = []
         self.outputs = []
         self.input_count = HiddenCount(self.inputs, "Input image count")
@@ -208,6 +216,7 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
         for g in self.outputs:
             result += [g.output_id, g.channel, g.save_image, g.image_name, g.make_objects, g.objects_name,
                        g.method, g.threshold, g.diameter, g.min_size, g.fill_holes, g.discard_border]
+        result.append(self.trust)
         return result
 
     def prepare_settings(self, setting_values):
@@ -232,13 +241,16 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
             for k in range(int(n_out)):
                 new += outs[k * N_PER_OUTPUT_V1:(k + 1) * N_PER_OUTPUT_V1] + ["Yes", "No"]
             setting_values, variable_revision_number = new, 2
+        if variable_revision_number == 2:
+            # Revision 3 added "Trust code from the model package?" (default: No), at the end.
+            setting_values, variable_revision_number = list(setting_values) + ["No"], 3
         return setting_values, variable_revision_number
 
     def visible_settings(self):
         result = [self.model_source, self.model_info, self.check_model, self.engine, self.device, self.tile_mode]
         if self.tile_mode.value == TILE_CUSTOM:
             result.append(self.tile_size)
-        result.append(self.batch_size)
+        result += [self.batch_size, self.trust]
         self.model_info.content = self._info_html()
         for g in self.inputs:
             result += g.visible_settings()
@@ -293,7 +305,7 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
     def _model(self):
         # one model per (source, engine, device) per process, shared by every RunDLModel module
         return _dlmodel().load_cached(self._source(), engine=ENGINE_ARG[self.engine.value],
-                                      device=DEVICE_ARG[self.device.value])
+                                      device=DEVICE_ARG[self.device.value], trust=True if self.trust.value else None)
 
     def do_check_model(self):
         try:

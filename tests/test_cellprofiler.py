@@ -228,7 +228,8 @@ RunDLModel:[module_num:1|svn_version:'Unknown'|variable_revision_number:1|show_w
     p = Pipeline()
     p.load(io.StringIO(v1))
     m = p.modules()[0]
-    assert m.variable_revision_number == 2
+    assert m.variable_revision_number == 3
+    assert m.trust.value is False
     assert m.model_source.value == "models/nuclei3d_demo" and m.engine.value == "ONNX" and m.device.value == "CPU"
     assert m.tile_mode.value == "Custom" and m.tile_size.value == 64 and m.batch_size.value == 1
     g = m.outputs[0]

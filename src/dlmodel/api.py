@@ -90,10 +90,14 @@ class Model:
         threads: Optional[int] = None,
         origin: str = "",
         local: bool = True,
+        trust: Optional[bool] = None,
     ):
         self.spec = spec
         self.origin = origin or str(spec.rdf_path)
         self.local = local
+        # code shipped in a package (architecture files, custom ops, Keras Lambda layers) runs
+        # only for packages from the user's own disk, unless the user says otherwise
+        self.trust = local if trust is None else bool(trust)
         self.device = engines.resolve_device(device)
         self.weights_format = engines.choose_format(spec, engine, self.device)
         self.threads = threads
@@ -106,7 +110,7 @@ class Model:
     def _engine(self, fmt: str) -> engines.Engine:
         with self._engine_lock:
             if fmt not in self._engines:
-                self._engines[fmt] = engines.load_engine(self.spec, fmt, self.device, self.threads)
+                self._engines[fmt] = engines.load_engine(self.spec, fmt, self.device, self.threads, self.trust)
             return self._engines[fmt]
 
     # ------------------------------------------------------------------ predict
@@ -166,7 +170,7 @@ class Model:
             sample = {tid: arr[idx] for tid, arr in layouts.items()}
             outs, plan = run_sample(
                 self.spec, self.engine, sample, tile=tile, batch_size=batch_size,
-                pad_mode=pad_mode, max_tile_pixels=max_tile_pixels,
+                pad_mode=pad_mode, max_tile_pixels=max_tile_pixels, trust=self.trust, name=name,
             )
             for oid, arr in outs.items():
                 results[oid].append(arr)
@@ -228,7 +232,7 @@ class Model:
                 if t.test_tensor is None:
                     raise DLModelError(f"input {t.id!r} has no test tensor in the rdf")
                 inputs[t.id] = np.load(t.test_tensor, allow_pickle=False)
-            outs, _ = run_sample(self.spec, engine, inputs, tile=False, use_halo=False)
+            outs, _ = run_sample(self.spec, engine, inputs, tile=False, use_halo=False, trust=self.trust)
             for o in self.spec.outputs:
                 if o.test_tensor is None:
                     raise DLModelError(f"output {o.id!r} has no test tensor in the rdf")
@@ -319,6 +323,7 @@ def load(
     engine: str = "auto",
     device: str = "auto",
     threads: Optional[int] = None,
+    trust: Optional[bool] = None,
 ) -> Model:
     """Load a model package from a path, folder, .zip, URL, zoo id or DOI.
 
@@ -329,23 +334,29 @@ def load(
             ``torchscript``, ``pytorch``, ``tensorflow``, ``keras`` (or a spec weight format name).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         threads: engine threads (default: ``DLMODEL_THREADS`` or all cores of this process).
+        trust: run code shipped in the package (a PyTorch architecture file, custom
+            processing, Keras Lambda layers). Default: only for packages from your own disk
+            (paths, folders, zips); downloaded ones (URL, zoo id, DOI) need ``trust=True``.
+            ONNX and TorchScript weights never need it.
     """
     spec, resolved = open_spec(source)
-    return Model(spec, engine=engine, device=device, threads=threads, origin=resolved.origin, local=resolved.local)
+    return Model(spec, engine=engine, device=device, threads=threads, origin=resolved.origin, local=resolved.local,
+                 trust=trust)
 
 
 _CACHE: Dict[tuple, Model] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def load_cached(source: Union[str, Path], engine: str = "auto", device: str = "auto", threads: Optional[int] = None) -> Model:
-    """Like :func:`load`, but one Model per (source, engine, device, threads) per process."""
-    key = (str(source), engine, device, threads)
+def load_cached(source: Union[str, Path], engine: str = "auto", device: str = "auto", threads: Optional[int] = None,
+                trust: Optional[bool] = None) -> Model:
+    """Like :func:`load`, but one Model per (source, engine, device, threads, trust) per process."""
+    key = (str(source), engine, device, threads, trust)
     with _CACHE_LOCK:
         model = _CACHE.get(key)
         if model is None:
             t0 = time.perf_counter()
-            model = _CACHE[key] = load(source, engine=engine, device=device, threads=threads)
+            model = _CACHE[key] = load(source, engine=engine, device=device, threads=threads, trust=trust)
             LOGGER.info("dlmodel: loaded model %r (%s on %s) in %.2f s", model.spec.name,
                         model.weights_format, model.device, time.perf_counter() - t0)
         return model

@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("source", help="rdf/bioimageio.yaml, package folder or .zip, URL, zoo id or DOI")
         sp.add_argument("--engine", default="auto", help="auto, onnx, torchscript, pytorch, tensorflow, keras")
         sp.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+        sp.add_argument("--trust", action="store_true", default=None,
+                        help="run code shipped in a downloaded package (architecture files, custom ops, Keras Lambda layers)")
 
     sp = sub.add_parser("info", help="describe a model: metadata, tensors, processing, engines")
     sp.add_argument("source")
@@ -54,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass")
     sp.add_argument("--format", choices=("tif", "npy"), default="tif", help="output file format")
     sp.add_argument("--threads", type=int, default=None, help="engine threads (default: all cores)")
+    sp.add_argument("--resume", action="store_true",
+                    help="skip images whose outputs are all there (complete: outputs are written atomically) and remove "
+                         "temporary files an interrupted run left")
     sp.add_argument("--labels", action="store_true",
                     help="also write <image>_labels.tif: objects by the package's recipe (else a watershed split)")
 
@@ -104,7 +109,8 @@ def _load(args: argparse.Namespace, engine: Optional[str] = None):
     from . import api
 
     return api.load(args.source, engine=engine or getattr(args, "engine", None) or "auto",
-                    device=getattr(args, "device", "auto"), threads=getattr(args, "threads", None))
+                    device=getattr(args, "device", "auto"), threads=getattr(args, "threads", None),
+                    trust=getattr(args, "trust", None))
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -162,17 +168,26 @@ def _predict(args: argparse.Namespace) -> int:
     failures: List[str] = []
     done = 0
     t0 = time.perf_counter()
+    skipped = 0
+    if args.resume:
+        for stale in args.output.glob(".*.part"):  # from a run killed mid-write
+            stale.unlink(missing_ok=True)
     bar = tqdm(paths, unit="image", desc=model.spec.name[:30], file=sys.stderr, disable=None)
     for path in bar:
+        targets = {oid: args.output / f"{_stem(path)}_{oid}.{args.format}" for oid in out_ids}
+        if args.labels:
+            targets["labels"] = args.output / f"{_stem(path)}_labels.{args.format}"
+        if args.resume and all(t.exists() for t in targets.values()):
+            skipped += 1
+            continue
         try:
             image, file_axes = io.read_image(path)
             pred = model.predict(image, axes=args.axes or file_axes, tile=args.tile,
                                  batch_size=args.batch_size, name=str(path))
             for oid in out_ids:
-                target = args.output / f"{_stem(path)}_{oid}.{args.format}"
-                io.write_image(target, pred[oid], pred.axes[oid])
+                io.write_image(targets[oid], pred[oid], pred.axes[oid])
             if args.labels:
-                io.write_image(args.output / f"{_stem(path)}_labels.{args.format}", model.labels(pred))
+                io.write_image(targets["labels"], model.labels(pred))
             done += 1
         except DLModelError as e:
             failures.append(str(e))
@@ -181,7 +196,8 @@ def _predict(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     print(
         f"dlmodel: predicted {done} of {len(paths)} images with {model.spec.name!r} "
-        f"({model.weights_format} on {model.device}) in {seconds:.1f} s; {len(failures)} failed; outputs in {args.output}"
+        + (f"({skipped} already done) " if skipped else "")
+        + f"({model.weights_format} on {model.device}) in {seconds:.1f} s; {len(failures)} failed; outputs in {args.output}"
     )
     return 1 if failures else 0
 

@@ -143,8 +143,9 @@ class Engine:
 
     format = ""
 
-    def __init__(self, spec: ModelSpec, device: str = "cpu", threads: Optional[int] = None):
+    def __init__(self, spec: ModelSpec, device: str = "cpu", threads: Optional[int] = None, trust: bool = True):
         self.spec = spec
+        self.trust = trust
         self.device = device
         self.threads = threads or default_threads()
         self.path = spec.weight_paths[self.format]
@@ -266,6 +267,9 @@ class PytorchStateDictEngine(_TorchEngine):
         self.tdev = self._torch_device()
         entry = self.spec.weights[self.format]
         arch = entry.architecture
+        if getattr(arch, "source", None) is not None and not self.trust:
+            raise untrusted(self.spec, f"its pytorch_state_dict weights need the architecture code {arch.source}",
+                            "engine='onnx' or 'torchscript' if it has those weights")
         factory = _import_architecture(self.spec, arch)
         kwargs = dict(arch.kwargs or {})
         module = factory(**kwargs)
@@ -361,7 +365,13 @@ class KerasEngine(Engine):
         _tf_threads(_import_tf(), self.threads)
         import keras
 
-        self.model = keras.models.load_model(str(self.path), compile=False, safe_mode=True)
+        # safe_mode refuses Lambda layers, which hold pickled Python code
+        try:
+            self.model = keras.models.load_model(str(self.path), compile=False, safe_mode=not self.trust)
+        except ValueError as err:
+            if "safe_mode" in str(err) or "Lambda" in str(err):
+                raise untrusted(self.spec, "its Keras model has Lambda layers (Python code)", "its ONNX weights, if any") from None
+            raise
 
     def _run(self, inputs: List[np.ndarray]) -> List[np.ndarray]:
         x = inputs[0] if len(inputs) == 1 else inputs
@@ -379,8 +389,18 @@ ENGINES: Dict[str, type] = {
 }
 
 
-def load_engine(spec: ModelSpec, weights_format: str, device: str, threads: Optional[int] = None) -> Engine:
-    return ENGINES[weights_format](spec, device=device, threads=threads)
+def load_engine(spec: ModelSpec, weights_format: str, device: str, threads: Optional[int] = None,
+                trust: bool = True) -> Engine:
+    return ENGINES[weights_format](spec, device=device, threads=threads, trust=trust)
+
+
+def untrusted(spec: ModelSpec, what: str, instead: str) -> EngineError:
+    """The refusal to run code from a package that did not come from the user's own disk."""
+    return EngineError(
+        f"model {spec.name!r} was downloaded, and {what}: code from a package runs with your rights. "
+        f"Run it only if you trust its source: pass trust=True (dlmodel --trust; RunDLModel: "
+        f"'Trust code from the model package'), or use {instead}"
+    )
 
 
 def weights_path(spec: ModelSpec, weights_format: str) -> Path:

@@ -370,7 +370,8 @@ def _count_output_channels(work: Path, entries: Dict[str, Dict[str, Any]], batch
         if fmt in ("keras_v3", "keras_hdf5"):
             import keras
 
-            y = np.asarray(keras.models.load_model(str(path), compile=False)(batch, training=False))
+            # the packager's own model: its Lambda layers are theirs
+            y = np.asarray(keras.models.load_model(str(path), compile=False, safe_mode=False)(batch, training=False))
             return int(y.shape[-1])
         raise EngineError(f"cannot run {fmt} weights to count output channels")
     except DLModelError:

@@ -168,6 +168,63 @@ def _max_batch(spec: ModelSpec) -> int:
     return min([s for s in sizes if s is not None], default=1 << 30)
 
 
+# Bytes of engine working memory per tile pixel: activations of a U-Net with a few dozen
+# channels, float32, forward only. A rough, deliberately generous figure.
+WORK_BYTES_PER_PIXEL = 400
+
+
+def available_memory() -> Optional[int]:
+    """Bytes this process may still use: ``DLMODEL_MEMORY_LIMIT`` if set, else MemAvailable."""
+    import os
+
+    env = os.environ.get("DLMODEL_MEMORY_LIMIT")
+    if env:
+        return int(float(env))
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(spec: ModelSpec, plan: Plan, name: str = "image") -> None:
+    """Refuse, before allocating anything, a prediction that cannot fit in memory."""
+    budget = available_memory()
+    if budget is None:
+        return
+    lengths = {a.id: a.length for a in plan.axes}
+    out_bytes = 0
+    for o in spec.outputs:
+        n = 1
+        for ax in o.axes:
+            if ax.type == "batch":
+                continue
+            if ax.ref is not None and ax.id in lengths:
+                ref_ax = spec.tensor(ax.ref[0]).axis(ax.ref[1])
+                n *= int(lengths[ax.id] * _factor(ax, ref_ax))
+            else:
+                n *= ax.size or 1
+        out_bytes += 4 * n
+    tile_pixels = int(np.prod(list(plan.tile_shape.values()) or [1]))
+    work = plan.batch_size * tile_pixels * WORK_BYTES_PER_PIXEL
+    if out_bytes + work <= budget:
+        return
+    gib = 1 << 30
+    if out_bytes > budget * 0.8:
+        raise InputError(
+            f"{name}: its outputs alone need {out_bytes / gib:.1f} GiB and {budget / gib:.1f} GiB are available; "
+            "predict it in parts (crops) or on a machine with more memory"
+        )
+    side = int(((budget - out_bytes) / (plan.batch_size * WORK_BYTES_PER_PIXEL)) ** (1 / max(1, len(plan.axes))))
+    raise InputError(
+        f"{name}: predicting with tiles of {plan.tile_shape} needs about {(out_bytes + work) / gib:.1f} GiB and "
+        f"{budget / gib:.1f} GiB are available; use a smaller tile, e.g. tile={max(side // 16 * 16, 16)}"
+    )
+
+
 def _extract(arr: np.ndarray, tensor: Tensor, tile: tiling.Tile, mode: str, value: float) -> np.ndarray:
     """The tile's region of ``arr`` (model layout), padded where it leaves the image."""
     slices = []
@@ -200,9 +257,12 @@ def run_sample(
     pad_mode: Optional[str] = None,
     max_tile_pixels: int = DEFAULT_TILE_PIXELS,
     use_halo: bool = True,
+    trust: bool = True,
+    name: str = "image",
 ) -> Tuple[Dict[str, np.ndarray], Plan]:
     """Predict one sample; ``inputs`` and the returned outputs are in model layout (batch 1)."""
     plan = make_plan(spec, inputs, tile, batch_size, max_tile_pixels, use_halo)
+    check_memory(spec, plan, name)
     tiled_ids = [a.id for a in plan.axes]
 
     # 1. pre-processing, fitted on whole inputs
@@ -247,10 +307,11 @@ def run_sample(
                     part = post_tile[o.id](part)
                 _write(outputs, spec, o, part, tl, plan)
 
-    # 4. post-processing that needs whole-output statistics
+    # 4. post-processing that needs whole outputs (statistics, custom code)
     if not post_per_tile:
+        custom = processing.CustomContext(trust, spec.root, spec.name)
         for o in spec.outputs:
-            fitted = processing.fit(o.postprocessing, outputs[o.id], o.axis_ids, {**inputs, **outputs})
+            fitted = processing.fit(o.postprocessing, outputs[o.id], o.axis_ids, {**inputs, **outputs}, custom=custom)
             outputs[o.id] = fitted(outputs[o.id])
     return outputs, plan
 

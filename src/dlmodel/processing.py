@@ -42,8 +42,19 @@ class Fitted:
         return not self.ops
 
 
-# Ops whose result depends on statistics of a tensor.
-_STAT_OPS = {"zero_mean_unit_variance", "scale_range", "scale_mean_variance"}
+# Ops whose result depends on a whole tensor (statistics) or on every output (custom code).
+_STAT_OPS = {"zero_mean_unit_variance", "scale_range", "scale_mean_variance", "custom"}
+
+
+@dataclass(frozen=True)
+class CustomContext:
+    """What spec 0.5.12 ``custom`` post-processing needs: consent and the package folder.
+    As in bioimageio.core, ``op = callable(**kwargs)`` once, then ``op(tensor)`` on the whole
+    output as it reaches the op."""
+
+    trusted: bool
+    root: Any
+    model: str = ""
 
 
 def needs_statistics(op: Any) -> bool:
@@ -87,7 +98,9 @@ def _as_float(x: Array) -> Array:
     return x if x.dtype in (np.float32, np.float64) else x.astype(np.float32)
 
 
-def fit_op(op: Any, x: Array, axis_ids: Sequence[str], reference: Mapping[str, Array]) -> FittedOp:
+def fit_op(
+    op: Any, x: Array, axis_ids: Sequence[str], reference: Mapping[str, Array], custom: Optional[CustomContext] = None
+) -> FittedOp:
     """Fit one spec op on the whole tensor ``x`` and return the function that applies it.
 
     ``reference`` maps tensor ids to whole tensors for ops with a ``reference_tensor``."""
@@ -161,9 +174,39 @@ def fit_op(op: Any, x: Array, axis_ids: Sequence[str], reference: Mapping[str, A
         hi = kw.max if kw.max_percentile is None else _quantile(x, kw.max_percentile / 100.0, dims, "inverted_cdf")
         return _with_stats(lambda t: np.clip(t, lo, hi), lo, hi)
 
+    if kind == "custom" and custom is not None:
+        return _custom(op, custom)
     raise SpecError(
         f"processing op {kind!r} is not supported by dlmodel"
-        + (" (it runs code from the package)" if kind == "custom" else "")
+        + (" here (it runs code from the package on whole outputs)" if kind == "custom" else "")
+    )
+
+
+def _custom(op: Any, ctx: CustomContext) -> FittedOp:
+    """Run a package's own post-processing code (its file was checked against its sha256)."""
+    import importlib.util
+
+    from .spec import local_path
+
+    if not ctx.trusted:
+        raise untrusted_error(ctx.model, op)
+    path = local_path(ctx.root, op.source)
+    spec = importlib.util.spec_from_file_location(f"_dlmodel_custom_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    try:
+        factory = getattr(module, str(op.callable))
+    except AttributeError:
+        raise SpecError(f"custom op file {path.name} defines no {op.callable!r}") from None
+    fn = factory(**dict(op.kwargs))
+    return lambda t: np.asarray(fn(t))
+
+
+def untrusted_error(model: str, op: Any) -> SpecError:
+    return SpecError(
+        f"model {model!r} was downloaded, and its post-processing runs the package's own code "
+        f"({op.source}): code from a package runs with your rights. Run it only if you trust its source: "
+        "pass trust=True (dlmodel --trust; RunDLModel: 'Trust code from the model package')"
     )
 
 
@@ -180,6 +223,7 @@ def fit(
     axis_ids: Sequence[str],
     reference: Optional[Mapping[str, Array]] = None,
     tiled_axes: Sequence[str] = (),
+    custom: Optional[CustomContext] = None,
 ) -> Fitted:
     """Fit a chain of spec ops on the whole tensor ``x``.
 
@@ -194,7 +238,7 @@ def fit(
     tiled_dims = [i for i, a in enumerate(axis_ids) if a in tiled_axes]
     tile_safe = True
     for op in ops:
-        f = fit_op(op, current, axis_ids, reference)
+        f = fit_op(op, current, axis_ids, reference, custom)
         if needs_statistics(op):
             remaining_stats -= 1
             tile_safe &= _stats_broadcast_over(f, tiled_dims)
