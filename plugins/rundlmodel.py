@@ -445,9 +445,8 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
                 figure.subplot_imshow_grayscale(x, 0, arr, title=img, sharexy=figure.subplot(0, 0))
                 x += 1
             if obj is not None:
-                background = d.input if d.input.ndim == d.dimensions else d.input[..., 0]
-                figure.subplot_imshow_labels(x, 0, labels, title=f"{obj} ({int(labels.max())})",
-                                             background_image=background, sharexy=figure.subplot(0, 0))
+                figure.subplot_imshow(x, 0, _outlined(d.input, labels, d.dimensions),
+                                      title=f"{obj} ({int(labels.max())} objects)", sharexy=figure.subplot(0, 0))
                 x += 1
 
     # ------------------------------------------------------------------ measurements
@@ -498,6 +497,19 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
 
     def is_object_identification_module(self):
         return bool(self._object_names())
+
+
+def _outlined(image, labels, dimensions):
+    """The input (grey, contrast-stretched) with the objects' outlines in yellow."""
+    from skimage.segmentation import find_boundaries
+
+    grey = image if image.ndim == dimensions else image[..., 0]
+    lo, hi = np.percentile(grey, (1, 99.8))
+    grey = np.clip((grey - lo) / (hi - lo + 1e-6), 0, 1)
+    rgb = np.stack([grey] * 3, axis=-1)
+    edges = find_boundaries(labels, mode="inner")
+    rgb[edges] = (1.0, 1.0, 0.0)
+    return rgb
 
 
 def _raw_pixels(image):

@@ -74,6 +74,21 @@ def test_url_downloads_once_then_works_offline(served):
     assert np.array_equal(_probe(first), _probe(again))
 
 
+def test_a_corrupted_cache_entry_is_fetched_again(served):
+    server, _ = served
+    url = f"{server.url}/pkg/bioimageio.yaml"
+    first = dlmodel.load(url)
+    weights = first.spec.root / "weights.onnx"
+    good = weights.read_bytes()
+    weights.write_bytes(good[:100])  # damaged on disk
+    again = dlmodel.load(url)
+    assert again.test().ok and (again.spec.root / "weights.onnx").read_bytes() == good
+    (again.spec.root / "weights.onnx").write_bytes(good[:100])
+    server.stop()  # offline: nothing to fetch again from, so the damage is reported
+    with pytest.raises(dlmodel.SourceError, match="cannot download|sha256"):
+        dlmodel.load(url)
+
+
 def test_offline_without_cache_names_source_and_cache(served):
     server, _ = served
     url = f"{server.url}/pkg/bioimageio.yaml"

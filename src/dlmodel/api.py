@@ -12,7 +12,7 @@ import numpy as np
 
 from . import axes as axes_mod
 from . import engines, processing, sources
-from .errors import DLModelError, InputError
+from .errors import DLModelError, InputError, SourceError, SpecError
 from .prediction import DEFAULT_TILE_PIXELS, Plan, TileArg, run_sample
 from .spec import ModelSpec, Tensor, read_description, spec_from_descr
 
@@ -313,8 +313,17 @@ def _check_values(arr: np.ndarray, name: str) -> np.ndarray:
 def open_spec(source: Union[str, Path]) -> "tuple[ModelSpec, sources.Resolved]":
     """Resolve a source, read and validate its rdf and check every file's sha256; no engine."""
     resolved = sources.resolve(source)
-    descr = read_description(resolved.rdf, origin=resolved.origin)
-    sources.verify_files(descr, resolved.rdf.parent)
+    try:
+        descr = read_description(resolved.rdf, origin=resolved.origin)
+        sources.verify_files(descr, resolved.rdf.parent)
+    except (SourceError, SpecError):
+        if resolved.local:
+            raise
+        # a damaged cache entry (disk error, a hand edit): drop it and download again, once
+        sources.evict(resolved.rdf.parent)
+        resolved = sources.resolve(source)
+        descr = read_description(resolved.rdf, origin=resolved.origin)
+        sources.verify_files(descr, resolved.rdf.parent)
     return spec_from_descr(descr, resolved.rdf), resolved
 
 

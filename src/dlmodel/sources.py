@@ -352,6 +352,15 @@ class _staging:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def evict(folder: Path) -> None:
+    """Remove a cached package (only ever a folder inside the cache) so it is fetched again."""
+    folder = Path(folder).resolve()
+    if cache_dir().resolve() not in folder.parents:
+        raise SourceError(f"{folder} is not in the cache {cache_dir()}; not removing it")
+    with _lock(folder):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def verify_files(descr: Any, root: Path) -> Tuple[int, int]:
     """Check every file the rdf names exists under ``root`` with the sha256 the rdf gives.
 
