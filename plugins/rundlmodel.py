@@ -274,7 +274,7 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
 
     def help_settings(self):
         return [self.model_source, self.engine, self.device, self.tile_mode, self.tile_size, self.batch_size,
-                self.inputs[0].image_name] + [s for s in self.outputs[0].settings if s not in (self.outputs[0].divider,)]
+                self.trust, self.inputs[0].image_name] + [s for s in self.outputs[0].settings if s not in (self.outputs[0].divider,)]
 
     def volumetric(self):
         return True

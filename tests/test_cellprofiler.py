@@ -1,7 +1,6 @@
 """The RunDLModel CellProfiler module, run by a real headless `cellprofiler` (no mocks)."""
 import csv
 import io
-import os
 import shutil
 import subprocess
 import sys

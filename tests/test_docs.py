@@ -1,6 +1,5 @@
 """The Python examples in docs/ run as written."""
 import re
-from pathlib import Path
 
 import pytest
 

@@ -1,7 +1,6 @@
 """From outputs to objects, and feeding CellProfiler-style image lists to model inputs."""
 import numpy as np
 import pytest
-from scipy import ndimage as ndi
 
 import dlmodel
 from dlmodel.axes import assign_images

@@ -12,7 +12,7 @@ import shutil
 import textwrap
 import zipfile
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 
@@ -90,10 +90,6 @@ def torch_weights(folder: Path, module, example: Sequence[np.ndarray], formats: 
     """Save a torch module as state dict / TorchScript / ONNX; return WeightsDescr kwargs."""
     import torch
     from bioimageio.spec.model.v0_5 import (
-        ArchitectureFromFileDescr,
-        OnnxWeightsDescr,
-        PytorchStateDictWeightsDescr,
-        TorchscriptWeightsDescr,
         Version,
     )
 

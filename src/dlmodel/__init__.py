@@ -11,6 +11,13 @@ from .errors import DLModelError, EngineError, ImageFileError, InputError, Sourc
 __version__ = "0.1.0"
 
 __all__ = [
+    "api",
+    "axes",
+    "engines",
+    "instances",
+    "processing",
+    "sources",
+    "tiling",
     "DLModelError",
     "EngineError",
     "ImageFileError",

@@ -11,7 +11,6 @@ import os
 import shutil
 import sys
 import threading
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -402,6 +401,3 @@ def untrusted(spec: ModelSpec, what: str, instead: str) -> EngineError:
         f"'Trust code from the model package'), or use {instead}"
     )
 
-
-def weights_path(spec: ModelSpec, weights_format: str) -> Path:
-    return spec.weight_paths[weights_format]

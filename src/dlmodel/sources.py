@@ -23,6 +23,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
@@ -173,15 +174,9 @@ def extract_zip(
                         if written > max_bytes:
                             raise SourceError(f"{zip_path} unpacks to more than {max_bytes} bytes")
                         out.write(block)
-            except (zipfile.BadZipFile, EOFError, OSError, zlib_error()) as e:
+            except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
                 raise SourceError(f"{zip_path} is damaged (entry {info.filename!r}): {e}") from None
     return dest
-
-
-def zlib_error() -> type:
-    import zlib
-
-    return zlib.error
 
 
 # --- remote sources -------------------------------------------------------------------------

@@ -117,10 +117,6 @@ class Tensor:
         ch = self.axis("channel")
         return None if ch is None else ch.size
 
-    def describe(self) -> str:
-        dims = ", ".join(f"{a.id}={a.describe_size()}" for a in self.axes)
-        return f"{self.id} ({dims}; {self.dtype})"
-
 
 @dataclass(frozen=True)
 class Tolerance:
