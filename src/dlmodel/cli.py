@@ -6,7 +6,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 from . import io
 from .errors import DLModelError
@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass")
     sp.add_argument("--format", choices=("tif", "npy"), default="tif", help="output file format")
     sp.add_argument("--threads", type=int, default=None, help="engine threads (default: all cores)")
+    sp.add_argument("--workers", type=int, default=None, help="predict on a local Dask cluster of N worker processes")
+    sp.add_argument("--scheduler", default=None, help="predict on an existing Dask cluster, e.g. tcp://host:8786")
     sp.add_argument("--resume", action="store_true",
                     help="skip images whose outputs are all there (complete: outputs are written atomically) and remove "
                          "temporary files an interrupted run left")
@@ -158,48 +160,33 @@ def _test(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from .runs import Job, run_in_process
 
     paths = io.find_images(args.inputs)
     if not paths:
         raise DLModelError(f"no images found in {' '.join(args.inputs)}")
-    model = _load(args)
-    out_ids = [o.id for o in model.spec.outputs]
-    failures: List[str] = []
-    done = 0
+    model = _load(args)  # also checks the model before any worker starts
+    job = Job(source=str(model.spec.rdf_path) if model.local else args.source, out_dir=args.output,
+              output_ids=[o.id for o in model.spec.outputs], engine=model.weights_format, device=args.device,
+              threads=args.threads, trust=args.trust, axes=args.axes, tile=args.tile, batch_size=args.batch_size,
+              fmt=args.format, labels=args.labels)
     t0 = time.perf_counter()
-    skipped = 0
-    if args.resume:
-        for stale in args.output.glob(".*.part"):  # from a run killed mid-write
-            stale.unlink(missing_ok=True)
-    bar = tqdm(paths, unit="image", desc=model.spec.name[:30], file=sys.stderr, disable=None)
-    for path in bar:
-        targets = {oid: args.output / f"{_stem(path)}_{oid}.{args.format}" for oid in out_ids}
-        if args.labels:
-            targets["labels"] = args.output / f"{_stem(path)}_labels.{args.format}"
-        if args.resume and all(t.exists() for t in targets.values()):
-            skipped += 1
-            continue
-        try:
-            image, file_axes = io.read_image(path)
-            pred = model.predict(image, axes=args.axes or file_axes, tile=args.tile,
-                                 batch_size=args.batch_size, name=str(path))
-            for oid in out_ids:
-                io.write_image(targets[oid], pred[oid], pred.axes[oid])
-            if args.labels:
-                io.write_image(targets["labels"], model.labels(pred))
-            done += 1
-        except DLModelError as e:
-            failures.append(str(e))
-            tqdm.write(f"dlmodel: skipped: {e}", file=sys.stderr)
-    bar.close()
-    seconds = time.perf_counter() - t0
+    if args.workers or args.scheduler:
+        from .distributed import run
+
+        summary = run(job, paths, workers=args.workers, scheduler=args.scheduler, resume=args.resume)
+        where = f"on {args.scheduler}" if args.scheduler else f"on {args.workers} workers"
+    else:
+        summary = run_in_process(job, paths, model, resume=args.resume)
+        where = f"({model.weights_format} on {model.device})"
     print(
-        f"dlmodel: predicted {done} of {len(paths)} images with {model.spec.name!r} "
-        + (f"({skipped} already done) " if skipped else "")
-        + f"({model.weights_format} on {model.device}) in {seconds:.1f} s; {len(failures)} failed; outputs in {args.output}"
+        f"dlmodel: predicted {summary.done} of {len(paths)} images with {model.spec.name!r} "
+        + (f"({summary.skipped} already done) " if summary.skipped else "")
+        + f"{where} in {time.perf_counter() - t0:.1f} s; {len(summary.failures)} failed; outputs in {args.output}"
     )
-    return 1 if failures else 0
+    if summary.failures:
+        print("dlmodel: failed:\n  " + "\n  ".join(summary.failures), file=sys.stderr)
+    return 1 if summary.failures else 0
 
 
 def _heatmap(args: argparse.Namespace) -> int:
@@ -238,14 +225,6 @@ def _package(args: argparse.Namespace) -> int:
                   halo=args.halo, instances=recipe, overwrite=args.overwrite)
     print(f"dlmodel: wrote {rdf}; it validates and reproduces its test outputs")
     return 0
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in (".ome.tiff", ".ome.tif"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
 
 
 if __name__ == "__main__":
