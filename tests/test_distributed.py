@@ -90,3 +90,69 @@ def test_resume_predicts_only_what_is_missing(reference, tmp_path):
     assert res.returncode == 0, res.stderr
     assert f"predicted {32 - len(complete)} of 32 images" in res.stdout and f"({len(complete)} already done)" in res.stdout
     same_outputs(reference, tmp_path)
+
+
+# --- plates ----------------------------------------------------------------------------------
+
+SBS = ROOT.parent / "shared" / "data" / "ExampleSBSImages"
+
+
+def read_csv(path):
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_plate_command_on_the_example_plate(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "dlmodel.cli", "plate", str(MODEL), str(SBS), "-o", str(tmp_path),
+                          "--metadata", str(SBS / "1049_Metadata.csv")], capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr
+    wells = read_csv(tmp_path / "wells.csv")
+    objects = read_csv(tmp_path / "objects.csv")
+    assert len(wells) == 96 and {w["row"] + w["column"] for w in wells} == {f"{r}{c}" for r in "ABCDEFGH" for c in range(1, 13)}
+    per_well = {}
+    for o in objects:
+        per_well[(o["row"], o["column"])] = per_well.get((o["row"], o["column"]), 0) + 1
+    for w in wells:
+        assert int(w["count"]) == per_well.get((w["row"], w["column"]), 0)
+        assert "meta_SBS_Doses" in w and float(w["mean_intensity_1"]) > 0
+    assert (tmp_path / "plate_count.png").stat().st_size > 1000
+
+
+def test_layouts():
+    from dlmodel.platerun import parse_layout
+
+    sites = parse_layout([Path("Channel2-01-A-01.tif"), Path("Channel1-01-A-01.tif"), Path("notes.txt")], "examplesbs")
+    assert sites == {("plate", "A", 1, 1): {"2": Path("Channel2-01-A-01.tif"), "1": Path("Channel1-01-A-01.tif")}}
+    sites = parse_layout([Path("P1_B03_s2_w1.tif"), Path("P1_B03_s2_w2_thumb.tif")], "imagexpress")
+    assert list(sites) == [("P1", "B", 3, 2)] and set(sites[("P1", "B", 3, 2)]) == {"1", "2"}
+
+
+# --- CellProfiler batches (-f/-l), as cluster job arrays run them ----------------------------
+
+def test_plate_pipeline_in_four_batches_equals_one_run(tmp_path):
+    import shutil
+
+    from test_cellprofiler import CELLPROFILER, run_cellprofiler
+
+    if not CELLPROFILER.exists():
+        pytest.skip("cellprofiler is not installed")
+    folder = tmp_path / "plate"
+    folder.mkdir()
+    wells = ["A-01", "A-02", "B-05", "C-07", "D-07", "E-12", "G-03", "H-12"]
+    for p in SBS.glob("Channel*.tif"):
+        if p.stem.split("-", 2)[2] in wells:
+            shutil.copy(p, folder)
+    shutil.copy(SBS / "1049_Metadata.csv", folder)
+    whole = run_cellprofiler("plate_screen.cppipe", folder, tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    counts = {}
+    for k, (first, last) in enumerate([(1, 2), (3, 4), (5, 6), (7, 8)]):
+        res = run_cellprofiler("plate_screen.cppipe", folder, tmp_path / f"batch{k}", "-f", str(first), "-l", str(last))
+        assert res.returncode == 0, res.stderr[-2000:]
+        for r in read_csv(tmp_path / f"batch{k}" / "Image.csv"):
+            counts[(r["Metadata_Row"], r["Metadata_Column"])] = (r["Count_Nuclei"], r["Mean_Cytoplasm_Intensity_MeanIntensity_GFP"])
+    expected = {(r["Metadata_Row"], r["Metadata_Column"]): (r["Count_Nuclei"], r["Mean_Cytoplasm_Intensity_MeanIntensity_GFP"])
+                for r in read_csv(tmp_path / "whole" / "Image.csv")}
+    assert counts == expected and len(expected) == 8

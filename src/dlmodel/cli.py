@@ -64,6 +64,17 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--labels", action="store_true",
                     help="also write <image>_labels.tif: objects by the package's recipe (else a watershed split)")
 
+    sp = sub.add_parser("plate", help="segment a plate and write per-object and per-well CSVs and heatmaps")
+    model_args(sp)
+    sp.add_argument("images", help="folder of the plate's images")
+    sp.add_argument("-o", "--output", required=True, type=Path)
+    sp.add_argument("--layout", default="examplesbs",
+                    help="examplesbs (Channel{c}-{n}-{row}-{col}.tif), imagexpress ({plate}_{well}_s{site}_w{c}.tif), "
+                         "or a regex with (?P<row>..)(?P<col>..)(?P<channel>..) and optional (?P<plate>..)(?P<site>..)")
+    sp.add_argument("--model-channel", default="2", help="the channel the model segments (default 2: Hoechst in ExampleSBS)")
+    sp.add_argument("--measure-channel", action="append", default=None, help="channels measured in the objects; repeat")
+    sp.add_argument("--metadata", type=Path, default=None, help="per-well CSV with Row and Column columns to join")
+
     sp = sub.add_parser("heatmap", help="plate heatmaps of per-well means from a per-image CSV (e.g. Image.csv)")
     sp.add_argument("table", type=Path, help="per-image CSV with well row and column columns")
     sp.add_argument("-o", "--output", required=True, type=Path, help="PNG to write")
@@ -98,7 +109,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return {"info": _info, "test": _test, "predict": _predict, "convert": _convert,
-                "package": _package, "heatmap": _heatmap}[args.command](args)
+                "package": _package, "heatmap": _heatmap, "plate": _plate}[args.command](args)
     except DLModelError as e:
         print(f"dlmodel: error: {e}", file=sys.stderr)
         return 2
@@ -187,6 +198,22 @@ def _predict(args: argparse.Namespace) -> int:
     if summary.failures:
         print("dlmodel: failed:\n  " + "\n  ".join(summary.failures), file=sys.stderr)
     return 1 if summary.failures else 0
+
+
+def _plate(args: argparse.Namespace) -> int:
+    from . import platerun
+
+    model = _load(args)
+    folder = Path(args.images)
+    if not folder.is_dir():
+        raise DLModelError(f"{folder} is not a folder")
+    paths, failures = platerun.run(model, io.find_images([str(folder)]), args.output, layout=args.layout,
+                                   model_channel=args.model_channel, measure_channels=args.measure_channel or ["1", "2"],
+                                   metadata=args.metadata)
+    for f in failures:
+        print(f"dlmodel: skipped: {f}", file=sys.stderr)
+    print(f"dlmodel: plate written: {paths['wells']} (per well), {paths['objects']} (per object), heatmaps in {args.output}")
+    return 1 if failures else 0
 
 
 def _heatmap(args: argparse.Namespace) -> int:
