@@ -212,17 +212,20 @@ def check_memory(spec: ModelSpec, plan: Plan, name: str = "image") -> None:
     work = plan.batch_size * tile_pixels * WORK_BYTES_PER_PIXEL
     if out_bytes + work <= budget:
         return
-    gib = 1 << 30
     if out_bytes > budget * 0.8:
         raise InputError(
-            f"{name}: its outputs alone need {out_bytes / gib:.1f} GiB and {budget / gib:.1f} GiB are available; "
+            f"{name}: its outputs alone need {_size(out_bytes)} and {_size(budget)} are available; "
             "predict it in parts (crops) or on a machine with more memory"
         )
     side = int(((budget - out_bytes) / (plan.batch_size * WORK_BYTES_PER_PIXEL)) ** (1 / max(1, len(plan.axes))))
     raise InputError(
-        f"{name}: predicting with tiles of {plan.tile_shape} needs about {(out_bytes + work) / gib:.1f} GiB and "
-        f"{budget / gib:.1f} GiB are available; use a smaller tile, e.g. tile={max(side // 16 * 16, 16)}"
+        f"{name}: predicting with tiles of {plan.tile_shape} needs about {_size(out_bytes + work)} and "
+        f"{_size(budget)} are available; use a smaller tile, e.g. tile={max(side // 16 * 16, 16)}"
     )
+
+
+def _size(n: float) -> str:
+    return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.0f} MiB"
 
 
 def _extract(arr: np.ndarray, tensor: Tensor, tile: tiling.Tile, mode: str, value: float) -> np.ndarray:
