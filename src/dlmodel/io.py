@@ -5,7 +5,8 @@ import glob
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable, List, Optional, Tuple
+from contextlib import contextmanager
+from typing import Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -80,14 +81,27 @@ def read_image(path: Path) -> Tuple[np.ndarray, Optional[str]]:
     raise ImageFileError(f"{path}: unsupported file type {suffix!r} (use {', '.join(IMAGE_SUFFIXES)})")
 
 
-def write_image(path: Path, array: np.ndarray, axes: Optional[str] = None) -> Path:
-    """Write atomically: a temporary file in the same folder, renamed when complete, so a crash
-    never leaves a half-written output that a later ``--resume`` would take for done."""
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path in ``path``'s folder, renamed to ``path`` only if the block succeeds,
+    so a crash never leaves a half-written file under the real name (``--resume`` relies on it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def write_image(path: Path, array: np.ndarray, axes: Optional[str] = None) -> Path:
+    """Write a TIFF (with its axes) or .npy file atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
         if path.suffix.lower() == ".npy":
             with open(tmp, "wb") as f:
                 np.save(f, array, allow_pickle=False)
@@ -96,10 +110,4 @@ def write_image(path: Path, array: np.ndarray, axes: Optional[str] = None) -> Pa
 
             meta = {"axes": axes.upper()} if axes and len(axes) == array.ndim else None
             tifffile.imwrite(tmp, array, metadata=meta)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

@@ -428,12 +428,12 @@ def _move_into_place(work: Path, rdf: Path, out: Path) -> Path:
     if not report.ok:
         raise EngineError(f"the package does not reproduce its own test outputs: {report.summary()}")
     if out.suffix.lower() == ".zip":
-        tmp_zip = out.with_name(f".{out.name}.part")
-        with zipfile.ZipFile(tmp_zip, "w", zipfile.ZIP_DEFLATED) as zf:
+        from .io import atomic_path
+
+        with atomic_path(out) as tmp_zip, zipfile.ZipFile(tmp_zip, "w", zipfile.ZIP_DEFLATED) as zf:
             for p in sorted(work.rglob("*")):
                 if p.is_file():
                     zf.write(p, p.relative_to(work).as_posix())
-        os.replace(tmp_zip, out)
         return out
     if out.exists():
         shutil.rmtree(out)

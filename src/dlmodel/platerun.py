@@ -7,9 +7,7 @@ expression with the groups ``row``, ``col`` and ``channel`` (``plate`` and ``sit
 from __future__ import annotations
 
 import csv
-import os
 import re
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -121,10 +119,8 @@ def _write_csv(path: Path, rows: List[dict]) -> Path:
     fields: List[str] = []
     for r in rows:
         fields += [k for k in r if k not in fields]
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    with os.fdopen(fd, "w", newline="") as f:
+    with io.atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, path)
     return path

@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import os
 import string
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple, Union
 
@@ -75,16 +74,14 @@ def heatmaps(values: Dict[Tuple[str, int], Dict[str, float]], measures: Sequence
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    from .io import atomic_path
+
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp)
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, format="png")
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
     return out
 
 
