@@ -238,12 +238,10 @@ def _metadata(name, description, authors, license, cite, tags, documentation, wo
         raise SpecError("invalid model description: name: a name is required")
     if not authors:
         raise SpecError("invalid model description: authors: at least one author is required")
-    people = [v.Author(**a) if isinstance(a, Mapping) else v.Author(name=str(a)) for a in authors] if all(
-        isinstance(a, (str, Mapping)) for a in authors) else None
-    if people is None:
+    if not all(isinstance(a, (str, Mapping)) for a in authors):
         raise SpecError("invalid model description: authors: give names or {'name': ..., 'affiliation': ...}")
-    try:
-        people = [v.Author.model_validate(p.model_dump()) for p in people]
+    try:  # bioimageio.spec validates each author and citation as it builds it
+        people = [v.Author(**a) if isinstance(a, Mapping) else v.Author(name=str(a)) for a in authors]
         cites = [v.CiteEntry(**dict(c)) for c in cite] or [v.CiteEntry(text=f"{name}", url="https://bioimage.io")]
     except Exception as e:
         raise SpecError(f"invalid model description: {_pydantic_first(e)}") from None

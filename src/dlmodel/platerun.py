@@ -87,9 +87,12 @@ def run(model, images: Sequence[Path], out: Path, layout: str = "examplesbs", mo
             object_rows.append({"plate": plate, "row": row, "column": col, "site": site,
                                 **{k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in values.items()}})
     intensity_cols = [f"mean_intensity_{ch}" for ch in measure_channels]
+    by_well: Dict[Tuple[str, str, int], List[dict]] = defaultdict(list)
+    for o in object_rows:  # one pass over the objects, not one per well
+        by_well[(o["plate"], o["row"], o["column"])].append(o)
     wells: Dict[Tuple[str, str, int], dict] = {}
     for key in sorted({(p, r, c) for p, r, c, _ in sites}):
-        objs = [o for o in object_rows if (o["plate"], o["row"], o["column"]) == key]
+        objs = by_well[key]
         wells[key] = {"plate": key[0], "row": key[1], "column": key[2], "count": len(objs),
                       "mean_area": float(np.mean([o["area"] for o in objs])) if objs else float("nan"),
                       **{c: float(np.mean([o[c] for o in objs])) if objs else float("nan") for c in intensity_cols if objs and c in objs[0]}}
