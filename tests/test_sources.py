@@ -157,6 +157,16 @@ def test_missing_weights_file(torch2d, tmp_path):
         dlmodel.load(pkg)
 
 
+def test_unreadable_file_name_in_the_rdf(torch2d, tmp_path):
+    # found by the mutated-rdf property test: a source name too long for the filesystem
+    pkg = zoo.copy_package(torch2d.parent, tmp_path / "pkg")
+    rdf = pkg / "bioimageio.yaml"
+    rdf.write_text(rdf.read_text().replace("source: weights.onnx", "source: " + "x" * 300))
+    with pytest.raises(dlmodel.DLModelError) as err:
+        dlmodel.load(pkg)
+    assert "\n" not in str(err.value)
+
+
 def test_broken_yaml(torch2d, tmp_path):
     pkg = zoo.copy_package(torch2d.parent, tmp_path / "pkg")
     (pkg / "bioimageio.yaml").write_text("name: [unclosed\n  inputs: {")

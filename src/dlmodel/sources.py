@@ -365,13 +365,16 @@ def verify_files(descr: Any, root: Path) -> Tuple[int, int]:
     checked = unhashed = 0
     for name, fd in _package_files(descr).items():
         path = local_path(root, fd.source)
-        if not path.is_file():
-            raise SourceError(f"file {path.name!r} named in the rdf is missing from {root}")
-        expected = getattr(fd, "sha256", None)
-        if expected is None:
-            unhashed += 1
-            continue
-        actual = sha256_file(path)
+        try:
+            if not path.is_file():
+                raise SourceError(f"file {path.name!r} named in the rdf is missing from {root}")
+            expected = getattr(fd, "sha256", None)
+            if expected is None:
+                unhashed += 1
+                continue
+            actual = sha256_file(path)
+        except OSError as e:  # a name too long for the filesystem, no permission, ...
+            raise SourceError(f"file {str(fd.source)[:80]!r} named in the rdf cannot be read: {e.strerror}") from None
         if actual != str(expected):
             raise SourceError(f"sha256 mismatch for {path}: the rdf says {expected}, the file has {actual}")
         checked += 1
