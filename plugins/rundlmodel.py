@@ -40,6 +40,7 @@ package), *DLModel_Engine*, *DLModel_Device* and *DLModel_InferenceSeconds*; *Co
 # until a model is loaded, so CellProfiler starts fast and lists the module without them.
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -75,6 +76,22 @@ FIRST_OUTPUT = "First output"
 
 # settings per output in revision 1 (revision 2 added fill holes and discard border)
 N_PER_OUTPUT_V1 = 10
+
+
+WORKERS_ENV = "DLMODEL_CP_WORKERS"
+
+
+def _worker_threads():
+    """Engine threads for this process: None (all cores) unless it is one of CellProfiler's
+    analysis workers, which share the machine's cores (workers x threads <= cores)."""
+    if "--work-server" not in sys.argv:  # GUI test mode, or a headless `cellprofiler -c` run
+        return None
+    workers = os.environ.get(WORKERS_ENV)
+    if not workers:
+        from cellprofiler_core.preferences import get_max_workers
+
+        workers = get_max_workers()
+    return _dlmodel().engines.threads_for_workers(int(workers))
 
 
 def _dlmodel():
@@ -305,7 +322,19 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
     def _model(self):
         # one model per (source, engine, device) per process, shared by every RunDLModel module
         return _dlmodel().load_cached(self._source(), engine=ENGINE_ARG[self.engine.value],
-                                      device=DEVICE_ARG[self.device.value], trust=True if self.trust.value else None)
+                                      device=DEVICE_ARG[self.device.value], threads=_worker_threads(),
+                                      trust=True if self.trust.value else None)
+
+    def prepare_run(self, workspace):
+        # Runs in the GUI process just before "Analyze Images" starts its worker processes,
+        # which inherit the environment: tell them how many they will be, so that their engines
+        # share the cores instead of each taking all of them.
+        from cellprofiler_core.preferences import get_headless, get_max_workers
+
+        if not get_headless():
+            sets = len(workspace.measurements.get_image_numbers()) or get_max_workers()
+            os.environ[WORKERS_ENV] = str(max(1, min(sets, get_max_workers())))
+        return True
 
     def do_check_model(self):
         try:

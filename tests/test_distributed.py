@@ -1,6 +1,5 @@
 """`dlmodel predict` on Dask: a real scheduler and workers on 127.0.0.1, started by the test."""
 import json
-import os
 import signal
 import subprocess
 import sys

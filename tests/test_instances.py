@@ -95,3 +95,15 @@ def test_images_that_do_not_fit_the_inputs(allops, images, message):
     spec = dlmodel.load(allops).spec
     with pytest.raises(dlmodel.InputError, match=message):
         assign_images(spec.inputs, images, [f"img{i}" for i in range(len(images))])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.int64])
+def test_relabel_matches_skimage(dtype):
+    from skimage.segmentation import relabel_sequential
+
+    labels = np.random.default_rng(0).choice([0, 3, 7, 8, 50, 51, 200], size=(40, 30)).astype(dtype)
+    if dtype == np.int64:
+        labels[0, 0] = 2**40  # sparse and huge: a lookup table would not fit
+    out = dlmodel.instances.relabel(labels)
+    assert out.dtype == np.int32 and out.max() == len(np.unique(labels)) - 1
+    np.testing.assert_array_equal(out, relabel_sequential(labels.astype(np.int64))[0])

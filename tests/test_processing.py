@@ -103,3 +103,14 @@ def test_format_04_packages_in_every_zmuv_mode(v04):
     assert report.ok, report.summary()
     x = RNG.normal(10, 3, (50, 45)).astype(np.float32)
     np.testing.assert_allclose(model.predict(x, tile=24)["prob"], model.predict(x, tile=False)["prob"], atol=1e-5)
+
+
+@pytest.mark.parametrize("dims", [(0, 1, 2), (1, 2), (0,), (2,)])
+def test_chunked_mean_std_equals_the_direct_formula(monkeypatch, dims):
+    # large images are reduced in chunks (no whole-image float64 copy); same numbers
+    x = np.random.default_rng(3).integers(0, 60000, size=(3, 50, 70)).astype(np.uint16)
+    monkeypatch.setattr(processing, "_CHUNK", 500)
+    mean, std = processing._mean_std(x, dims)
+    ref = x.astype(np.float64)
+    np.testing.assert_allclose(mean, ref.mean(axis=dims, keepdims=True), rtol=1e-6)
+    np.testing.assert_allclose(std, ref.std(axis=dims, keepdims=True), rtol=1e-6)

@@ -1,4 +1,6 @@
 """The tile planner: every output pixel written exactly once, from a tile's valid region."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -41,3 +43,18 @@ def test_margin_accounts_for_scale_and_offset():
     assert tiling.margin_for(4, 0, Fraction(2), 1) == 2  # x2 up-sampling: 4 output px = 2 input px
     assert tiling.margin_for(0, -16, Fraction(1), 1) == 8  # valid convolutions lose 8 px per side
     assert tiling.margin_for(3, 0, Fraction(1, 2), 2) == 6  # down-sampling: even margins
+
+
+@pytest.mark.parametrize("length, tiles_per_axis, size", [(300, 1, 368), (2048, 3, 752), (8192, 9, 976)])
+def test_parameterized_models_get_the_fewest_tiles_and_no_larger_than_needed(length, tiles_per_axis, size):
+    # the default model: min 72, step 8, halo 32; 1 Mpx budget -> tiles of at most 1024 px
+    from dlmodel.api import open_spec
+    from dlmodel.prediction import make_plan
+
+    spec, _ = open_spec(Path(__file__).resolve().parents[1] / "models" / "nuclei_default")
+    x = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), (1, 1, length, length), (0, 0, 0, 0))
+    plan = make_plan(spec, {spec.inputs[0].id: x})
+    assert [len(p.tiles) for p in plan.axis_plans] == [tiles_per_axis] * 2
+    assert plan.tile_shape == {"y": size, "x": size}
+    inner = size - 2 * 32
+    assert len(plan.tiles) <= 1.15 * max(1.0, length * length / inner**2)

@@ -366,8 +366,8 @@ def load_cached(source: Union[str, Path], engine: str = "auto", device: str = "a
         if model is None:
             t0 = time.perf_counter()
             model = _CACHE[key] = load(source, engine=engine, device=device, threads=threads, trust=trust)
-            LOGGER.info("dlmodel: loaded model %r (%s on %s) in %.2f s", model.spec.name,
-                        model.weights_format, model.device, time.perf_counter() - t0)
+            LOGGER.info("dlmodel: loaded model %r (%s on %s, %d engine threads) in %.2f s", model.spec.name,
+                        model.weights_format, model.device, model.engine.threads, time.perf_counter() - t0)
         return model
 
 

@@ -131,10 +131,23 @@ def default_threads() -> int:
     env = os.environ.get("DLMODEL_THREADS")
     if env:
         return max(1, int(env))
+    return cores()
+
+
+def cores() -> int:
+    """Cores this process may run on (its CPU affinity, which cluster schedulers set)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def threads_for_workers(workers: int) -> int:
+    """Engine threads for one of ``workers`` processes sharing this machine: the cores divided
+    among them, so that workers x threads <= cores. ``DLMODEL_THREADS`` overrides."""
+    if os.environ.get("DLMODEL_THREADS"):
+        return default_threads()
+    return max(1, cores() // max(1, workers))
 
 
 class Engine:

@@ -138,7 +138,15 @@ def _tile_sizes(axes: Sequence[TiledAxis], tile: TileArg, max_pixels: int) -> Di
             c = a.constraint
             need = a.length + 2 * a.margin
             whole = c.smallest_valid(need)
-            sizes[a.id] = whole if whole <= cap else max(c.largest_valid(int(cap)), c.smallest_valid(2 * a.margin + a.align))
+            if whole <= cap:
+                sizes[a.id] = whole
+                continue
+            # fewest tiles the budget allows, then the smallest valid tile that keeps that
+            # count: 2048 px with 1024-px tiles and a margin of 32 needs 3 tiles, and 3 of 752
+            # do it with half the pixels of 3 of 1024
+            big = max(c.largest_valid(int(cap)), c.smallest_valid(2 * a.margin + a.align))
+            n = math.ceil(a.length / max(1, big - 2 * a.margin))
+            sizes[a.id] = min(big, c.smallest_valid(math.ceil(a.length / n) + 2 * a.margin + a.align - 1))
     return sizes
 
 
@@ -306,9 +314,7 @@ def run_sample(
             bdim = _batch_dim(o)
             for k, tl in enumerate(batch_tiles):
                 part = res if len(batch_tiles) == 1 else np.take(res, [k], axis=bdim)
-                if post_per_tile:
-                    part = post_tile[o.id](part)
-                _write(outputs, spec, o, part, tl, plan)
+                _write(outputs, spec, o, part, tl, plan, post_tile.get(o.id))
 
     # 4. post-processing that needs whole outputs (statistics, custom code)
     if not post_per_tile:
@@ -330,9 +336,11 @@ def _batch_dim(t: Tensor) -> Optional[int]:
 
 
 def _write(
-    outputs: Dict[str, np.ndarray], spec: ModelSpec, o: Tensor, part: np.ndarray, tile: tiling.Tile, plan: Plan
+    outputs: Dict[str, np.ndarray], spec: ModelSpec, o: Tensor, part: np.ndarray, tile: tiling.Tile, plan: Plan,
+    post: Optional[processing.Fitted] = None,
 ) -> None:
-    """Copy the part of one output tile that this tile owns into the whole-image output."""
+    """Copy the part of one output tile that this tile owns into the whole-image output, after
+    ``post`` (element-wise post-processing: only the kept part is worth computing)."""
     local: List[slice] = []
     glob: List[slice] = []
     full_shape: List[int] = []
@@ -363,7 +371,10 @@ def _write(
         local.append(slice(l0, l0 + (g1 - g0)))
         glob.append(slice(g0, g1))
         full_shape.append(total)
+    kept = part[tuple(local)]
+    if post is not None:
+        kept = post(kept)
     out = outputs.get(o.id)
     if out is None:
-        out = outputs[o.id] = np.zeros(full_shape, dtype=part.dtype)
-    out[tuple(glob)] = part[tuple(local)]
+        out = outputs[o.id] = np.zeros(full_shape, dtype=kept.dtype)
+    out[tuple(glob)] = kept

@@ -83,11 +83,37 @@ def _along(values: Sequence[float], axis: str, axis_ids: Sequence[str], what: st
     return np.asarray(values, dtype=np.float32).reshape(shape)
 
 
+# Elements per chunk when a statistic needs a temporary copy: 32 MB of float64, not a
+# whole-image float64 copy (512 MB for an 8192x8192 image).
+_CHUNK = 1 << 22
+
+
 def _mean_std(x: Array, dims: Tuple[int, ...]) -> Tuple[Array, Array]:
-    # float64 accumulation: float32 sums over 10^8 pixels lose digits.
+    # float64 accumulation: float32 sums over 10^8 pixels lose digits. Two passes (mean, then
+    # squared deviations) because sum-of-squares cancels badly on bright, flat images.
     mean = x.mean(axis=dims, keepdims=True, dtype=np.float64)
-    var = np.square(x - mean, dtype=np.float64).mean(axis=dims, keepdims=True)
+    count = np.prod([x.shape[d] for d in dims]) if dims else 1
+    var = _sum_sq_dev(x, mean, dims) / max(count, 1)
     return mean.astype(np.float32), np.sqrt(var).astype(np.float32)
+
+
+def _sum_sq_dev(x: Array, mean: Array, dims: Tuple[int, ...]) -> Array:
+    """``sum((x - mean)**2)`` over ``dims`` (keepdims), chunked along x's longest axis."""
+    if x.ndim == 0 or x.size <= _CHUNK:
+        return np.square(x - mean, dtype=np.float64).sum(axis=dims, keepdims=True)
+    ax = int(np.argmax(x.shape))
+    step = max(1, _CHUNK // (x.size // x.shape[ax]))
+    parts = []
+    total = None
+    for s in range(0, x.shape[ax], step):
+        sl = (slice(None),) * ax + (slice(s, s + step),)
+        m = mean if mean.shape[ax] == 1 else mean[sl]
+        r = np.square(x[sl] - m, dtype=np.float64).sum(axis=dims, keepdims=True)
+        if ax in dims:
+            total = r if total is None else total + r
+        else:
+            parts.append(r)
+    return total if ax in dims else np.concatenate(parts, axis=ax)
 
 
 def _quantile(x: Array, q: float, dims: Tuple[int, ...], method: str) -> Array:
@@ -112,7 +138,9 @@ def fit_op(
         return lambda t: t.astype(dtype, copy=False)
 
     if kind == "sigmoid":
-        return lambda t: 1.0 / (1.0 + np.exp(-_as_float(t)))
+        from scipy.special import expit
+
+        return lambda t: expit(_as_float(t))
 
     if kind == "softmax":
         from scipy.special import softmax
