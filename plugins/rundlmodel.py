@@ -42,6 +42,7 @@ import logging
 import os
 import sys
 import time
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +124,49 @@ def _spec(source):
     return _SPECS[key]
 
 
+READING = "Reading the model package (downloading it first if it is a URL, zoo id or DOI)"
+# GUI only: work that may take seconds (downloads, engine start) runs on one background thread.
+GUI_WAIT_S = 2.0
+_JOBS = {}
+_EXECUTOR = []
+
+
+def _in_gui():
+    from cellprofiler_core.preferences import get_headless
+
+    return not get_headless()
+
+
+def _in_background(key, fn):
+    """``fn()`` once per key on the background thread; its Future."""
+    job = _JOBS.get(key)
+    if job is None:
+        if not _EXECUTOR:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _EXECUTOR.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="RunDLModel"))
+        job = _JOBS[key] = _EXECUTOR[0].submit(fn)
+    return job
+
+
+def _forget_failed():
+    # a failed read (a typo, no network) is tried again next time, not remembered
+    for key in [k for k, job in _JOBS.items() if job.done() and job.exception() is not None]:
+        del _JOBS[key]
+
+
+def _pairs(value):
+    """{'y': 32, 'x': 32} as 'y=32, x=32' (other values as they are)."""
+    return ", ".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else str(value)
+
+
+def _mtime(source):
+    try:
+        return os.stat(source).st_mtime
+    except OSError:
+        return None
+
+
 class RunDLModel(Module):
     module_name = "RunDLModel"
     category = "Object Processing"
@@ -141,7 +185,7 @@ checked against the hash the package gives. Relative paths are looked up in the 
 then in the RunDLModel project folder. The default, *models/nuclei_default*, is the nuclei
 model shipped with RunDLModel (2D fluorescence nuclei, with its own recipe for objects).""",
         )
-        self.model_info = HTMLText("Model information", content="", size=(40, 8))
+        self.model_info = HTMLText("Model information", content="", size=(20, 7))
         self.check_model = DoSomething(
             "", "Check model", self.do_check_model,
             doc="Run the package's own test images through the model and report whether this computer reproduces its test outputs.",
@@ -304,13 +348,16 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
         if not self.model_source.value.strip():
             return "<i>Choose a model package.</i>"
         try:
-            info = _dlmodel().api.describe(_spec(self._source()))
+            spec = self._read_spec()
+            if spec is None:
+                return f"<i>{READING}. Select the module again in a moment to see it.</i>"
+            info = _dlmodel().api.describe(spec)
         except Exception as e:  # shown in the panel, not raised: the user is still typing
             return f"<b>Cannot read the model:</b> {_escape(str(e))}"
         rows = "".join(
             f"<li>{kind} <b>{t['id']}</b>: axes {t['axes']}, "
             + ", ".join(f"{k}={v}" for k, v in t["shape"].items())
-            + (f"; halo {t['halo']}" if t["halo"] else "") + "</li>"
+            + (f"; halo {_pairs(t['halo'])}" if t["halo"] else "") + "</li>"
             for kind, ts in (("input", info["inputs"]), ("output", info["outputs"])) for t in ts
         )
         return (
@@ -318,6 +365,24 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
             f"Authors: {_escape(', '.join(info['authors']))}<br>Licence: {_escape(info['license'])}<br>"
             f"Weights: {', '.join(info['weights'])}<ul>{rows}</ul>"
         )
+
+    def _read_spec(self):
+        """The model's description; in the GUI None while it is still being read or downloaded
+        (on a background thread: the window never waits more than GUI_WAIT_S for it)."""
+        source = self._source()
+        if not _in_gui():
+            return _spec(source)
+        job = _in_background(("spec", source, _mtime(source)), lambda: _spec(source))
+        try:
+            spec = job.result(timeout=GUI_WAIT_S)
+        except FutureTimeout:
+            return None
+        except Exception:
+            _forget_failed()
+            raise
+        # and start its engine now, so that the first test-mode step does not wait for it
+        _in_background(("engine", source, self.engine.value, self.device.value, self.trust.value), self._model)
+        return spec
 
     def _model(self):
         # one model per (source, engine, device) per process, shared by every RunDLModel module
@@ -356,9 +421,11 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
             raise ValidationError("Choose a model package (folder, bioimageio.yaml, .zip, URL or zoo id)", self.model_source)
         dl = _dlmodel()
         try:
-            spec = _spec(self._source())
+            spec = self._read_spec()
         except dl.DLModelError as e:
             raise ValidationError(str(e), self.model_source)
+        if spec is None:
+            raise ValidationError(READING, self.model_source)
         try:
             dl.engines.choose_format(spec, ENGINE_ARG[self.engine.value], "cpu")
         except dl.DLModelError as e:

@@ -116,7 +116,9 @@ def _sum_sq_dev(x: Array, mean: Array, dims: Tuple[int, ...]) -> Array:
     return total if ax in dims else np.concatenate(parts, axis=ax)
 
 
-def _quantile(x: Array, q: float, dims: Tuple[int, ...], method: str) -> Array:
+def _quantile(x: Array, q: Any, dims: Tuple[int, ...], method: str) -> Array:
+    """Quantile(s) over ``dims`` (keepdims); a list of q gives them stacked first, from one
+    partition of one copy of the image instead of one per quantile."""
     return np.quantile(x, q, axis=dims, keepdims=True, method=method).astype(np.float32)
 
 
@@ -182,8 +184,7 @@ def fit_op(
     if kind == "scale_range":
         ref = x if kw.reference_tensor is None else _reference(reference, kw.reference_tensor, kind)
         dims = _reduce_axes(axis_ids, kw.axes)
-        lo = _quantile(ref, kw.min_percentile / 100.0, dims, "linear")
-        hi = _quantile(ref, kw.max_percentile / 100.0, dims, "linear")
+        lo, hi = _quantile(ref, [kw.min_percentile / 100.0, kw.max_percentile / 100.0], dims, "linear")
         denom = hi - lo + np.float32(kw.eps)
         return _with_stats(lambda t: (_as_float(t) - lo) / denom, lo, denom)
 

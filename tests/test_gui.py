@@ -1,0 +1,169 @@
+"""RunDLModel in the real CellProfiler window, on a virtual display (``make gui-test``).
+
+A real Xvfb server, the real CellProfiler 5 GUI (Debian's wxPython) with the plugins folder,
+driven by tests/gui_driver.py as a user would: Add-module dialog, the module's settings, test mode
+with the display window, then Analyze Images with two worker processes. The exported CSVs must
+equal those of a headless run of the same pipeline. Screenshots go to $DLMODEL_GUI_SHOTS (default:
+the test's temporary folder); ``make gui-test`` copies them into docs/images/.
+"""
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import DSB_VAL, ROOT
+
+pytestmark = pytest.mark.gui
+
+CELLPROFILER = Path(sys.executable).parent / "cellprofiler"
+DRIVER = ROOT / "tests" / "gui_driver.py"
+PIPELINE = ROOT / "example_pipelines" / "nuclei.cppipe"
+# Columns that differ between any two runs: timings, and where the files were written.
+VOLATILE = ("ExecutionTime_", "DLModel_InferenceSeconds_", "PathName_", "URL_", "ModuleError_")
+
+
+def _missing() -> str:
+    try:
+        import wx  # noqa: F401
+    except ImportError:
+        return "wxPython is not importable: run `make gui-test` (a venv with Debian's python3-wxgtk4.0)"
+    for tool in ("Xvfb", "import"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed: run `make gui-test` (it installs xvfb and imagemagick)"
+    if not CELLPROFILER.exists():
+        return "cellprofiler is not installed in this venv"
+    return ""
+
+
+@pytest.fixture(scope="module")
+def display():
+    why = _missing()
+    if why:
+        pytest.skip(why)
+    for n in range(90, 120):
+        if not Path(f"/tmp/.X11-unix/X{n}").exists():
+            break
+    proc = subprocess.Popen(["Xvfb", f":{n}", "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while not Path(f"/tmp/.X11-unix/X{n}").exists():
+        if proc.poll() is not None or time.time() - t0 > 30:
+            pytest.fail(f"Xvfb :{n} did not start")
+        time.sleep(0.2)
+    yield f":{n}"
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def gui_run(display, tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")  # fresh CellProfiler preferences
+    out = tmp_path_factory.mktemp("gui_out")
+    shots = Path(os.environ.get("DLMODEL_GUI_SHOTS") or tmp_path_factory.mktemp("shots"))
+    env = {**os.environ, "DISPLAY": display, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
+           "NO_AT_BRIDGE": "1"}
+    prefs = subprocess.run([sys.executable, str(DRIVER), "--write-preferences", "--workers", "2"],
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert prefs.returncode == 0, prefs.stderr[-2000:]
+    t0 = time.time()
+    res = subprocess.run(
+        [sys.executable, str(DRIVER), "--pipeline", str(PIPELINE), "--images", str(DSB_VAL / "images"),
+         "--out", str(out), "--plugins", str(ROOT / "plugins"), "--shots", str(shots), "--workers", "2",
+         "--min-files", "32"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    line = next((ln for ln in res.stdout.splitlines() if ln.startswith("GUI-DRIVER {")), None)
+    assert line, f"the driver reported nothing (exit {res.returncode}):\n{res.stdout[-2000:]}\n{res.stderr[-4000:]}"
+    report = json.loads(line[len("GUI-DRIVER "):])
+    report["seconds"] = time.time() - t0
+    report["log"] = res.stderr
+    return report, out, shots
+
+
+@pytest.fixture(scope="module")
+def headless_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("headless_out")
+    cmd = [str(CELLPROFILER), "-c", "-r", "-p", str(PIPELINE), "--plugins-directory", str(ROOT / "plugins"),
+           "-i", str(DSB_VAL / "images"), "-o", str(out), "--enable-readers", "imageio_reader", "imageio_reader_v3"]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out
+
+
+def test_the_user_session_runs_through(gui_run):
+    report, _, _ = gui_run
+    assert report["ok"], f"{report.get('error')}\n{report.get('traceback', '')}"
+
+
+def test_add_module_dialog_lists_rundlmodel_with_the_object_modules(gui_run):
+    report, _, shots = gui_run
+    names = [n.split()[-1] for n in report["add_module_list"]]
+    assert "RunDLModel" in names and "IdentifyPrimaryObjects" in names
+    _looks_like_a_window(shots / "add_module_dialog.png")
+
+
+def test_settings_panel_shows_the_model(gui_run):
+    report, _, shots = gui_run
+    info = " ".join(report["settings_html"])
+    assert "RunDLModel default nuclei" in info and "Licence: MIT" in info and "input raw" in info, info
+    labels = " ".join(report["settings_labels"])
+    for setting in ("Model", "Model information", "Input image", "Name the objects"):
+        assert setting in labels, labels
+    _looks_like_a_window(shots / "settings_panel.png")
+
+
+def test_display_window_after_a_test_mode_step(gui_run):
+    report, _, shots = gui_run
+    assert report["test_mode_count"] > 0  # nuclei found on the first image set
+    _looks_like_a_window(shots / "display_window.png")
+
+
+def test_workers_share_the_cores(gui_run):
+    """Each of the 2 analysis workers loads the model once, with cores / 2 engine threads."""
+    report, _, _ = gui_run
+    loads = [ln for ln in report["log"].splitlines() if "dlmodel: loaded model" in ln]
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    workers = [ln for ln in loads if f"{threads} engine threads" in ln]
+    assert len(workers) >= 2, loads
+
+
+def test_analyze_images_with_two_workers_exports_what_a_headless_run_does(gui_run, headless_run):
+    _, gui_out, _ = gui_run
+    for table, key in (("Image.csv", ("ImageNumber",)), ("Nuclei.csv", ("ImageNumber", "ObjectNumber"))):
+        gui_rows, head_rows = _rows(gui_out / table, key), _rows(headless_run / table, key)
+        assert len(gui_rows) == len(head_rows) > 0, table
+        columns = [c for c in head_rows[0] if not c.startswith(VOLATILE)]
+        assert set(columns) <= set(gui_rows[0]), sorted(set(columns) - set(gui_rows[0]))
+        for g, h in zip(gui_rows, head_rows):
+            for c in columns:
+                if g[c] != h[c]:
+                    assert _close(g[c], h[c]), f"{table} row {[h[k] for k in key]}, {c}: GUI {g[c]!r} vs headless {h[c]!r}"
+
+
+def _rows(path: Path, key: tuple) -> list:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return sorted(rows, key=lambda r: tuple(int(r[k]) for k in key))
+
+
+def _close(a: str, b: str) -> bool:
+    try:
+        return bool(np.isclose(float(a), float(b), rtol=1e-6, atol=1e-9))
+    except ValueError:
+        return False
+
+
+def _looks_like_a_window(png: Path) -> None:
+    """A real capture: a sizeable picture with many colours, not a black or empty frame."""
+    from PIL import Image
+
+    assert png.exists(), png
+    img = np.asarray(Image.open(png).convert("RGB"))
+    assert img.shape[0] > 150 and img.shape[1] > 200, img.shape
+    assert len(np.unique(img.reshape(-1, 3), axis=0)) > 50, f"{png} is nearly blank"
