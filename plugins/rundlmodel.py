@@ -137,15 +137,19 @@ def _in_gui():
     return not get_headless()
 
 
+def _executor():
+    if not _EXECUTOR:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _EXECUTOR.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="RunDLModel"))
+    return _EXECUTOR[0]
+
+
 def _in_background(key, fn):
     """``fn()`` once per key on the background thread; its Future."""
     job = _JOBS.get(key)
     if job is None:
-        if not _EXECUTOR:
-            from concurrent.futures import ThreadPoolExecutor
-
-            _EXECUTOR.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="RunDLModel"))
-        job = _JOBS[key] = _EXECUTOR[0].submit(fn)
+        job = _JOBS[key] = _executor().submit(fn)
     return job
 
 
@@ -402,18 +406,32 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
         return True
 
     def do_check_model(self):
-        try:
+        def check():
             report = self._model().test()
-            message = report.summary() + ("\n\nThe model reproduces its test outputs." if report.ok else
-                                          "\n\nThe model does NOT reproduce its test outputs on this computer.")
+            return report.summary() + ("\n\nThe model reproduces its test outputs." if report.ok else
+                                       "\n\nThe model does NOT reproduce its test outputs on this computer.")
+
+        if not _in_gui():
+            try:
+                message = check()
+            except Exception as e:
+                message = f"Cannot check the model: {e}"
+            LOGGER.warning(message)
+            return message
+        import wx
+
+        # loading and testing take seconds: on the background thread, the window stays alive
+        job = _executor().submit(check)
+        with wx.ProgressDialog("RunDLModel: check model", "Running the package's test images through the model...",
+                               style=wx.PD_APP_MODAL | wx.PD_AUTO_HIDE) as dlg:
+            while not job.done():
+                dlg.Pulse()
+                wx.MilliSleep(100)
+        try:
+            message = job.result()
         except Exception as e:
             message = f"Cannot check the model: {e}"
-        try:
-            import wx
-
-            wx.MessageBox(message, caption="RunDLModel: check model", style=wx.OK | wx.CENTRE)
-        except ImportError:  # headless
-            LOGGER.warning(message)
+        wx.MessageBox(message, caption="RunDLModel: check model", style=wx.OK | wx.CENTRE)
         return message
 
     def validate_module(self, pipeline):
@@ -528,6 +546,8 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
 
     def post_run(self, workspace):
         _dlmodel().clear_cache()  # the run is over: give the engines' memory back
+        for key in [k for k in _JOBS if k[0] == "engine"]:  # so the GUI starts them again when needed
+            del _JOBS[key]
 
     def display(self, workspace, figure):
         d = workspace.display_data

@@ -106,3 +106,15 @@ def test_same_input_gives_bit_identical_output(torch2d):
     model = dlmodel.load(torch2d, engine="onnx")
     x = RNG.normal(size=(80, 60)).astype(np.float32)
     assert np.array_equal(model.predict(x, tile=32)["prob"], model.predict(x, tile=32)["prob"])
+
+
+def test_workers_share_the_cores(monkeypatch):
+    from dlmodel.engines import cores, threads_for_workers
+
+    monkeypatch.delenv("DLMODEL_THREADS", raising=False)
+    n = cores()
+    assert threads_for_workers(1) == n
+    assert threads_for_workers(n) == 1 and threads_for_workers(4 * n) == 1
+    assert all(w * threads_for_workers(w) <= n for w in range(1, n + 1))
+    monkeypatch.setenv("DLMODEL_THREADS", "3")
+    assert threads_for_workers(n) == 3  # the user's word wins
