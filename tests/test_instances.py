@@ -97,7 +97,7 @@ def test_images_that_do_not_fit_the_inputs(allops, images, message):
         assign_images(spec.inputs, images, [f"img{i}" for i in range(len(images))])
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.int64])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.int64, np.uint64])
 def test_relabel_matches_skimage(dtype):
     from skimage.segmentation import relabel_sequential
 

@@ -126,6 +126,8 @@ def relabel(labels: np.ndarray) -> np.ndarray:
     Same result as skimage's ``relabel_sequential`` for non-negative labels, by a lookup
     table instead of ``np.unique`` (a sort of every pixel: most of the time of a whole
     instance step on a 640x640 image)."""
+    if labels.dtype == np.uint64 or labels.dtype.kind not in "iu":  # bincount takes int64 at most
+        labels = labels.astype(np.int64)
     flat = labels.ravel()
     if flat.size == 0:
         return labels.astype(np.int32)
