@@ -14,8 +14,8 @@ Per model and image size (uint16, a real DSB2018 nucleus image wrapped to size):
       (a)'s tile shape (core takes float32, so its input is converted first);
   (c) the floor: a bare engine session (onnxruntime or torch) running forward passes only, over
       as many tiles of the same shape as (a) used; no processing, no stitching.
-Then the plate pipeline: RunDLModel's time per image set (CellProfiler's own ExecutionTime
-measurement) next to the bare model on that image.
+Then the plate pipeline: RunDLModel's wall time per image set next to the bare model timed in
+the same CellProfiler process (benchmarks/plugins/baremodel.py, appended to the pipeline).
 """
 from __future__ import annotations
 
@@ -204,42 +204,53 @@ def bench(model: str, size: int, repeat: int) -> dict:
 
 
 def plate(wells: int) -> dict:
-    """Headless plate pipeline on the first ``wells`` wells: RunDLModel's ExecutionTime per image
-    set, and the bare default model on one of those images (same tile the module used)."""
-    out = Path(tempfile.mkdtemp(prefix="dlmodel-bench-plate-"))
-    cp = ROOT / ".venv" / "bin" / "cellprofiler"
-    cmd = [str(cp if cp.exists() else "cellprofiler"), "-c", "-r", "-p", str(ROOT / "example_pipelines" / "plate_screen.cppipe"),
-           "--plugins-directory", str(ROOT / "plugins"), "-i", str(PLATE), "-o", str(out), "-f", "1", "-l", str(wells),
-           "--enable-readers", "imageio_reader", "imageio_reader_v3"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    if proc.returncode:
-        raise SystemExit(f"plate pipeline failed:\n{proc.stderr[-3000:]}")
-    with open(out / "Image.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    col = next(c for c in rows[0] if c.startswith("ExecutionTime_") and c.endswith("RunDLModel"))
-    per_set = [float(r[col]) for r in rows][1:]  # the first image set also loads the model
-    icol = next(c for c in rows[0] if c.startswith("DLModel_InferenceSeconds_"))
-    inference = [float(r[icol]) for r in rows][1:]
-    total = [sum(float(v) for k, v in r.items() if k.startswith("ExecutionTime_")) for r in rows][1:]
+    """Headless plate pipeline on the first ``wells`` wells, with benchmarks/plugins/baremodel.py
+    appended: it times the bare default model (ONNX forward passes over the tiles RunDLModel
+    used, random input, no processing) in the same CellProfiler process, once per image set.
+    RunDLModel's time is its wall time as CellProfiler logs it (its ExecutionTime measurement is
+    CPU time, which counts every engine thread)."""
+    import re
+
     import dlmodel
 
     m = dlmodel.load(MODELS["default"])
-    img = image(640)[:640, :640]
-    pred = m.predict(img)
+    pred = m.predict(image(640)[:640, :640])
     shape = [1, 1, pred.plan.tile_shape["y"], pred.plan.tile_shape["x"]]
-    n = len(pred.plan.tiles)
-    run = bare_session(MODELS["default"], m.weights_format, np.random.default_rng(0).normal(size=shape).astype(np.float32))
-    run()
-    bare = []
-    for _ in range(len(per_set)):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            run()
-        bare.append(time.perf_counter() - t0)
-    return {"wells": wells, "module_median": float(np.median(per_set)), "bare_median": float(np.median(bare)),
-            "inference_median": float(np.median(inference)),
-            "pipeline_median": float(np.median(total)), "tiles": n, "tile_shape": pred.plan.tile_shape,
-            "engine": m.weights_format}
+    tiles = len(pred.plan.tiles)
+    out = Path(tempfile.mkdtemp(prefix="dlmodel-bench-plate-"))
+    plugins = out / "plugins"
+    plugins.mkdir()
+    (plugins / "rundlmodel.py").symlink_to(ROOT / "plugins" / "rundlmodel.py")
+    (plugins / "baremodel.py").symlink_to(ROOT / "benchmarks" / "plugins" / "baremodel.py")
+    text = (ROOT / "example_pipelines" / "plate_screen.cppipe").read_text()
+    n = int(re.search(r"^ModuleCount:(\d+)", text, re.M).group(1))
+    text = text.replace(f"ModuleCount:{n}", f"ModuleCount:{n + 1}", 1).rstrip("\n") + (
+        f"\n\nBareModel:[module_num:{n + 1}|svn_version:'Unknown'|variable_revision_number:1|show_window:False|notes:[]|"
+        "batch_state:array([], dtype=uint8)|enabled:True|wants_pause:False]\n")
+    pipeline = out / "plate_bare.cppipe"
+    pipeline.write_text(text)
+    weights = MODELS["default"].parent / "weights.onnx"
+    env = {**os.environ, "DLMODEL_BENCH_BARE": json.dumps({"weights": str(weights), "shape": shape, "tiles": tiles})}
+    cp = ROOT / ".venv" / "bin" / "cellprofiler"
+    cmd = [str(cp if cp.exists() else "cellprofiler"), "-c", "-r", "-p", str(pipeline),
+           "--plugins-directory", str(plugins), "-i", str(PLATE), "-o", str(out), "-f", "1", "-l", str(wells),
+           "--enable-readers", "imageio_reader", "imageio_reader_v3"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+    if proc.returncode:
+        raise SystemExit(f"plate pipeline failed:\n{proc.stderr[-3000:]}")
+    wall: dict = {}
+    for im, module, secs in re.findall(r"Image # (\d+), module (\w+) # \d+: CPU_time = [\d.]+ secs, Wall_time = ([\d.]+)",
+                                       proc.stdout + proc.stderr):
+        wall.setdefault(module, {})[int(im)] = float(secs)
+    with open(out / "Image.csv", newline="") as f:
+        rows = list(csv.DictReader(f))[1:]  # the first image set also loads the model
+    sets = [int(r["ImageNumber"]) for r in rows]
+    icol = next(c for c in rows[0] if c.startswith("DLModel_InferenceSeconds_"))
+    return {"wells": wells, "module_median": float(np.median([wall["RunDLModel"][i] for i in sets])),
+            "inference_median": float(np.median([float(r[icol]) for r in rows])),
+            "bare_median": float(np.median([float(r["BareModel_Seconds"]) for r in rows])),
+            "pipeline_median": float(np.median([sum(w[i] for w in wall.values() if i in w) for i in sets])),
+            "tiles": tiles, "tile_shape": pred.plan.tile_shape, "engine": m.weights_format}
 
 
 def threads_line() -> str:
@@ -358,8 +369,10 @@ def write_doc(rows: list, pl: dict | None, checks: list, args: argparse.Namespac
         lines += [
             "",
             f"Plate pipeline (`example_pipelines/plate_screen.cppipe`, headless, first {pl['wells']} image sets of "
-            "ExampleSBSImages, 640x640): median per image set, from CellProfiler's own ExecutionTime measurements, the "
-            "first image set (which loads the model) left out.",
+            "ExampleSBSImages, 640x640): median per image set, the first (which loads the model) left out. The whole "
+            "module is its wall time as CellProfiler logs it, objects and measurements included; the model step is "
+            "`DLModel_InferenceSeconds` (pre-processing, tiling, engine, post-processing); the bare model is timed in the "
+            "same CellProfiler process by `benchmarks/plugins/baremodel.py`, appended to the pipeline.",
             "",
             "| RunDLModel (whole module) | its model step | bare model on that image | module / bare | model step / bare | whole pipeline |",
             "| --- | --- | --- | --- | --- | --- |",

@@ -114,3 +114,27 @@ def test_chunked_mean_std_equals_the_direct_formula(monkeypatch, dims):
     ref = x.astype(np.float64)
     np.testing.assert_allclose(mean, ref.mean(axis=dims, keepdims=True), rtol=1e-6)
     np.testing.assert_allclose(std, ref.std(axis=dims, keepdims=True), rtol=1e-6)
+
+
+@pytest.mark.parametrize("stat", ["zero_mean_unit_variance", "scale_range"])
+def test_fitting_after_a_lossless_cast_does_not_copy_the_image(stat):
+    # spec 0.5 chains start with ensure_dtype float32: a uint16 image's statistics are those of
+    # its float32 cast, so fitting must not materialise the cast (256 MB for an 8192x8192 image)
+    import tracemalloc
+
+    v = _v()
+    x = np.random.default_rng(4).integers(0, 60000, size=(1, 1, 2048, 1024)).astype(np.uint16)
+    if stat == "zero_mean_unit_variance":
+        norm = v.ZeroMeanUnitVarianceDescr(kwargs=v.ZeroMeanUnitVarianceKwargs(axes=[v.AxisId("y"), v.AxisId("x")]))
+    else:
+        norm = v.ScaleRangeDescr(kwargs=v.ScaleRangeKwargs(axes=[v.AxisId("y"), v.AxisId("x")], min_percentile=1, max_percentile=99.8))
+    cast = v.EnsureDtypeDescr(kwargs=v.EnsureDtypeKwargs(dtype="float32"))
+    tracemalloc.start()
+    fitted = processing.fit([cast, norm, cast], x, AXES)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    if stat == "zero_mean_unit_variance":
+        assert peak < x.size * 4 / 2, f"fitting allocated {peak} bytes, a float32 copy is {x.size * 4}"
+    # same numbers as fitting on the float32 image itself
+    ref = processing.fit([cast, norm, cast], x.astype(np.float32), AXES)
+    np.testing.assert_allclose(fitted(x[..., :300, :200]), ref(x[..., :300, :200].astype(np.float32)), rtol=1e-5, atol=1e-6)

@@ -83,9 +83,10 @@ def _along(values: Sequence[float], axis: str, axis_ids: Sequence[str], what: st
     return np.asarray(values, dtype=np.float32).reshape(shape)
 
 
-# Elements per chunk when a statistic needs a temporary copy: 32 MB of float64, not a
-# whole-image float64 copy (512 MB for an 8192x8192 image).
-_CHUNK = 1 << 22
+# Elements per chunk when a statistic needs a temporary copy: 2 MB of float64, not a
+# whole-image float64 copy (512 MB for an 8192x8192 image). Small enough that the allocator
+# reuses one chunk's memory for the next instead of mapping (and page-faulting) fresh memory.
+_CHUNK = 1 << 18
 
 
 def _mean_std(x: Array, dims: Tuple[int, ...]) -> Tuple[Array, Array]:
@@ -108,7 +109,9 @@ def _sum_sq_dev(x: Array, mean: Array, dims: Tuple[int, ...]) -> Array:
     for s in range(0, x.shape[ax], step):
         sl = (slice(None),) * ax + (slice(s, s + step),)
         m = mean if mean.shape[ax] == 1 else mean[sl]
-        r = np.square(x[sl] - m, dtype=np.float64).sum(axis=dims, keepdims=True)
+        d = np.subtract(x[sl], m, dtype=np.float64)
+        r = np.square(d, out=d).sum(axis=dims, keepdims=True)
+        del d  # before the next chunk's allocation, which then reuses its memory
         if ax in dims:
             total = r if total is None else total + r
         else:
@@ -258,7 +261,9 @@ def fit(
 
     Each op's statistics are those of the tensor as it reaches that op (after the earlier ops).
     Intermediate whole-tensor results are computed only while a later op still needs
-    statistics, so the common ``[zero_mean_unit_variance, ensure_dtype]`` never copies the image.
+    statistics, so the common ``[zero_mean_unit_variance, ensure_dtype]`` never copies the image;
+    nor does a leading lossless ``ensure_dtype`` (uint16 to float32): statistics of the cast
+    equal those of the original, which the statistics compute in float64 anyway.
     """
     reference = reference or {}
     fitted: List[FittedOp] = []
@@ -272,9 +277,13 @@ def fit(
             remaining_stats -= 1
             tile_safe &= _stats_broadcast_over(f, tiled_dims)
         fitted.append(f)
-        if remaining_stats > 0:
+        if remaining_stats > 0 and not _lossless_cast(op, current):
             current = f(current)
     return Fitted(tuple(fitted), tuple(op.id for op in ops), tile_safe)
+
+
+def _lossless_cast(op: Any, x: Array) -> bool:
+    return op.id == "ensure_dtype" and np.can_cast(x.dtype, np.dtype(op.kwargs.dtype), "safe")
 
 
 def _with_stats(fn: FittedOp, *stats: Any) -> FittedOp:
