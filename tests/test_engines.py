@@ -118,3 +118,50 @@ def test_workers_share_the_cores(monkeypatch):
     assert all(w * threads_for_workers(w) <= n for w in range(1, n + 1))
     monkeypatch.setenv("DLMODEL_THREADS", "3")
     assert threads_for_workers(n) == 3  # the user's word wins
+
+
+class _QueuedOnnx(dlmodel.engines.OnnxEngine):
+    """ONNX Runtime with a GPU's timing: ``submit`` returns at once and the pass runs when its
+    result is awaited. CI has no GPU; this drives dlmodel's queued path (GPU batch default,
+    store thread, results in order) with a real engine."""
+
+    asynchronous = True
+
+    def _submit(self, inputs):
+        return lambda: self._run(inputs)
+
+
+def test_queued_engine_path_gives_the_same_outputs(torch2d):
+    model = dlmodel.load(torch2d, engine="onnx")
+    x = RNG.normal(10, 3, (180, 285)).astype(np.float32)
+    direct = model.predict(x, tile=32)
+    model.engine = _QueuedOnnx(model.spec)
+    queued = model.predict(x, tile=32)
+    assert direct.plan.batch_size == 1 and queued.plan.batch_size == 4  # the GPU default
+    assert len(queued.plan.tiles) % 4 != 0  # a short last batch too
+    np.testing.assert_allclose(queued["prob"], direct["prob"], atol=1e-6)
+
+
+def test_a_failing_queued_pass_is_a_one_line_error_and_leaves_no_thread(torch2d):
+    import threading
+
+    class Failing(_QueuedOnnx):
+        calls = 0
+
+        def _submit(self, inputs):
+            Failing.calls += 1
+
+            def result():
+                if Failing.calls >= 3:  # as a GPU reports a fault when the result is awaited
+                    raise RuntimeError("CUDA error: an illegal memory access was encountered\nmore lines")
+                return self._run(inputs)
+
+            return result
+
+    model = dlmodel.load(torch2d, engine="onnx")
+    model.engine = Failing(model.spec)
+    before = threading.active_count()
+    with pytest.raises(dlmodel.EngineError, match=r"^onnx engine failed on input shape \(4, 1, 32, 32\): CUDA error: an "
+                       r"illegal memory access was encountered$"):
+        model.predict(RNG.normal(size=(203, 311)).astype(np.float32), tile=32)
+    assert threading.active_count() == before

@@ -138,3 +138,21 @@ def test_fitting_after_a_lossless_cast_does_not_copy_the_image(stat):
     # same numbers as fitting on the float32 image itself
     ref = processing.fit([cast, norm, cast], x.astype(np.float32), AXES)
     np.testing.assert_allclose(fitted(x[..., :300, :200]), ref(x[..., :300, :200].astype(np.float32)), rtol=1e-5, atol=1e-6)
+
+
+def test_sigmoid_and_softmax_match_scipy_on_extreme_values():
+    # our one-buffer versions run on every tile; same numbers as scipy's, no overflow warnings
+    import warnings
+
+    from scipy.special import expit, softmax
+
+    v = _v()
+    x = np.concatenate([RNG.normal(0, 30, 4000), [-1e4, -100, -88.8, 0, 88.8, 100, 1e4]]).astype(np.float32)
+    x = x.reshape(1, 1, -1, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sig = _fit(v.SigmoidDescr(), x)
+        soft = _fit(v.SoftmaxDescr(kwargs=v.SoftmaxKwargs(axis=v.AxisId("y"))), x)
+    assert sig.dtype == np.float32
+    np.testing.assert_allclose(sig, expit(x), rtol=1e-6, atol=1e-30)
+    np.testing.assert_allclose(soft, softmax(x, axis=2), rtol=1e-5, atol=1e-30)

@@ -11,7 +11,7 @@ import os
 import shutil
 import sys
 import threading
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -151,9 +151,11 @@ def threads_for_workers(workers: int) -> int:
 
 
 class Engine:
-    """Base class. Subclasses set ``format`` and implement ``_load`` and ``_run``."""
+    """Base class. Subclasses set ``format`` and implement ``_load`` and ``_run`` (and
+    ``_submit`` where the device computes while the host goes on, as a GPU does)."""
 
     format = ""
+    asynchronous = False  # whether ``submit`` returns before the pass is done
 
     def __init__(self, spec: ModelSpec, device: str = "cpu", threads: Optional[int] = None, trust: bool = True):
         self.spec = spec
@@ -170,18 +172,40 @@ class Engine:
             raise EngineError(f"cannot load {self.format} weights {self.path}: {_one_line(e)}") from e
 
     def run(self, inputs: Sequence[np.ndarray]) -> List[np.ndarray]:
+        return self.submit(inputs)()
+
+    def submit(self, inputs: Sequence[np.ndarray]) -> Callable[[], List[np.ndarray]]:
+        """Start a forward pass; the returned function waits for it and gives the outputs.
+
+        On CPU the pass runs here and then; on a GPU it is queued, so that the caller can
+        prepare the next tile and store the last one while the GPU computes."""
         # Sessions are not all thread-safe (Keras, TF); one forward pass at a time per engine.
         with self._lock:
             try:
-                outs = self._run(list(inputs))
+                pending = self._submit(list(inputs))
             except Exception as e:
-                shapes = ", ".join(str(tuple(a.shape)) for a in inputs)
-                raise EngineError(f"{self.format} engine failed on input shape {shapes}: {_one_line(e)}") from e
-        if len(outs) != len(self.spec.outputs):
-            raise EngineError(
-                f"{self.format} weights returned {len(outs)} outputs, the rdf describes {len(self.spec.outputs)}"
-            )
-        return outs
+                raise self._failed(inputs, e) from e
+
+        def result() -> List[np.ndarray]:
+            try:
+                outs = pending()
+            except Exception as e:  # a GPU reports errors when its results are awaited
+                raise self._failed(inputs, e) from e
+            if len(outs) != len(self.spec.outputs):
+                raise EngineError(
+                    f"{self.format} weights returned {len(outs)} outputs, the rdf describes {len(self.spec.outputs)}"
+                )
+            return outs
+
+        return result
+
+    def _failed(self, inputs: Sequence[np.ndarray], e: Exception) -> EngineError:
+        shapes = ", ".join(str(tuple(a.shape)) for a in inputs)
+        return EngineError(f"{self.format} engine failed on input shape {shapes}: {_one_line(e)}")
+
+    def _submit(self, inputs: List[np.ndarray]) -> Callable[[], List[np.ndarray]]:
+        outs = self._run(inputs)
+        return lambda: outs
 
     def _load(self) -> None:
         raise NotImplementedError
@@ -245,6 +269,35 @@ class _TorchEngine(Engine):
         with torch.inference_mode():
             out = self.module(*tensors)
         return [t.detach().cpu().numpy() for t in _as_list(out)]
+
+    @property
+    def asynchronous(self) -> bool:  # type: ignore[override]
+        return self.tdev.type == "cuda"
+
+    def _submit(self, inputs: List[np.ndarray]) -> Callable[[], List[np.ndarray]]:
+        if not self.asynchronous:
+            return super()._submit(inputs)
+        import torch
+
+        # Through page-locked (pinned) host buffers both copies are asynchronous: this returns
+        # once the work is queued, and the host buffers come from torch's pinned-memory cache.
+        with torch.inference_mode():
+            tensors = []
+            for a in inputs:
+                host = torch.from_numpy(np.ascontiguousarray(_torch_safe(a)))
+                tensors.append(torch.empty(host.shape, dtype=host.dtype, pin_memory=True).copy_(host)
+                               .to(self.tdev, non_blocking=True))
+            outs = []
+            for t in _as_list(self.module(*tensors)):
+                outs.append(torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True))
+            done = torch.cuda.Event()
+            done.record(torch.cuda.current_stream(self.tdev))  # the model's GPU, not the current one
+
+        def result() -> List[np.ndarray]:
+            done.synchronize()
+            return [o.numpy() for o in outs]
+
+        return result
 
 
 def _torch_safe(a: np.ndarray) -> np.ndarray:

@@ -14,9 +14,10 @@ The steps, and why they are where they are:
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -150,6 +151,11 @@ def _tile_sizes(axes: Sequence[TiledAxis], tile: TileArg, max_pixels: int) -> Di
     return sizes
 
 
+# Tiles per pass on a GPU unless the caller says: with one tile per pass a wide U-Net's GPU
+# waited for the host a third of the time on an H200 (benchmarks/gpu.py, docs/performance.md).
+GPU_BATCH = 4
+
+
 def make_plan(
     spec: ModelSpec,
     inputs: Mapping[str, np.ndarray],
@@ -272,6 +278,8 @@ def run_sample(
     name: str = "image",
 ) -> Tuple[Dict[str, np.ndarray], Plan]:
     """Predict one sample; ``inputs`` and the returned outputs are in model layout (batch 1)."""
+    if batch_size is None and engine.asynchronous:
+        batch_size = GPU_BATCH
     plan = make_plan(spec, inputs, tile, batch_size, max_tile_pixels, use_halo)
     check_memory(spec, plan, name)
     tiled_ids = [a.id for a in plan.axes]
@@ -296,16 +304,9 @@ def run_sample(
 
     # 3. tiles through the engine, inner regions into the outputs
     outputs: Dict[str, np.ndarray] = {}
-    for b0 in range(0, len(plan.tiles), plan.batch_size):
-        batch_tiles = plan.tiles[b0:b0 + plan.batch_size]
-        feeds = []
-        for t in spec.inputs:
-            mode = pad_mode or t.pad_mode or "reflect"
-            parts = [pre[t.id](_to_float(_extract(prepared[t.id], t, tl, mode, t.pad_value), t)) for tl in batch_tiles]
-            bdim = _batch_dim(t)
-            feeds.append(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=bdim))
-        results = engine.run(feeds)
-        for o, res in zip(spec.outputs, results):
+
+    def store(batch_tiles: List[tiling.Tile], result: Callable[[], List[np.ndarray]]) -> None:
+        for o, res in zip(spec.outputs, result()):
             res = np.asarray(res)
             if res.ndim != len(o.axes):
                 raise EngineError(
@@ -315,6 +316,32 @@ def run_sample(
             for k, tl in enumerate(batch_tiles):
                 part = res if len(batch_tiles) == 1 else np.take(res, [k], axis=bdim)
                 _write(outputs, spec, o, part, tl, plan, post_tile.get(o.id))
+
+    # A GPU computes while the host goes on: then one thread stores (post-processes and copies)
+    # the last batch while this one prepares the next, and the GPU waits for neither.
+    pool = ThreadPoolExecutor(1, thread_name_prefix="dlmodel-store") if engine.asynchronous else None
+    stored = None
+    try:
+        for b0 in range(0, len(plan.tiles), plan.batch_size):
+            batch_tiles = plan.tiles[b0:b0 + plan.batch_size]
+            feeds = []
+            for t in spec.inputs:
+                mode = pad_mode or t.pad_mode or "reflect"
+                parts = [pre[t.id](_to_float(_extract(prepared[t.id], t, tl, mode, t.pad_value), t)) for tl in batch_tiles]
+                bdim = _batch_dim(t)
+                feeds.append(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=bdim))
+            result = engine.submit(feeds)
+            if pool is None:
+                store(batch_tiles, result)
+                continue
+            if stored is not None:
+                stored.result()  # one batch stored at a time, in order; its errors surface here
+            stored = pool.submit(store, batch_tiles, result)
+        if stored is not None:
+            stored.result()
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     # 4. post-processing that needs whole outputs (statistics, custom code)
     if not post_per_tile:
