@@ -9,6 +9,7 @@ the test's temporary folder); ``make gui-test`` copies them into docs/images/.
 import csv
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -47,17 +48,23 @@ def display():
     why = _missing()
     if why:
         pytest.skip(why)
-    for n in range(90, 120):
-        if not Path(f"/tmp/.X11-unix/X{n}").exists():
-            break
-    proc = subprocess.Popen(["Xvfb", f":{n}", "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    t0 = time.time()
-    while not Path(f"/tmp/.X11-unix/X{n}").exists():
-        if proc.poll() is not None or time.time() - t0 > 30:
-            pytest.fail(f"Xvfb :{n} did not start")
-        time.sleep(0.2)
-    yield f":{n}"
+    # -displayfd: Xvfb picks a free display and writes its number once it accepts clients (its
+    # socket file appears earlier, and a client that connects then can fail: seen in CI)
+    read, write = os.pipe()
+    proc = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
+                            pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write)
+    number = b""
+    while not number.endswith(b"\n"):
+        if not select.select([read], [], [], 30)[0]:
+            proc.kill()
+            pytest.fail("Xvfb did not start in 30 s")
+        chunk = os.read(read, 16)
+        if not chunk:
+            pytest.fail(f"Xvfb exited ({proc.wait()}) before it accepted clients")
+        number += chunk
+    os.close(read)
+    yield f":{int(number)}"
     proc.terminate()
     proc.wait(10)
 
