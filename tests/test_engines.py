@@ -165,3 +165,14 @@ def test_a_failing_queued_pass_is_a_one_line_error_and_leaves_no_thread(torch2d)
                        r"illegal memory access was encountered$"):
         model.predict(RNG.normal(size=(203, 311)).astype(np.float32), tile=32)
     assert threading.active_count() == before
+
+
+def test_the_gpu_batch_default_falls_back_to_one_tile_when_memory_is_short(torch2d, monkeypatch):
+    model = dlmodel.load(torch2d, engine="onnx")
+    model.engine = _QueuedOnnx(model.spec)
+    x = RNG.normal(10, 3, (180, 285)).astype(np.float32)
+    # 32x32 tiles: 0.4 MB of working memory each, 0.2 MB of output: 4 tiles per pass do not fit
+    monkeypatch.setenv("DLMODEL_MEMORY_LIMIT", "1000000")
+    assert model.predict(x, tile=32).plan.batch_size == 1
+    with pytest.raises(dlmodel.InputError, match="use a smaller tile"):
+        model.predict(x, tile=32, batch_size=4)  # asked for: refused, not changed

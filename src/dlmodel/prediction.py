@@ -278,10 +278,15 @@ def run_sample(
     name: str = "image",
 ) -> Tuple[Dict[str, np.ndarray], Plan]:
     """Predict one sample; ``inputs`` and the returned outputs are in model layout (batch 1)."""
-    if batch_size is None and engine.asynchronous:
-        batch_size = GPU_BATCH
-    plan = make_plan(spec, inputs, tile, batch_size, max_tile_pixels, use_halo)
-    check_memory(spec, plan, name)
+    gpu_default = batch_size is None and engine.asynchronous
+    plan = make_plan(spec, inputs, tile, GPU_BATCH if gpu_default else batch_size, max_tile_pixels, use_halo)
+    try:
+        check_memory(spec, plan, name)
+    except InputError:
+        if not gpu_default or plan.batch_size == 1:
+            raise
+        plan = make_plan(spec, inputs, tile, 1, max_tile_pixels, use_halo)  # our default must not refuse an image
+        check_memory(spec, plan, name)
     tiled_ids = [a.id for a in plan.axes]
 
     # 1. pre-processing, fitted on whole inputs
