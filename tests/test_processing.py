@@ -156,3 +156,13 @@ def test_sigmoid_and_softmax_match_scipy_on_extreme_values():
     assert sig.dtype == np.float32
     np.testing.assert_allclose(sig, expit(x), rtol=1e-6, atol=1e-30)
     np.testing.assert_allclose(soft, softmax(x, axis=2), rtol=1e-5, atol=1e-30)
+
+
+def test_a_boolean_image_is_cast_before_its_percentiles():
+    # a bool -> float32 cast is lossless too, but numpy's percentiles refuse booleans
+    v = _v()
+    x = np.random.default_rng(5).random((1, 1, 40, 30)) > 0.7
+    cast = v.EnsureDtypeDescr(kwargs=v.EnsureDtypeKwargs(dtype="float32"))
+    norm = v.ScaleRangeDescr(kwargs=v.ScaleRangeKwargs(axes=[v.AxisId("y"), v.AxisId("x")], min_percentile=1, max_percentile=99))
+    out = processing.fit([cast, norm], x, AXES)(x)
+    np.testing.assert_allclose(out, x.astype(np.float32) / (1 + 1e-6), rtol=1e-6)

@@ -298,7 +298,8 @@ def fit(
 
 
 def _lossless_cast(op: Any, x: Array) -> bool:
-    return op.id == "ensure_dtype" and np.can_cast(x.dtype, np.dtype(op.kwargs.dtype), "safe")
+    # numbers only: numpy's percentiles refuse booleans
+    return op.id == "ensure_dtype" and x.dtype.kind in "iuf" and np.can_cast(x.dtype, np.dtype(op.kwargs.dtype), "safe")
 
 
 def _with_stats(fn: FittedOp, *stats: Any) -> FittedOp:
