@@ -34,6 +34,38 @@ def test_min_size_fill_holes_and_border():
     assert kept.max() == 1 and kept[45, 45] == 0
 
 
+def _fill_holes_one_by_one(labels):
+    """The obvious, slow reference: each enclosed background region, with its ring of neighbours."""
+    from scipy import ndimage as ndi
+
+    out = labels.copy()
+    holes, n = ndi.label(ndi.binary_fill_holes(labels > 0) & (labels == 0))
+    for i in range(1, n + 1):
+        region = holes == i
+        around = labels[ndi.binary_dilation(region) & ~region]
+        if (around == around[0]).all():
+            out[region] = around[0]
+    return out
+
+
+@pytest.mark.parametrize("shape", [(40, 60), (12, 30, 30)])
+def test_fill_holes_fills_only_holes_enclosed_by_one_object(shape):
+    from scipy import ndimage as ndi
+
+    from dlmodel.instances import fill_holes
+
+    rng = np.random.default_rng(len(shape))
+    labels, n = ndi.label(ndi.gaussian_filter(rng.random(shape), 1.3) > 0.5)
+    labels[rng.random(shape) < 0.05] = 0  # holes inside objects and on their edges
+    ring = np.zeros((9, 9), np.int32)
+    ring[1:8, 1:8], ring[4, 4], ring[1:8, 1:4] = 1, 0, 2  # a hole between two objects stays
+    plane = (shape[0] // 2,) if len(shape) == 3 else ()
+    labels[plane + (slice(20, 29), slice(20, 29))] = ring + n * (ring > 0)
+    filled = fill_holes(labels)
+    assert np.array_equal(filled, _fill_holes_one_by_one(labels))
+    assert (filled != labels).sum() > 10 and filled[plane + (24, 24)] == 0
+
+
 def test_label_outputs_are_renumbered():
     labels = np.zeros((10, 10), np.int32)
     labels[1:3, 1:3], labels[5:8, 5:8] = 7, 42

@@ -113,15 +113,14 @@ def _finish(labels: np.ndarray, min_size: int, fill: bool, discard_border: bool)
 
     if fill:
         labels = fill_holes(labels)
-    if min_size > 1:
-        labels = remove_small(labels, min_size)
     if discard_border:
         labels = clear_border(labels)
-    return relabel(labels)
+    return relabel(labels, min_size)
 
 
-def relabel(labels: np.ndarray) -> np.ndarray:
-    """Labels renumbered 1..N in order of their old numbers, int32, 0 kept as background.
+def relabel(labels: np.ndarray, min_size: int = 1) -> np.ndarray:
+    """Labels renumbered 1..N in order of their old numbers, int32, 0 kept as background;
+    objects of fewer than ``min_size`` pixels become background on the way.
 
     Same result as skimage's ``relabel_sequential`` for non-negative labels, by a lookup
     table instead of ``np.unique`` (a sort of every pixel: most of the time of a whole
@@ -134,8 +133,10 @@ def relabel(labels: np.ndarray) -> np.ndarray:
     if flat.min() < 0 or flat.max() > 4 * flat.size:  # sparse, huge label numbers: a table would not fit
         from skimage.segmentation import relabel_sequential
 
+        if min_size > 1:
+            labels = remove_small(labels, min_size)
         return relabel_sequential(labels.astype(np.int64))[0].astype(np.int32)
-    present = np.bincount(flat) > 0
+    present = np.bincount(flat) >= max(min_size, 1)
     present[0] = False
     lut = np.zeros(present.size, np.int32)
     lut[present] = np.arange(1, int(present.sum()) + 1, dtype=np.int32)
@@ -190,31 +191,51 @@ def split_touching(mask: np.ndarray, diameter: Optional[float] = None) -> np.nda
 
 
 def fill_holes(labels: np.ndarray) -> np.ndarray:
-    """Fill background holes enclosed by a single object."""
+    """Fill background holes enclosed by a single object.
+
+    A hole is a background region (face-connected) that does not reach the image border; it
+    takes its surroundings' label when every pixel next to it belongs to the same object. The
+    neighbours of all hole pixels are looked up at once, not hole by hole."""
     out = labels.copy()
-    holes = ndi.binary_fill_holes(labels > 0) & (labels == 0)
-    if not holes.any():
+    background, n = ndi.label(labels == 0)
+    if n == 0:
         return out
-    hole_labels, n = ndi.label(holes)
-    for i, sl in enumerate(ndi.find_objects(hole_labels), start=1):
-        # one pixel of margin so the ring around the hole is inside the window
-        sl = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in sl)
-        region = hole_labels[sl] == i
-        ring = ndi.binary_dilation(region) & ~region
-        around = labels[sl][ring]
-        around = around[around > 0]
-        if around.size and (around == around[0]).all():
-            out[sl][region] = around[0]
+    border = np.zeros(n + 1, bool)
+    for d in range(labels.ndim):
+        for edge in (0, -1):
+            border[np.take(background, edge, axis=d)] = True
+    is_hole = ~border
+    is_hole[0] = False
+    if not is_hole.any():
+        return out
+    holes = np.where(is_hole, np.arange(n + 1), 0)[background].ravel()  # hole number, 0 elsewhere
+    at = np.flatnonzero(holes)
+    hole = holes[at]
+    flat = out.reshape(-1)  # a fresh copy: C-contiguous
+    lo = np.full(n + 1, np.iinfo(np.int64).max)
+    hi = np.zeros(n + 1, np.int64)
+    for stride in np.cumprod((1,) + labels.shape[:0:-1]):
+        for step in (-int(stride), int(stride)):
+            # no hole touches the border, so every neighbour of a hole pixel is in the image
+            nb = flat[at + step]
+            edge = nb > 0
+            np.minimum.at(lo, hole[edge], nb[edge])
+            np.maximum.at(hi, hole[edge], nb[edge])
+    fill = is_hole & (lo == hi)
+    if fill.any():
+        keep = fill[hole]
+        flat[at[keep]] = hi[hole[keep]]
     return out
 
 
 def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """Labels (non-negative) with objects of fewer than ``min_size`` pixels set to 0; a new array."""
     sizes = np.bincount(labels.ravel())
-    small = sizes < min_size
-    small[0] = False
-    out = labels.copy()
-    out[small[labels]] = 0
-    return out
+    if not ((sizes[1:] > 0) & (sizes[1:] < min_size)).any():
+        return labels.copy()
+    lut = np.arange(sizes.size, dtype=labels.dtype)
+    lut[sizes < min_size] = 0
+    return lut[labels]
 
 
 def centers(labels: np.ndarray) -> np.ndarray:
