@@ -5,7 +5,12 @@ used, no processing) inside the same CellProfiler process as RunDLModel, so the 
 benchmark compares the module with the bare engine under the same conditions: the same
 process, threads and caches disturbed by the other modules. What to run comes from the
 environment (set by benchmarks/run.py): DLMODEL_BENCH_BARE = '{"weights": PATH,
-"shape": [1, 1, Y, X], "tiles": N}'.
+"shape": [1, 1, Y, X], "tiles": N, "objects": NAME}'.
+
+With ``objects`` it also times what CellProfiler itself does when a module hands it a label
+image (``Objects.segmented = labels``: CellProfiler converts the labels and lists the object
+numbers in them), on the objects RunDLModel made for this image set: a cost every module that
+makes objects pays, IdentifyPrimaryObjects included.
 """
 import json
 import os
@@ -14,8 +19,10 @@ import time
 import numpy as np
 from cellprofiler_core.constants.measurement import COLTYPE_FLOAT
 from cellprofiler_core.module import Module
+from cellprofiler_core.object import Objects
 
 FEATURE = "BareModel_Seconds"
+HANDOVER = "BareModel_ObjectsHandoverSeconds"
 _SESSION = {}
 
 
@@ -48,6 +55,12 @@ class BareModel(Module):
         for _ in range(cfg["tiles"]):
             _SESSION["run"]()
         workspace.measurements.add_image_measurement(FEATURE, time.perf_counter() - t0)
+        if cfg.get("objects"):
+            labels = workspace.object_set.get_objects(cfg["objects"]).segmented.astype(np.int32)
+            t0 = time.perf_counter()
+            Objects().segmented = labels
+            workspace.measurements.add_image_measurement(HANDOVER, time.perf_counter() - t0)
 
     def get_measurement_columns(self, pipeline):
-        return [("Image", FEATURE, COLTYPE_FLOAT)]
+        cfg = json.loads(os.environ.get("DLMODEL_BENCH_BARE", "{}"))
+        return [("Image", FEATURE, COLTYPE_FLOAT)] + ([("Image", HANDOVER, COLTYPE_FLOAT)] if cfg.get("objects") else [])

@@ -208,7 +208,7 @@ def fill_holes(labels: np.ndarray) -> np.ndarray:
     is_hole[0] = False
     if not is_hole.any():
         return out
-    holes = np.where(is_hole, np.arange(n + 1), 0)[background].ravel()  # hole number, 0 elsewhere
+    holes = np.where(is_hole, np.arange(n + 1, dtype=background.dtype), 0)[background].ravel()  # hole number, 0 elsewhere
     at = np.flatnonzero(holes)
     hole = holes[at]
     flat = out.reshape(-1)  # a fresh copy: C-contiguous
