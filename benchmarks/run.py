@@ -135,11 +135,11 @@ def measure(case: str, model: str, size: int, extra: dict) -> dict:
         run = bare_session(rdf, extra["engine"], x)
         run()
 
-        def passes() -> None:
+        def bare_passes() -> None:
             for _ in range(extra["tiles"]):
                 run()  # each output is dropped at once, as (a) drops each tile's after storing it
 
-        seconds, _ = timed(passes)
+        seconds, _ = timed(bare_passes)
         result = {"engine": extra["engine"]}
     else:  # core_default, core_same
         from bioimageio.core import Sample, Tensor, create_prediction_pipeline, predict
