@@ -136,6 +136,13 @@ def test_relabel_matches_skimage(dtype):
     labels = np.random.default_rng(0).choice([0, 3, 7, 8, 50, 51, 200], size=(40, 30)).astype(dtype)
     if dtype == np.int64:
         labels[0, 0] = 2**40  # sparse and huge: a lookup table would not fit
+    labels[5, :3] = 9  # a small object
     out = dlmodel.instances.relabel(labels)
     assert out.dtype == np.int32 and out.max() == len(np.unique(labels)) - 1
     np.testing.assert_array_equal(out, relabel_sequential(labels.astype(np.int64))[0])
+    # objects under min_size become background in the same pass (here 9, and the single 2**40 pixel)
+    values, counts = np.unique(labels, return_counts=True)
+    small = values[(values > 0) & (counts < 60)]
+    assert 9 in small
+    expected = relabel_sequential(np.where(np.isin(labels, small), 0, labels).astype(np.int64))[0]
+    np.testing.assert_array_equal(dlmodel.instances.relabel(labels, 60), expected)

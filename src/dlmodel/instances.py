@@ -131,11 +131,11 @@ def relabel(labels: np.ndarray, min_size: int = 1) -> np.ndarray:
     if flat.size == 0:
         return labels.astype(np.int32)
     if flat.min() < 0 or flat.max() > 4 * flat.size:  # sparse, huge label numbers: a table would not fit
-        from skimage.segmentation import relabel_sequential
-
-        if min_size > 1:
-            labels = remove_small(labels, min_size)
-        return relabel_sequential(labels.astype(np.int64))[0].astype(np.int32)
+        values, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
+        keep = (values > 0) & (counts >= max(min_size, 1))
+        new = np.zeros(values.size, np.int32)
+        new[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+        return new[inverse].reshape(labels.shape)
     present = np.bincount(flat) >= max(min_size, 1)
     present[0] = False
     lut = np.zeros(present.size, np.int32)
