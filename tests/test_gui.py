@@ -35,9 +35,9 @@ def _missing() -> str:
         import wx  # noqa: F401
     except ImportError:
         return "wxPython is not importable: run `make gui-test` (a venv with Debian's python3-wxgtk4.0)"
-    for tool in ("Xvfb", "import"):
+    for tool in ("Xvfb", "import", "xdotool"):
         if shutil.which(tool) is None:
-            return f"{tool} is not installed: run `make gui-test` (it installs xvfb and imagemagick)"
+            return f"{tool} is not installed: run `make gui-test` (it installs xvfb, imagemagick and xdotool)"
     if not CELLPROFILER.exists():
         return "cellprofiler is not installed in this venv"
     return ""
@@ -64,7 +64,17 @@ def display():
             pytest.fail(f"Xvfb exited ({proc.wait()}) before it accepted clients")
         number += chunk
     os.close(read)
-    yield f":{int(number)}"
+    display = f":{int(number)}"
+    # and a real client must get in before CellProfiler tries: one fresh-clone CI run saw wx fail
+    # to open the display it had just been given
+    deadline = time.time() + 30
+    while subprocess.run(["xdotool", "getdisplaygeometry"], env={**os.environ, "DISPLAY": display},
+                         capture_output=True).returncode != 0:
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"no X client could connect to Xvfb on {display} (Xvfb exit status: {proc.poll()})")
+        time.sleep(0.2)
+    yield display
     proc.terminate()
     proc.wait(10)
 
