@@ -67,7 +67,7 @@ def seeded_watershed(
     mask = foreground > threshold
     markers, _ = ndi.label((seeds > seed_threshold) & mask)
     if min_seed_size > 1:
-        markers = remove_small(markers, min_seed_size)
+        markers = relabel(markers, min_seed_size)
     labels = watershed(-seeds, markers, mask=mask)
     unseeded = mask & (labels == 0)  # foreground blobs with no interior: keep them whole
     if unseeded.any():
@@ -226,16 +226,6 @@ def fill_holes(labels: np.ndarray) -> np.ndarray:
         keep = fill[hole]
         flat[at[keep]] = hi[hole[keep]]
     return out
-
-
-def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Labels (non-negative) with objects of fewer than ``min_size`` pixels set to 0; a new array."""
-    sizes = np.bincount(labels.ravel())
-    if not ((sizes[1:] > 0) & (sizes[1:] < min_size)).any():
-        return labels.copy()
-    lut = np.arange(sizes.size, dtype=labels.dtype)
-    lut[sizes < min_size] = 0
-    return lut[labels]
 
 
 def centers(labels: np.ndarray) -> np.ndarray:
