@@ -1,7 +1,7 @@
 """Speed and memory, measured side by side in one run; prints every target of issue 6 as met or
 not, and writes docs/performance.md. Not a test, never run by CI.
 
-    .venv/bin/python benchmarks/run.py                  # everything (about 40 min on 2 cores)
+    .venv/bin/python benchmarks/run.py                  # everything (about an hour on 2 cores)
     .venv/bin/python benchmarks/run.py --quick          # 512 and 2048 only, no plate pipeline
 
 Every measurement runs in its own process (so peak RSS is that measurement's alone) after one
