@@ -140,9 +140,7 @@ def measure(case: str, model: str, size: int, extra: dict) -> dict:
         m = dlmodel.load(rdf)
         t = extra["tile_shape"]
         m.predict(img[: t["y"], : t["x"]], tile=(t["y"], t["x"]))
-        x = np.random.default_rng(0).normal(size=[1, 1, t["y"], t["x"]]).astype(np.float32)
-        run = bare_session(rdf, extra["engine"], x)
-        run()
+        run = bare_session(rdf, extra["engine"], [1, 1, t["y"], t["x"]])
         a_best = c_best = math.inf
         for _ in range(int(extra["alternations"])):
             t0 = time.perf_counter()
@@ -154,9 +152,7 @@ def measure(case: str, model: str, size: int, extra: dict) -> dict:
             a_best, c_best = min(a_best, t1 - t0), min(c_best, t2 - t1)
         seconds = a_best / c_best  # a ratio, not seconds
     elif case == "bare":
-        x = np.random.default_rng(0).normal(size=extra["shape"]).astype(np.float32)
-        run = bare_session(rdf, extra["engine"], x)
-        run()
+        run = bare_session(rdf, extra["engine"], extra["shape"])
 
         def bare_passes() -> None:
             for _ in range(extra["tiles"]):
@@ -187,10 +183,12 @@ def measure(case: str, model: str, size: int, extra: dict) -> dict:
     return {"seconds": seconds, "peak_rss_mb": peak_rss_mb(), **result}
 
 
-def bare_session(rdf: Path, engine: str, x: np.ndarray):
-    """One forward pass of the model's own weights, nothing else (what (c) times)."""
+def bare_session(rdf: Path, engine: str, shape: list):
+    """One forward pass of the model's own weights on random input of ``shape``, nothing else
+    (what (c) times), after one warm-up pass."""
     from bioimageio.spec import load_model_description
 
+    x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
     descr = load_model_description(rdf, perform_io_checks=False)
     w = getattr(descr.weights, engine)
     path = rdf.parent / Path(str(w.source)).name
@@ -199,16 +197,20 @@ def bare_session(rdf: Path, engine: str, x: np.ndarray):
 
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         feed = {sess.get_inputs()[0].name: x}
-        return lambda: sess.run(None, feed)
-    import torch
 
-    net = torch.jit.load(str(path)).eval()
-    tx = torch.from_numpy(x)
+        def run() -> None:
+            sess.run(None, feed)
+    else:
+        import torch
 
-    def run() -> None:
-        with torch.no_grad():
-            net(tx)
+        net = torch.jit.load(str(path)).eval()
+        tx = torch.from_numpy(x)
 
+        def run() -> None:
+            with torch.no_grad():
+                net(tx)
+
+    run()
     return run
 
 

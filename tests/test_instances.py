@@ -146,3 +146,9 @@ def test_relabel_matches_skimage(dtype):
     assert 9 in small
     expected = relabel_sequential(np.where(np.isin(labels, small), 0, labels).astype(np.int64))[0]
     np.testing.assert_array_equal(dlmodel.instances.relabel(labels, 60), expected)
+
+
+def test_relabel_negative_numbers_become_background():
+    # (a negative number sends relabel down its np.unique path, small or huge label numbers alike)
+    np.testing.assert_array_equal(dlmodel.instances.relabel(np.array([[-3, 0, 5, 5]])), [[0, 0, 1, 1]])
+    np.testing.assert_array_equal(dlmodel.instances.relabel(np.array([[-3, 0, 2**40, 9]]), 1), [[0, 0, 2, 1]])

@@ -120,7 +120,8 @@ def _finish(labels: np.ndarray, min_size: int, fill: bool, discard_border: bool)
 
 def relabel(labels: np.ndarray, min_size: int = 1) -> np.ndarray:
     """Labels renumbered 1..N in order of their old numbers, int32, 0 kept as background;
-    objects of fewer than ``min_size`` pixels become background on the way.
+    objects of fewer than ``min_size`` pixels, and negative numbers, become background on the way
+    (as ``to_labels`` treats a model's negative labels).
 
     Same result as skimage's ``relabel_sequential`` for non-negative labels, by a lookup
     table instead of ``np.unique`` (a sort of every pixel: most of the time of a whole
