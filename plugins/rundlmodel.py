@@ -214,10 +214,11 @@ memory.""",
         self.trust = Binary(
             "Trust code from the model package?", False,
             doc="""\
-Some packages ship Python code: a PyTorch architecture file, custom post-processing, Keras
-Lambda layers. That code runs with your rights. It runs for packages on your own disk; for
-downloaded packages (URL, zoo id, DOI) only when this is *Yes*. ONNX and TorchScript weights
-run no package code and never need it.""",
+Some packages ship code: a PyTorch architecture file, custom post-processing, Keras Lambda
+layers, TensorFlow graph operations that read or write files. That code runs with your rights,
+so it runs only when this is *Yes*, whatever the package's source (folder, zip, URL, zoo id,
+DOI). *No* means no: such a package is refused with a message naming the code. ONNX and
+TorchScript weights run no package code and never need it.""",
         )
         self.inputs = []
         self.outputs = []
@@ -393,7 +394,7 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
         # one model per (source, engine, device) per process, shared by every RunDLModel module
         return _dlmodel().load_cached(self._source(), engine=ENGINE_ARG[self.engine.value],
                                       device=DEVICE_ARG[self.device.value], threads=_worker_threads(),
-                                      trust=True if self.trust.value else None)
+                                      trust=bool(self.trust.value))
 
     def prepare_run(self, workspace):
         # Runs in the GUI process just before "Analyze Images" starts its worker processes,

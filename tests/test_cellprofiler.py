@@ -319,3 +319,17 @@ def test_a_failing_image_set_names_the_module_and_the_image(cp):
         m.run(workspace)
     msg = str(err.value)
     assert msg.startswith("RunDLModel #1, image set 1 (plate1_A01.tif): ") and "NaN" in msg and "\n" not in msg
+
+
+def test_trust_no_means_no_for_a_folder_on_disk(cp, torch2d):
+    """RunDLModel's 'Trust code from the model package? No' refuses a local package's code too."""
+    import dlmodel
+
+    m = cp("RunDLModel")
+    m.model_source.value = str(torch2d.parent)
+    m.engine.value = "PyTorch"  # a state dict with the package's own architecture file
+    assert m.trust.value is False
+    with pytest.raises(dlmodel.TrustError, match="not to be trusted.*tiny_arch.py"):
+        m._model()
+    m.trust.value = True
+    assert m._model().test().ok

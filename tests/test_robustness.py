@@ -32,7 +32,7 @@ def served_torch2d(torch2d, tmp_path, monkeypatch):
 
 
 def test_downloaded_architecture_code_needs_trust(served_torch2d, torch2d):
-    with pytest.raises(dlmodel.EngineError) as err:
+    with pytest.raises(dlmodel.TrustError) as err:
         dlmodel.load(served_torch2d, engine="pytorch")
     msg = str(err.value)
     assert "was downloaded" in msg and "tiny_arch.py" in msg and "trust=True" in msg and "\n" not in msg
@@ -73,7 +73,7 @@ def test_custom_postprocessing_runs_locally_and_only_with_trust_when_downloaded(
     server = Server(tmp_path / "www")
     try:
         remote = dlmodel.load(f"{server.url}/custom/bioimageio.yaml")
-        with pytest.raises(dlmodel.SpecError, match="runs the package's own code.*trust=True"):
+        with pytest.raises(dlmodel.TrustError, match="runs the package.s own code.*trust=True"):
             remote.predict(x)
         assert dlmodel.load(f"{server.url}/custom/bioimageio.yaml", trust=True).test().ok
     finally:
@@ -93,7 +93,7 @@ def test_keras_lambda_layers_need_trust_when_downloaded(tmp_path, monkeypatch):
     monkeypatch.setenv("DLMODEL_CACHE", str(tmp_path / "cache"))
     server = Server(tmp_path / "www")
     try:
-        with pytest.raises(dlmodel.EngineError, match="Lambda layers.*trust=True"):
+        with pytest.raises(dlmodel.TrustError, match="Lambda layers.*trust=True"):
             dlmodel.load(f"{server.url}/lam/bioimageio.yaml")
         assert dlmodel.load(f"{server.url}/lam/bioimageio.yaml", trust=True).test().ok
     finally:

@@ -7,6 +7,7 @@
 from . import api, axes, engines, instances, processing, sources, tiling
 from .api import Model, Prediction, TestReport, clear_cache, load, load_cached
 from .errors import DLModelError, EngineError, ImageFileError, InputError, SourceError, SpecError
+from .trust import TrustError
 
 __version__ = "0.1.0"
 
@@ -27,6 +28,7 @@ __all__ = [
     "SourceError",
     "SpecError",
     "TestReport",
+    "TrustError",
     "clear_cache",
     "load",
     "load_cached",

@@ -12,9 +12,10 @@ import numpy as np
 
 from . import axes as axes_mod
 from . import engines, processing, sources
-from .errors import DLModelError, InputError, SourceError, SpecError
-from .prediction import DEFAULT_TILE_PIXELS, Plan, TileArg, run_sample
+from .errors import DLModelError, EngineError, InputError, SourceError, SpecError
+from .prediction import DEFAULT_TILE_PIXELS, Plan, TileArg, check_options, plan_checked, run_sample
 from .spec import ModelSpec, Tensor, read_description, spec_from_descr
+from .trust import Gate
 
 LOGGER = logging.getLogger("dlmodel")
 
@@ -89,15 +90,17 @@ class Model:
         device: str = "auto",
         threads: Optional[int] = None,
         origin: str = "",
-        local: bool = True,
+        kind: str = "folder",
         trust: Optional[bool] = None,
     ):
         self.spec = spec
         self.origin = origin or str(spec.rdf_path)
-        self.local = local
-        # code shipped in a package (architecture files, custom ops, Keras Lambda layers) runs
-        # only for packages from the user's own disk, unless the user says otherwise
-        self.trust = local if trust is None else bool(trust)
+        self.kind = kind
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise EngineError(f"threads={threads!r}: use a whole number >= 1, or None for all cores")
+        # code a package brings runs only for a folder the user made, unless the user says
+        # otherwise (trust.py); trust=False means no, for a folder too
+        self.gate = Gate.decide(spec.name, spec.root, spec.rdf_sha256, kind, trust)
         self.device = engines.resolve_device(device)
         self.weights_format = engines.choose_format(spec, engine, self.device)
         self.threads = threads
@@ -107,10 +110,20 @@ class Model:
         self.engine = self._engine(self.weights_format)
         self.load_seconds = time.perf_counter() - t0
 
+    @property
+    def trust(self) -> bool:
+        """Whether code the package brings may run (see :mod:`dlmodel.trust`)."""
+        return self.gate.trusted
+
+    @property
+    def local(self) -> bool:
+        """Whether the package came from this machine's disk (a folder or a zip), not a download."""
+        return self.kind != "download"
+
     def _engine(self, fmt: str) -> engines.Engine:
         with self._engine_lock:
             if fmt not in self._engines:
-                self._engines[fmt] = engines.load_engine(self.spec, fmt, self.device, self.threads, self.trust)
+                self._engines[fmt] = engines.load_engine(self.spec, fmt, self.device, self.threads, self.gate)
             return self._engines[fmt]
 
     # ------------------------------------------------------------------ predict
@@ -147,6 +160,8 @@ class Model:
             was given without a channel axis (``"yx"`` in, ``"yx"`` out).
         """
         t0 = time.perf_counter()
+        check_options(tile, batch_size, pad_mode)
+        self._check_axes_arg(axes)
         arrays = self._as_inputs(image)
         layouts: Dict[str, np.ndarray] = {}
         loop = None
@@ -170,7 +185,7 @@ class Model:
             sample = {tid: arr[idx] for tid, arr in layouts.items()}
             outs, plan = run_sample(
                 self.spec, self.engine, sample, tile=tile, batch_size=batch_size,
-                pad_mode=pad_mode, max_tile_pixels=max_tile_pixels, trust=self.trust, name=name,
+                pad_mode=pad_mode, max_tile_pixels=max_tile_pixels, gate=self.gate, name=name,
             )
             for oid, arr in outs.items():
                 results[oid].append(arr)
@@ -185,6 +200,41 @@ class Model:
             final[o.id] = stacked
             out_axes[o.id] = letters
         return Prediction(final, out_axes, plan, time.perf_counter() - t0)
+
+    def _check_axes_arg(self, axes: Any) -> None:
+        ids = [t.id for t in self.spec.inputs]
+        if isinstance(axes, Mapping):
+            unknown = [k for k in axes if k not in ids]
+            bad = [k for k, v in axes.items() if not isinstance(v, str)]
+            if unknown:
+                raise InputError(f"axes names input {unknown[0]!r}; model {self.spec.name!r} has inputs {', '.join(ids)}")
+            if bad:
+                raise InputError(f"axes[{bad[0]!r}]={axes[bad[0]]!r}: give the axes as letters, e.g. 'yx' or 'cyx'")
+        elif axes is not None and not isinstance(axes, str):
+            raise InputError(f"axes={axes!r}: give the axes as letters, e.g. 'yx' or 'cyx' (or one such string per input)")
+
+    def check_file_fits(self, path: Union[str, Path], axes: Optional[str] = None, tile: TileArg = None,
+                        batch_size: Optional[int] = None) -> None:
+        """Refuse, from the file's header alone (before reading it), an image whose prediction
+        cannot fit in memory. Files whose header says too little (PNG, JPEG) are checked
+        after reading, as every array is in :meth:`predict`."""
+        from . import io
+
+        header = io.image_header(Path(path))
+        if header is None or len(self.spec.inputs) != 1:
+            return
+        shape, dtype, file_axes = header
+        t = self.spec.inputs[0]
+        if not shape or 0 in shape:
+            return  # predict says what is wrong with it
+        # a read-only view of one pixel, shaped like the image: planning needs shapes only
+        fake = np.lib.stride_tricks.as_strided(np.zeros(1, dtype), shape, (0,) * len(shape), writeable=False)
+        ax = axes or file_axes or axes_mod.guess_axes(len(shape), t, str(path))
+        layout, loop = axes_mod.to_model_layout(fake, ax, t, str(path))
+        samples = int(np.prod(layout.shape[: len(loop)])) if loop else 1
+        sample = {t.id: layout[(0,) * len(loop)] if loop else layout}
+        plan_checked(self.spec, sample, tile, batch_size, name=str(path),
+                     extra_bytes=int(np.prod(shape)) * np.dtype(dtype).itemsize, samples=samples)
 
     def _as_inputs(self, image: Union[np.ndarray, Mapping[str, np.ndarray]]) -> Dict[str, np.ndarray]:
         ids = [t.id for t in self.spec.inputs]
@@ -232,7 +282,7 @@ class Model:
                 if t.test_tensor is None:
                     raise DLModelError(f"input {t.id!r} has no test tensor in the rdf")
                 inputs[t.id] = np.load(t.test_tensor, allow_pickle=False)
-            outs, _ = run_sample(self.spec, engine, inputs, tile=False, use_halo=False, trust=self.trust)
+            outs, _ = run_sample(self.spec, engine, inputs, tile=False, use_halo=False, gate=self.gate)
             for o in self.spec.outputs:
                 if o.test_tensor is None:
                     raise DLModelError(f"output {o.id!r} has no test tensor in the rdf")
@@ -315,7 +365,7 @@ def open_spec(source: Union[str, Path]) -> "tuple[ModelSpec, sources.Resolved]":
     resolved = sources.resolve(source)
     try:
         descr = read_description(resolved.rdf, origin=resolved.origin)
-        sources.verify_files(descr, resolved.rdf.parent)
+        sources.verify_files(descr, resolved.rdf.parent, confined=resolved.confined)
     except (SourceError, SpecError):
         if resolved.local:
             raise
@@ -323,7 +373,7 @@ def open_spec(source: Union[str, Path]) -> "tuple[ModelSpec, sources.Resolved]":
         sources.evict(resolved.rdf.parent)
         resolved = sources.resolve(source)
         descr = read_description(resolved.rdf, origin=resolved.origin)
-        sources.verify_files(descr, resolved.rdf.parent)
+        sources.verify_files(descr, resolved.rdf.parent, confined=resolved.confined)
     return spec_from_descr(descr, resolved.rdf), resolved
 
 
@@ -344,12 +394,13 @@ def load(
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         threads: engine threads (default: ``DLMODEL_THREADS`` or all cores of this process).
         trust: run code shipped in the package (a PyTorch architecture file, custom
-            processing, Keras Lambda layers). Default: only for packages from your own disk
-            (paths, folders, zips); downloaded ones (URL, zoo id, DOI) need ``trust=True``.
+            processing, Keras Lambda layers, TensorFlow graph operations that reach files or
+            Python). Default (None): only for a package folder you made; a zip or a download
+            (URL, zoo id, DOI) needs ``trust=True``; ``False`` refuses it for folders too.
             ONNX and TorchScript weights never need it.
     """
     spec, resolved = open_spec(source)
-    return Model(spec, engine=engine, device=device, threads=threads, origin=resolved.origin, local=resolved.local,
+    return Model(spec, engine=engine, device=device, threads=threads, origin=resolved.origin, kind=resolved.kind,
                  trust=trust)
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,11 +23,28 @@ def _tile_arg(text: str):
         return False
     try:
         if "=" in text:
-            return {k.strip(): int(v) for k, v in (p.split("=") for p in text.split(","))}
-        parts = [int(p) for p in text.split(",")]
+            sizes = {k.strip(): int(v) for k, v in (p.split("=") for p in text.split(","))}
+            values = list(sizes.values())
+        else:
+            values = [int(p) for p in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"--tile {text!r}: use auto, none, 512, 512,512 or y=512,x=512") from None
-    return parts[0] if len(parts) == 1 else parts
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"--tile {text!r}: tile lengths must be >= 1")
+    if "=" in text:
+        return sizes
+    return values[0] if len(values) == 1 else values
+
+
+def _positive(text: str) -> int:
+    """A whole number >= 1 (tiles per pass, threads, workers)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: use a number >= 1")
+    return n
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,10 +72,10 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("-o", "--output", required=True, type=Path, help="output folder")
     sp.add_argument("--axes", help="axes of the input images, e.g. yx, cyx, zyx (default: from the file)")
     sp.add_argument("--tile", type=_tile_arg, default=None, help="auto (default), none, 512, 512,512 or y=512,x=512")
-    sp.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass")
+    sp.add_argument("--batch-size", type=_positive, default=None, help="tiles per forward pass")
     sp.add_argument("--format", choices=("tif", "npy"), default="tif", help="output file format")
-    sp.add_argument("--threads", type=int, default=None, help="engine threads (default: all cores)")
-    sp.add_argument("--workers", type=int, default=None, help="predict on a local Dask cluster of N worker processes")
+    sp.add_argument("--threads", type=_positive, default=None, help="engine threads (default: all cores)")
+    sp.add_argument("--workers", type=_positive, default=None, help="predict on a local Dask cluster of N worker processes")
     sp.add_argument("--scheduler", default=None, help="predict on an existing Dask cluster, e.g. tcp://host:8786")
     sp.add_argument("--resume", action="store_true",
                     help="skip images whose outputs are all there (complete: outputs are written atomically) and remove "
@@ -85,6 +104,8 @@ def _parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("convert", help="add TorchScript or ONNX weights to a package folder (verified first)")
     sp.add_argument("source", help="a package folder or its rdf")
     sp.add_argument("--to", required=True, choices=("torchscript", "onnx"))
+    sp.add_argument("--trust", action="store_true", default=None,
+                    help="run a state dict's architecture code from a package that is not a folder you made")
 
     sp = sub.add_parser("package", help="bundle weights, a sample image and metadata as a zoo package")
     sp.add_argument("weights", help=".onnx, TorchScript .pt, .keras or .h5 file")
@@ -108,14 +129,21 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"info": _info, "test": _test, "predict": _predict, "convert": _convert,
+        code = {"info": _info, "test": _test, "predict": _predict, "convert": _convert,
                 "package": _package, "heatmap": _heatmap, "plate": _plate}[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows here, not in Python's exit handler
+        return code
     except DLModelError as e:
+        logging.getLogger("dlmodel").debug("dlmodel: error", exc_info=True)  # the cause, for logs
         print(f"dlmodel: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dlmodel: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `dlmodel info ... | head` closed our stdout: not an error; keep Python quiet at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def _load(args: argparse.Namespace, engine: Optional[str] = None):
@@ -171,11 +199,13 @@ def _test(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .runs import Job, run_in_process
+    from .runs import Job, output_stems, prepare_output, run_in_process
 
     paths = io.find_images(args.inputs)
     if not paths:
         raise DLModelError(f"no images found in {' '.join(args.inputs)}")
+    output_stems(paths)  # inputs whose outputs would overwrite each other: refused before anything runs
+    prepare_output(args.output)
     model = _load(args)  # also checks the model before any worker starts
     job = Job(source=str(model.spec.rdf_path) if model.local else args.source, out_dir=args.output,
               output_ids=[o.id for o in model.spec.outputs], engine=model.weights_format, device=args.device,
@@ -193,7 +223,8 @@ def _predict(args: argparse.Namespace) -> int:
     print(
         f"dlmodel: predicted {summary.done} of {len(paths)} images with {model.spec.name!r} "
         + (f"({summary.skipped} already done) " if summary.skipped else "")
-        + f"{where} in {time.perf_counter() - t0:.1f} s; {len(summary.failures)} failed; outputs in {args.output}"
+        + f"{where} in {time.perf_counter() - t0:.1f} s; {len(summary.failures)} failed; "
+        + f"{summary.written} files written to {args.output}"
     )
     if summary.failures:
         print("dlmodel: failed:\n  " + "\n  ".join(summary.failures), file=sys.stderr)
@@ -227,7 +258,7 @@ def _heatmap(args: argparse.Namespace) -> int:
 def _convert(args: argparse.Namespace) -> int:
     from .converters import convert
 
-    rdf = convert(args.source, args.to)
+    rdf = convert(args.source, args.to, trust=args.trust)
     print(f"dlmodel: added {args.to} weights to {rdf} (they reproduce the package's test outputs)")
     return 0
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
 from .errors import EngineError, SourceError, SpecError
+from .trust import Gate
 
 ONNX_OPSET = 17
 TARGETS = {"torchscript": "weights.torchscript.pt", "onnx": "weights.onnx"}
@@ -62,9 +63,10 @@ def _first(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
 
 
-def convert(source: Union[str, os.PathLike], to: str) -> Path:
+def convert(source: Union[str, os.PathLike], to: str, trust: Optional[bool] = None) -> Path:
     """Add ``to`` (``torchscript`` or ``onnx``) weights to a local package folder; return its rdf.
 
+    ``trust``: as in :func:`dlmodel.load` (a state dict's architecture file is package code).
     Raises EngineError (and changes nothing) when the new weights do not reproduce the
     package's test outputs within its tolerance."""
     from bioimageio.spec import save_bioimageio_yaml_only
@@ -84,7 +86,8 @@ def convert(source: Union[str, os.PathLike], to: str) -> Path:
     trial = spec.root / ".bioimageio.yaml.part"
     test_input = np.load(spec.inputs[0].test_tensor) if spec.inputs[0].test_tensor else None
     try:
-        entry = _convert_weights(spec, to, target, test_input)
+        gate = Gate.decide(spec.name, spec.root, spec.rdf_sha256, resolved.kind, trust)
+        entry = _convert_weights(spec, to, target, test_input, gate)
         from bioimageio.spec import ValidationContext
 
         with ValidationContext(root=spec.root, perform_io_checks=False):
@@ -105,14 +108,14 @@ def convert(source: Union[str, os.PathLike], to: str) -> Path:
     return spec.rdf_path
 
 
-def _convert_weights(spec: Any, to: str, tmp: Path, test_input: Any):
+def _convert_weights(spec: Any, to: str, tmp: Path, test_input: Any, gate: Gate):
     """Write the converted weights to ``tmp``; return a function making the rdf entry."""
     import bioimageio.spec.model.v0_5 as v
 
     from .spec import sha256_file
 
     if to == "torchscript" or "torchscript" not in spec.weights:
-        module = _torch_module(spec)
+        module = _torch_module(spec, gate)
     else:
         module = None
     if to == "torchscript":
@@ -143,9 +146,9 @@ def _convert_weights(spec: Any, to: str, tmp: Path, test_input: Any):
                                                  parent=parent)
 
 
-def _torch_module(spec: Any) -> Any:
+def _torch_module(spec: Any, gate: Gate) -> Any:
     if "pytorch_state_dict" not in spec.weights:
         return None
     from .engines import PytorchStateDictEngine
 
-    return PytorchStateDictEngine(spec, device="cpu").module
+    return PytorchStateDictEngine(spec, device="cpu", gate=gate).module

@@ -13,19 +13,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
-from .errors import DLModelError
-from .runs import Job, Summary, predict_file, todo
+from .errors import InputError
+from .runs import Job, Summary, attempt, record, todo
 
 
-def _work(job: Job, path: str) -> Tuple[str, Optional[str]]:
-    """Runs on a worker: (path, None) when done, (path, error) when this image failed."""
-    try:
-        predict_file(job, Path(path))
-        return path, None
-    except DLModelError as e:
-        return path, str(e)
-    except Exception as e:  # an unexpected failure of one image must not end the run
-        return path, f"{path}: {type(e).__name__}: {e}"
+def _work(job: Job, path: str, stem: str) -> Tuple[int, Optional[str]]:
+    """Runs on a worker: (files written, None) when done, (0, error) when this image failed."""
+    return attempt(job, Path(path), stem)
 
 
 def threads_per_worker(client) -> dict:
@@ -47,6 +41,8 @@ def run(job: Job, paths: Sequence[Path], workers: Optional[int] = None, schedule
     from distributed import Client, LocalCluster, as_completed
     from tqdm import tqdm
 
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise InputError(f"workers={workers!r}: use a whole number >= 1")
     summary = Summary()
     remaining = todo(job, paths, resume)
     summary.skipped = len(paths) - len(remaining)
@@ -63,20 +59,15 @@ def run(job: Job, paths: Sequence[Path], workers: Optional[int] = None, schedule
     try:
         threads = threads_per_worker(client) if job.threads is None else {}
         futures = []
-        for i, path in enumerate(remaining):
+        for i, (path, stem) in enumerate(remaining):
             # one job per worker address so each gets its own thread count
             addr = sorted(threads)[i % len(threads)] if threads else None
             placement = {"workers": [addr], "allow_other_workers": True} if addr else {}
             wjob = replace(job, threads=threads[addr]) if addr else job
-            futures.append(client.submit(_work, wjob, str(path), pure=False, retries=2, **placement))
+            futures.append(client.submit(_work, wjob, str(path), stem, pure=False, retries=2, **placement))
         bar = tqdm(total=len(futures), unit="image", desc="dlmodel", disable=None if progress else True)
         for fut in as_completed(futures):
-            path, error = fut.result()
-            if error:
-                summary.failures.append(error)
-                tqdm.write(f"dlmodel: skipped: {error}")
-            else:
-                summary.done += 1
+            record(summary, *fut.result())
             bar.update(1)
         bar.close()
     finally:

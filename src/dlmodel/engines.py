@@ -17,6 +17,7 @@ import numpy as np
 
 from .errors import EngineError
 from .spec import ENGINE_EXTRA, ModelSpec
+from .trust import Gate, TrustError
 
 # What ``engine="auto"`` tries, in order, per device kind. On CPU onnxruntime ran the shared
 # nuclei U-Net (2048x2048) in 3.9 s against 7.7 s for TorchScript on this project's machines.
@@ -157,16 +158,18 @@ class Engine:
     format = ""
     asynchronous = False  # whether ``submit`` returns before the pass is done
 
-    def __init__(self, spec: ModelSpec, device: str = "cpu", threads: Optional[int] = None, trust: bool = True):
+    def __init__(self, spec: ModelSpec, device: str = "cpu", threads: Optional[int] = None,
+                 gate: Optional[Gate] = None):
         self.spec = spec
-        self.trust = trust
+        # consent for code the package brings; without a gate, none runs
+        self.gate = gate or Gate.decide(spec.name, spec.root, spec.rdf_sha256, "download", False)
         self.device = device
         self.threads = threads or default_threads()
         self.path = spec.weight_paths[self.format]
         self._lock = threading.Lock()
         try:
             self._load()
-        except EngineError:
+        except (EngineError, TrustError):
             raise
         except Exception as e:
             raise EngineError(f"cannot load {self.format} weights {self.path}: {_one_line(e)}") from e
@@ -332,10 +335,7 @@ class PytorchStateDictEngine(_TorchEngine):
         self.tdev = self._torch_device()
         entry = self.spec.weights[self.format]
         arch = entry.architecture
-        if getattr(arch, "source", None) is not None and not self.trust:
-            raise untrusted(self.spec, f"its pytorch_state_dict weights need the architecture code {arch.source}",
-                            "engine='onnx' or 'torchscript' if it has those weights")
-        factory = _import_architecture(self.spec, arch)
+        factory = _import_architecture(self.spec, arch, self.gate)
         kwargs = dict(arch.kwargs or {})
         module = factory(**kwargs)
         state = torch.load(str(self.path), map_location=self.tdev, weights_only=True)
@@ -345,8 +345,9 @@ class PytorchStateDictEngine(_TorchEngine):
         self.module = module.to(self.tdev).eval()
 
 
-def _import_architecture(spec: ModelSpec, arch: Any) -> Any:
-    """The architecture callable, from the package's own file or from an installed library."""
+def _import_architecture(spec: ModelSpec, arch: Any, gate: Gate) -> Any:
+    """The architecture callable, from the package's own file (through the trust gate) or from
+    an installed library."""
     from .spec import local_path
 
     name = str(arch.callable)
@@ -358,13 +359,8 @@ def _import_architecture(spec: ModelSpec, arch: Any) -> Any:
         except (ImportError, AttributeError) as e:
             raise EngineError(f"architecture {module_name}.{name} is not importable: {_one_line(e)}") from e
     path = local_path(spec.root, source)
-    mod_name = f"_dlmodel_arch_{spec.rdf_sha256[:12]}_{path.stem}"
-    module_spec = importlib.util.spec_from_file_location(mod_name, path)
-    if module_spec is None or module_spec.loader is None:
-        raise EngineError(f"cannot import architecture file {path}")
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[mod_name] = module
-    module_spec.loader.exec_module(module)
+    module = gate.load_module(path, "its pytorch_state_dict weights' architecture",
+                              "engine='onnx' or 'torchscript' if it has those weights")
     try:
         return getattr(module, name)
     except AttributeError:
@@ -382,6 +378,12 @@ class TensorflowEngine(Engine):
             from .sources import unpack_to_cache
 
             path = unpack_to_cache(path)
+        risky = saved_model_risky_ops(path)
+        if risky:
+            self.gate.require(
+                f"its TensorFlow graph has operations that reach files, processes or Python ({', '.join(sorted(risky)[:6])})",
+                "its ONNX weights, if any",
+            )
         with tf.device(_tf_device(self.device)):
             loaded = tf.saved_model.load(str(path))
         self._loaded = loaded  # keep the trackable objects alive
@@ -432,10 +434,10 @@ class KerasEngine(Engine):
 
         # safe_mode refuses Lambda layers, which hold pickled Python code
         try:
-            self.model = keras.models.load_model(str(self.path), compile=False, safe_mode=not self.trust)
+            self.model = keras.models.load_model(str(self.path), compile=False, safe_mode=not self.gate.trusted)
         except ValueError as err:
-            if "safe_mode" in str(err) or "Lambda" in str(err):
-                raise untrusted(self.spec, "its Keras model has Lambda layers (Python code)", "its ONNX weights, if any") from None
+            if not self.gate.trusted and ("safe_mode" in str(err) or "Lambda" in str(err)):
+                raise self.gate.refusal("its Keras model has Lambda layers (Python code)", "its ONNX weights, if any") from err
             raise
 
     def _run(self, inputs: List[np.ndarray]) -> List[np.ndarray]:
@@ -455,15 +457,99 @@ ENGINES: Dict[str, type] = {
 
 
 def load_engine(spec: ModelSpec, weights_format: str, device: str, threads: Optional[int] = None,
-                trust: bool = True) -> Engine:
-    return ENGINES[weights_format](spec, device=device, threads=threads, trust=trust)
+                gate: Optional[Gate] = None) -> Engine:
+    return ENGINES[weights_format](spec, device=device, threads=threads, gate=gate)
 
 
-def untrusted(spec: ModelSpec, what: str, instead: str) -> EngineError:
-    """The refusal to run code from a package that did not come from the user's own disk."""
-    return EngineError(
-        f"model {spec.name!r} was downloaded, and {what}: code from a package runs with your rights. "
-        f"Run it only if you trust its source: pass trust=True (dlmodel --trust; RunDLModel: "
-        f"'Trust code from the model package'), or use {instead}"
-    )
+# TensorFlow operations that reach outside the graph: files, the file system, processes,
+# Python, the network, summaries and checkpoints. A SavedModel whose serving graph (or anything
+# run when it loads) holds one runs only with consent. Checked: every node reachable from the
+# signatures, the init ops and the restored functions, through nested functions (calls, cond,
+# while, map bodies). Not checked: bugs in TensorFlow's own kernels (crafted inputs to ordinary
+# ops have crashed TensorFlow before), and custom op libraries (not loadable from a package).
+RISKY_TF_OPS = frozenset("""
+ReadFile WriteFile MatchingFiles DeleteFile FileSystemSetConfiguration
+Save SaveV2 SaveSlices Restore RestoreV2 RestoreSlice MergeV2Checkpoints
+PyFunc PyFuncStateless EagerPyFunc
+PrintV2 Print
+TextLineReader TextLineReaderV2 WholeFileReader WholeFileReaderV2 FixedLengthRecordReader
+FixedLengthRecordReaderV2 TFRecordReader TFRecordReaderV2 IdentityReader IdentityReaderV2 LMDBReader
+ReaderReadV2 ReaderRead ReaderReadUpToV2 ReaderReadUpTo ReaderRestoreStateV2 ReaderRestoreState
+TextLineDataset TFRecordDataset TFRecordDatasetV2 FixedLengthRecordDataset FixedLengthRecordDatasetV2
+SqlDataset ExperimentalSqlDataset LMDBDataset ExperimentalLMDBDataset CSVDataset CSVDatasetV2
+ExperimentalCSVDataset LoadDataset ExperimentalLoadDataset SaveDataset SaveDatasetV2
+ExperimentalSaveDataset SnapshotDataset SnapshotDatasetV2 ExperimentalSnapshotDataset
+DatasetToTFRecord ExperimentalDatasetToTFRecord DataServiceDataset DataServiceDatasetV2
+DataServiceDatasetV3 DataServiceDatasetV4
+InitializeTableFromTextFile InitializeTableFromTextFileV2
+CreateSummaryFileWriter CreateSummaryDbWriter WriteSummary WriteRawProtoSummary WriteScalarSummary
+WriteHistogramSummary WriteImageSummary WriteAudioSummary WriteGraphSummary ImportEvent
+FlushSummaryWriter CloseSummaryWriter
+DecodeProtoV2 EncodeProto
+Rpc TryRpc CollectiveBcastSend CollectiveBcastRecv _Send _Recv _HostSend _HostRecv
+DebugIdentity DebugIdentityV2 DebugIdentityV3 DebugNanCount DebugNumericSummary DebugNumericSummaryV2
+ImmutableConst LoadAndRemapMatrix GenerateVocabRemapping
+""".split())
 
+
+def saved_model_risky_ops(path: Any) -> set:
+    """The :data:`RISKY_TF_OPS` that a SavedModel's graph would run when loaded and called,
+    read from ``saved_model.pb`` without loading it. The graph's saver (save and restore of the
+    bundle's own ``variables/``, which the loader runs with the bundle's path) is not reachable
+    from these roots and is not counted; a saver op that the model's outputs depend on is."""
+    from pathlib import Path
+
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    path = Path(path)
+    pb = path / "saved_model.pb"
+    model = saved_model_pb2.SavedModel()
+    if pb.is_file():
+        model.ParseFromString(pb.read_bytes())
+    else:
+        from google.protobuf import text_format
+
+        text_format.Parse((path / "saved_model.pbtxt").read_text(), model)
+    found: set = set()
+    for meta in model.meta_graphs:
+        graph = meta.graph_def
+        nodes = {n.name: n for n in graph.node}
+        functions = {f.signature.name: f for f in graph.library.function}
+        todo_nodes: List[str] = []
+        for sig in meta.signature_def.values():
+            for info in list(sig.inputs.values()) + list(sig.outputs.values()):
+                todo_nodes.append(info.name)
+        for key in ("saved_model_main_op", "legacy_init_op", "table_initializer", "init_op", "saved_model_train_op"):
+            if key in meta.collection_def:
+                todo_nodes += list(meta.collection_def[key].node_list.value)
+        todo_funcs = list(meta.object_graph_def.concrete_functions.keys())
+        seen_nodes: set = set()
+        seen_funcs: set = set()
+
+        def visit_node(node: Any) -> None:
+            if node.op in RISKY_TF_OPS:
+                found.add(node.op)
+            if node.op in functions:
+                todo_funcs.append(node.op)
+            for attr in node.attr.values():
+                if attr.HasField("func"):
+                    todo_funcs.append(attr.func.name)
+                todo_funcs.extend(f.name for f in attr.list.func)
+
+        while todo_nodes or todo_funcs:
+            while todo_nodes:
+                name = todo_nodes.pop().lstrip("^").split(":")[0]
+                if name in seen_nodes or name not in nodes:
+                    continue
+                seen_nodes.add(name)
+                node = nodes[name]
+                visit_node(node)
+                todo_nodes.extend(node.input)
+            while todo_funcs:
+                fname = todo_funcs.pop()
+                if fname in seen_funcs or fname not in functions:
+                    continue
+                seen_funcs.add(fname)
+                for node in functions[fname].node_def:
+                    visit_node(node)
+    return found

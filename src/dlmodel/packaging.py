@@ -220,7 +220,7 @@ def _assemble(work, kind, weights, sample, sample_axes, pre, post, architecture,
     spec = spec_from_descr(descr, rdf)
     try:
         model = Model(spec, engine=next(iter(weight_entries)), device="cpu")
-        outs, _ = run_sample(spec, model.engine, {input_id: batch}, tile=False, use_halo=False)
+        outs, _ = run_sample(spec, model.engine, {input_id: batch}, tile=False, use_halo=False, gate=model.gate)
     except DLModelError as e:
         raise EngineError(f"the model does not run on the sample: {e}") from None
     result = outs[output_id]

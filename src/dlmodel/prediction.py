@@ -13,11 +13,12 @@ The steps, and why they are where they are:
 """
 from __future__ import annotations
 
+import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -25,6 +26,11 @@ from . import processing, tiling
 from .engines import Engine
 from .errors import EngineError, InputError
 from .spec import Axis, ModelSpec, Tensor
+
+if TYPE_CHECKING:
+    from .trust import Gate
+
+LOGGER = logging.getLogger("dlmodel")
 
 # Default tile budget (pixels or voxels per tile, batch and channels aside): large tiles waste
 # less on halos, and 1 Mpx keeps a 2D U-Net's activations near 1 GB.
@@ -103,6 +109,29 @@ def tiled_axes(
     return tuple(result)
 
 
+PAD_MODES = ("reflect", "symmetric", "edge", "constant")
+
+
+def check_options(tile: TileArg = None, batch_size: Optional[int] = None, pad_mode: Optional[str] = None) -> None:
+    """Refuse tile, batch size and pad mode values that cannot mean anything, in one line
+    (a tile of 0 would otherwise be rounded up to the smallest tile and run 40x slower)."""
+    def positive(v: Any) -> bool:
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
+
+    ok = (
+        tile is None or tile is False or positive(tile)
+        or (isinstance(tile, (list, tuple)) and len(tile) > 0 and all(positive(v) for v in tile))
+        or (isinstance(tile, Mapping) and all(isinstance(k, str) and positive(v) for k, v in tile.items()))
+    )
+    if not ok:
+        raise InputError(f"tile={tile!r}: use None (auto), False (whole image), a length >= 1, a list of them, "
+                         "or a dict such as {'y': 512, 'x': 512}")
+    if batch_size is not None and not positive(batch_size):
+        raise InputError(f"batch_size={batch_size!r}: use a whole number >= 1 (tiles per forward pass)")
+    if pad_mode is not None and pad_mode not in PAD_MODES:
+        raise InputError(f"pad_mode={pad_mode!r}: use one of {', '.join(PAD_MODES)}")
+
+
 def _tile_sizes(axes: Sequence[TiledAxis], tile: TileArg, max_pixels: int) -> Dict[str, int]:
     """Tile length per axis: the user's (rounded up to a valid length) or the largest that fits."""
     user: Dict[str, int] = {}
@@ -177,6 +206,29 @@ def make_plan(
     return Plan(axes, plans, tiles, bs)
 
 
+def plan_checked(
+    spec: ModelSpec, inputs: Mapping[str, np.ndarray], tile: TileArg = None, batch_size: Optional[int] = None,
+    max_tile_pixels: int = DEFAULT_TILE_PIXELS, use_halo: bool = True, name: str = "image",
+    retry_one: bool = False, extra_bytes: int = 0, samples: int = 1,
+) -> Plan:
+    """:func:`make_plan`, then :func:`check_memory`; ``retry_one``: on a refusal, try one tile
+    per pass before refusing (a default batch size must not refuse an image)."""
+    plan = make_plan(spec, inputs, tile, batch_size, max_tile_pixels, use_halo)
+
+    def replan(length: int, bs: Optional[int] = batch_size) -> Plan:
+        return make_plan(spec, inputs, length, bs, max_tile_pixels, use_halo)
+
+    try:
+        check_memory(spec, plan, name, replan, extra_bytes, samples)
+    except InputError:
+        if not retry_one or plan.batch_size == 1:
+            raise
+        LOGGER.info("dlmodel: %s: %d tiles per pass do not fit in memory; one tile per pass", name, plan.batch_size)
+        plan = make_plan(spec, inputs, tile, 1, max_tile_pixels, use_halo)
+        check_memory(spec, plan, name, lambda length: replan(length, 1), extra_bytes, samples)
+    return plan
+
+
 def _max_batch(spec: ModelSpec) -> int:
     sizes = [a.size for t in spec.inputs for a in t.axes if a.type == "batch"]
     return min([s for s in sizes if s is not None], default=1 << 30)
@@ -201,14 +253,16 @@ def available_memory() -> Optional[int]:
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return None
+    try:  # macOS, Windows: psutil where installed (CellProfiler brings it)
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:
+        return None  # the guard is off: docs/security.md says so
 
 
-def check_memory(spec: ModelSpec, plan: Plan, name: str = "image") -> None:
-    """Refuse, before allocating anything, a prediction that cannot fit in memory."""
-    budget = available_memory()
-    if budget is None:
-        return
+def memory_need(spec: ModelSpec, plan: Plan, samples: int = 1) -> Tuple[int, int]:
+    """(bytes of the outputs of ``samples`` samples, bytes of engine working memory) for a plan."""
     lengths = {a.id: a.length for a in plan.axes}
     out_bytes = 0
     for o in spec.outputs:
@@ -223,19 +277,63 @@ def check_memory(spec: ModelSpec, plan: Plan, name: str = "image") -> None:
                 n *= ax.size or 1
         out_bytes += 4 * n
     tile_pixels = int(np.prod(list(plan.tile_shape.values()) or [1]))
-    work = plan.batch_size * tile_pixels * WORK_BYTES_PER_PIXEL
-    if out_bytes + work <= budget:
+    return out_bytes * samples, plan.batch_size * tile_pixels * WORK_BYTES_PER_PIXEL
+
+
+def check_memory(
+    spec: ModelSpec, plan: Plan, name: str = "image", replan: Optional[Callable[[int], Plan]] = None,
+    extra_bytes: int = 0, samples: int = 1,
+) -> None:
+    """Refuse, before allocating anything, a prediction that cannot fit in memory.
+
+    ``extra_bytes``: memory needed besides outputs and engine (the input image, when checked
+    from a file's header before it is read). ``replan(tile)`` gives the plan for a tile length;
+    with it, the advice names a tile that fits (found by planning it), never one that does not."""
+    budget = available_memory()
+    if budget is None:
         return
-    if out_bytes > budget * 0.8:
+    out_bytes, work = memory_need(spec, plan, samples)
+    fixed = out_bytes + extra_bytes
+    if fixed + work <= budget:
+        return
+    if fixed > budget * 0.8:
         raise InputError(
-            f"{name}: its outputs alone need {_size(out_bytes)} and {_size(budget)} are available; "
+            f"{name}: its outputs alone need {_size(fixed)} and {_size(budget)} are available; "
             "predict it in parts (crops) or on a machine with more memory"
         )
-    side = int(((budget - out_bytes) / (plan.batch_size * WORK_BYTES_PER_PIXEL)) ** (1 / max(1, len(plan.axes))))
+    advice = "free memory or use a machine with more"
+    tile = _largest_fitting_tile(spec, plan, replan, budget - fixed) if replan is not None else None
+    if tile is not None:
+        advice = f"use a smaller tile, e.g. tile={tile}"
+    elif replan is not None:
+        advice = "even the smallest tile the model takes does not fit; " + advice
     raise InputError(
-        f"{name}: predicting with tiles of {plan.tile_shape} needs about {_size(out_bytes + work)} and "
-        f"{_size(budget)} are available; use a smaller tile, e.g. tile={max(side // 16 * 16, 16)}"
+        f"{name}: predicting with tiles of {plan.tile_shape} needs about {_size(fixed + work)} and "
+        f"{_size(budget)} are available; {advice}"
     )
+
+
+def _largest_fitting_tile(spec: ModelSpec, plan: Plan, replan: Callable[[int], Plan], room: int) -> Optional[int]:
+    """The largest tile length (valid for the model) whose plan's working memory fits in ``room``."""
+    if not plan.axis_plans:
+        return None
+    hi_len = max(p.size for p in plan.axis_plans)
+    free = [a for a in replan(hi_len).axes if not a.whole and a.constraint.size is None]
+    if not free:
+        return None  # fixed tile sizes, or an axis that must be whole: no smaller tile exists
+    c = free[0].constraint
+    lo_len = c.smallest_valid(2 * max(a.margin for a in free) + max(a.align for a in free))
+    step = c.step or 1
+    lo, hi = 0, max(0, (hi_len - lo_len) // step)  # candidate k: length lo_len + k * step
+    best = None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        length = lo_len + mid * step
+        if memory_need(spec, replan(length))[1] <= room:
+            best, lo = length, mid + 1
+        else:
+            hi = mid - 1
+    return best
 
 
 def _size(n: float) -> str:
@@ -274,19 +372,16 @@ def run_sample(
     pad_mode: Optional[str] = None,
     max_tile_pixels: int = DEFAULT_TILE_PIXELS,
     use_halo: bool = True,
-    trust: bool = True,
+    gate: Optional["Gate"] = None,
     name: str = "image",
 ) -> Tuple[Dict[str, np.ndarray], Plan]:
-    """Predict one sample; ``inputs`` and the returned outputs are in model layout (batch 1)."""
+    """Predict one sample; ``inputs`` and the returned outputs are in model layout (batch 1).
+
+    ``gate``: consent for code the package brings (``custom`` post-processing); without one,
+    such code is not run."""
     gpu_default = batch_size is None and engine.asynchronous
-    plan = make_plan(spec, inputs, tile, GPU_BATCH if gpu_default else batch_size, max_tile_pixels, use_halo)
-    try:
-        check_memory(spec, plan, name)
-    except InputError:
-        if not gpu_default or plan.batch_size == 1:
-            raise
-        plan = make_plan(spec, inputs, tile, 1, max_tile_pixels, use_halo)  # our default must not refuse an image
-        check_memory(spec, plan, name)
+    plan = plan_checked(spec, inputs, tile, GPU_BATCH if gpu_default else batch_size, max_tile_pixels, use_halo,
+                        name, retry_one=gpu_default)
     tiled_ids = [a.id for a in plan.axes]
 
     # 1. pre-processing, fitted on whole inputs
@@ -350,9 +445,8 @@ def run_sample(
 
     # 4. post-processing that needs whole outputs (statistics, custom code)
     if not post_per_tile:
-        custom = processing.CustomContext(trust, spec.root, spec.name)
         for o in spec.outputs:
-            fitted = processing.fit(o.postprocessing, outputs[o.id], o.axis_ids, {**inputs, **outputs}, custom=custom)
+            fitted = processing.fit(o.postprocessing, outputs[o.id], o.axis_ids, {**inputs, **outputs}, custom=gate)
             outputs[o.id] = fitted(outputs[o.id])
     return outputs, plan
 

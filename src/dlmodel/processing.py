@@ -11,11 +11,14 @@ Arrays here carry the tensor's own axes in the rdf's order (``axis_ids``), batch
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .errors import SpecError
+
+if TYPE_CHECKING:
+    from .trust import Gate
 
 Array = np.ndarray
 FittedOp = Callable[[Array], Array]
@@ -44,17 +47,6 @@ class Fitted:
 
 # Ops whose result depends on a whole tensor (statistics) or on every output (custom code).
 _STAT_OPS = {"zero_mean_unit_variance", "scale_range", "scale_mean_variance", "custom"}
-
-
-@dataclass(frozen=True)
-class CustomContext:
-    """What spec 0.5.12 ``custom`` post-processing needs: consent and the package folder.
-    As in bioimageio.core, ``op = callable(**kwargs)`` once, then ``op(tensor)`` on the whole
-    output as it reaches the op."""
-
-    trusted: bool
-    root: Any
-    model: str = ""
 
 
 def needs_statistics(op: Any) -> bool:
@@ -149,7 +141,7 @@ def _as_float(x: Array) -> Array:
 
 
 def fit_op(
-    op: Any, x: Array, axis_ids: Sequence[str], reference: Mapping[str, Array], custom: Optional[CustomContext] = None
+    op: Any, x: Array, axis_ids: Sequence[str], reference: Mapping[str, Array], custom: Optional["Gate"] = None
 ) -> FittedOp:
     """Fit one spec op on the whole tensor ``x`` and return the function that applies it.
 
@@ -229,32 +221,20 @@ def fit_op(
     )
 
 
-def _custom(op: Any, ctx: CustomContext) -> FittedOp:
-    """Run a package's own post-processing code (its file was checked against its sha256)."""
-    import importlib.util
-
+def _custom(op: Any, gate: "Gate") -> FittedOp:
+    """Run a package's own post-processing code (spec 0.5.12 ``custom``; its file was checked
+    against its sha256), only through the trust gate. As in bioimageio.core,
+    ``op = callable(**kwargs)`` once, then ``op(tensor)`` on the whole output as it reaches it."""
     from .spec import local_path
 
-    if not ctx.trusted:
-        raise untrusted_error(ctx.model, op)
-    path = local_path(ctx.root, op.source)
-    spec = importlib.util.spec_from_file_location(f"_dlmodel_custom_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    path = local_path(gate.root, op.source)
+    module = gate.load_module(path, "its post-processing")
     try:
         factory = getattr(module, str(op.callable))
     except AttributeError:
         raise SpecError(f"custom op file {path.name} defines no {op.callable!r}") from None
     fn = factory(**dict(op.kwargs))
     return lambda t: np.asarray(fn(t))
-
-
-def untrusted_error(model: str, op: Any) -> SpecError:
-    return SpecError(
-        f"model {model!r} was downloaded, and its post-processing runs the package's own code "
-        f"({op.source}): code from a package runs with your rights. Run it only if you trust its source: "
-        "pass trust=True (dlmodel --trust; RunDLModel: 'Trust code from the model package')"
-    )
 
 
 def _reference(tensors: Mapping[str, Array], tensor_id: Any, op: str) -> Array:
@@ -270,7 +250,7 @@ def fit(
     axis_ids: Sequence[str],
     reference: Optional[Mapping[str, Array]] = None,
     tiled_axes: Sequence[str] = (),
-    custom: Optional[CustomContext] = None,
+    custom: Optional["Gate"] = None,
 ) -> Fitted:
     """Fit a chain of spec ops on the whole tensor ``x``.
 

@@ -19,6 +19,7 @@ import re
 import shutil
 import stat
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -43,16 +44,35 @@ DEFAULT_ZENODO_API = "https://zenodo.org/api"
 # Archive limits: real packages are a few hundred MB in a few dozen files.
 MAX_UNPACKED_BYTES = int(os.environ.get("DLMODEL_MAX_UNPACKED_BYTES", 8 << 30))
 MAX_FILES = int(os.environ.get("DLMODEL_MAX_FILES", 10_000))
+# One downloaded file; rdfs have their own, much smaller limit (spec.MAX_RDF_BYTES).
+MAX_DOWNLOAD_BYTES = int(os.environ.get("DLMODEL_MAX_DOWNLOAD_BYTES", 8 << 30))
 COMPLETE = ".dlmodel-complete"
+
+
+# Where a package came from, which decides whether its code runs without asking (trust.py):
+# a folder the user made is theirs; a zip or a download came from someone else.
+FOLDER, ZIP, DOWNLOAD = "folder", "zip", "download"
 
 
 @dataclass(frozen=True)
 class Resolved:
-    """A source made local: the rdf path, and whether the package came from the user's disk."""
+    """A source made local: the rdf path, the source as the user gave it, and its origin kind
+    (``folder``, ``zip`` or ``download``)."""
 
     rdf: Path
-    origin: str  # the source as the user gave it
-    local: bool
+    origin: str
+    kind: str
+
+    @property
+    def local(self) -> bool:
+        """Whether the source is a file or folder on this machine (not a URL, zoo id or DOI)."""
+        return self.kind != DOWNLOAD
+
+    @property
+    def confined(self) -> bool:
+        """Whether every file the rdf names must lie inside the package folder: always, but for
+        a folder the user made (which may name files beside it)."""
+        return self.kind != FOLDER
 
 
 def cache_dir() -> Path:
@@ -69,18 +89,34 @@ def resolve(source: Union[str, os.PathLike]) -> Resolved:
     text = str(source).strip()
     path = Path(text).expanduser()
     if path.exists():
-        return Resolved(_local_rdf(path), text, local=True)
+        rdf = _local_rdf(path)
+        if path.is_file() and path.suffix.lower() == ".zip":
+            return Resolved(rdf, text, ZIP)
+        return Resolved(rdf, text, _marked_kind(rdf.parent) or FOLDER)
     if text.startswith(("http://", "https://")) and not DOI.match(text):
-        return Resolved(_remote(text, text), text, local=False)
+        return Resolved(_remote(text, text), text, DOWNLOAD)
     doi = DOI.match(text)
     if doi:
-        return Resolved(_from_doi(doi.group(1), text), text, local=False)
+        return Resolved(_from_doi(doi.group(1), text), text, DOWNLOAD)
     if ZOO_ID.match(text):
         pattern = os.environ.get("DLMODEL_ZOO_URL", DEFAULT_ZOO_URL)
-        return Resolved(_remote(pattern.format(id=text), text), text, local=False)
+        return Resolved(_remote(pattern.format(id=text), text), text, DOWNLOAD)
     raise SourceError(
         f"model source {text!r} is not a file, folder, URL, zoo id or DOI (no such file: {path.resolve()})"
     )
+
+
+def _marked_kind(folder: Path) -> Optional[str]:
+    """The origin a cache entry's marker records (a folder dlmodel downloaded or unpacked, or a
+    copy of one): such a folder is not one the user made, wherever it now lies."""
+    marker = folder / COMPLETE
+    if not marker.is_file():
+        return None
+    try:
+        kind = json.loads(marker.read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        kind = None
+    return kind if kind in (ZIP, DOWNLOAD) else DOWNLOAD
 
 
 def _local_rdf(path: Path) -> Path:
@@ -113,12 +149,13 @@ def unpack_to_cache(zip_path: Path) -> Path:
 def _unpack_cached(zip_path: Path, dest: Path) -> Path:
     if (dest / COMPLETE).exists():
         return dest
+    sweep_stale(dest.parent)
     with _lock(dest):
         if (dest / COMPLETE).exists():
             return dest
         with _staging(dest) as tmp:
             extract_zip(zip_path, tmp)
-            (tmp / COMPLETE).write_text(json.dumps({"source": str(zip_path)}))
+            (tmp / COMPLETE).write_text(json.dumps({"source": str(zip_path), "kind": ZIP}))
     return dest
 
 
@@ -190,12 +227,13 @@ def _remote(url: str, origin: str, file_urls: Optional[Dict[str, str]] = None, d
         dest = cache_dir() / "packages" / hashlib.sha256(url.encode()).hexdigest()[:16]
     if (dest / COMPLETE).exists():
         return _local_rdf(dest)
+    sweep_stale(dest.parent)
     try:
         with _lock(dest):
             if not (dest / COMPLETE).exists():
                 with _staging(dest) as tmp:
                     _fetch_package(url, tmp, file_urls or {})
-                    (tmp / COMPLETE).write_text(json.dumps({"source": origin, "url": url}))
+                    (tmp / COMPLETE).write_text(json.dumps({"source": origin, "url": url, "kind": DOWNLOAD}))
     except _NetworkError as e:
         raise SourceError(
             f"cannot download model {origin!r} ({e}) and there is no cached copy in {dest}"
@@ -215,13 +253,13 @@ def _fetch_package(url: str, folder: Path, file_urls: Dict[str, str]) -> None:
         archive.unlink()
         return
     rdf = folder / "rdf.yaml"
-    download(url, rdf)
-    from .spec import local_path, read_description
+    from .spec import MAX_RDF_BYTES, read_description
 
+    download(url, rdf, max_bytes=MAX_RDF_BYTES)
     descr = read_description(rdf, origin=url)
     for name, file_descr in _package_files(descr).items():
         src = file_descr.source
-        target = local_path(folder, src)
+        target = confined_path(folder, src, url)
         text = str(src)
         if text.startswith(("http://", "https://")):
             remote = text
@@ -229,6 +267,32 @@ def _fetch_package(url: str, folder: Path, file_urls: Dict[str, str]) -> None:
             remote = file_urls.get(text) or file_urls.get(name) or urllib.parse.urljoin(url, text)
         target.parent.mkdir(parents=True, exist_ok=True)
         download(remote, target, getattr(file_descr, "sha256", None))
+
+
+def confined_path(root: Path, source: Any, where: Union[str, Path]) -> Path:
+    """Where a file the rdf names lies in ``root``, refusing a name that would lie outside it
+    (``../x``, an absolute path, a drive letter) or a non-http(s) URL such as ``file://``.
+
+    Every package dlmodel downloads or unpacks goes through this: its rdf is someone else's
+    text, and a file name that climbs out of the package folder would overwrite (when
+    downloaded) or read (when loaded) any file the user can reach."""
+    from .spec import local_path
+
+    text = str(source)
+    scheme = urllib.parse.urlparse(text).scheme.lower()
+    bad = None
+    if scheme and scheme not in ("http", "https") and not re.match(r"^[a-zA-Z]$", scheme):
+        bad = f"a {scheme}: URL"
+    elif text.startswith(("/", "\\")) or re.match(r"^[a-zA-Z]:", text) or isinstance(source, Path) and source.is_absolute():
+        bad = "an absolute path"
+    if bad is None:
+        target = local_path(root, source)
+        base = Path(os.path.abspath(root))
+        if not Path(os.path.abspath(target)).is_relative_to(base) or Path(os.path.abspath(target)) == base:
+            bad = "a path outside the package folder"
+    if bad is not None:
+        raise SourceError(f"the rdf of {where} names the file {text[:120]!r}, {bad}; refusing the package")
+    return target
 
 
 def _package_files(descr: Any) -> Dict[str, Any]:
@@ -255,24 +319,47 @@ def _package_files(descr: Any) -> Dict[str, Any]:
     return found
 
 
-def download(url: str, target: Path, sha256: Optional[str] = None) -> Path:
-    """Download ``url`` to ``target`` atomically (temporary file + rename), checking sha256."""
+def download(url: str, target: Path, sha256: Optional[str] = None, max_bytes: Optional[int] = None) -> Path:
+    """Download ``url`` to ``target`` atomically (temporary file + rename), checking sha256.
+
+    Only http(s). Refused: more than ``max_bytes`` (default ``DLMODEL_MAX_DOWNLOAD_BYTES``),
+    and a transfer still running after ``DLMODEL_DOWNLOAD_DEADLINE`` seconds (a server that
+    trickles a byte at a time never trips the per-read ``DLMODEL_HTTP_TIMEOUT``)."""
+    if urllib.parse.urlparse(url).scheme.lower() not in ("http", "https"):
+        raise SourceError(f"refusing to download {url[:120]!r}: only http and https URLs are fetched")
     timeout = float(os.environ.get("DLMODEL_HTTP_TIMEOUT", "30"))
+    deadline = time.monotonic() + float(os.environ.get("DLMODEL_DOWNLOAD_DEADLINE", "3600"))
+    limit = max_bytes if max_bytes is not None else MAX_DOWNLOAD_BYTES
     tmp = target.with_name(f".{target.name}.part-{os.getpid()}")
     h = hashlib.sha256()
+    size = 0
     try:
         req = urllib.request.Request(url, headers={"User-Agent": "dlmodel"})
         with urllib.request.urlopen(req, timeout=timeout) as resp, open(tmp, "wb") as out:
+            announced = resp.headers.get("Content-Length")
+            if announced and announced.isdigit() and int(announced) > limit:
+                raise SourceError(f"{url} is {int(announced)} bytes, more than the limit of {limit} for this file")
             while True:
-                block = resp.read(1 << 20)
+                block = resp.read1(1 << 20)
                 if not block:
                     break
+                size += len(block)
+                if size > limit:
+                    raise SourceError(f"{url} sent more than the limit of {limit} bytes for this file; stopped")
+                if time.monotonic() > deadline:
+                    raise SourceError(
+                        f"{url} was still downloading after {os.environ.get('DLMODEL_DOWNLOAD_DEADLINE', '3600')} s "
+                        "(DLMODEL_DOWNLOAD_DEADLINE); stopped"
+                    )
                 h.update(block)
                 out.write(block)
+    except SourceError:
+        tmp.unlink(missing_ok=True)
+        raise
     except (urllib.error.URLError, OSError, ValueError) as e:
         tmp.unlink(missing_ok=True)
         reason = getattr(e, "reason", None) or e
-        raise _NetworkError(f"{url}: {reason}") from None
+        raise _NetworkError(f"{url}: {reason}") from e
     if sha256 and h.hexdigest() != str(sha256):
         tmp.unlink(missing_ok=True)
         raise SourceError(f"downloaded {url} has sha256 {h.hexdigest()}, the rdf says {sha256}")
@@ -328,14 +415,22 @@ class _lock:
 
 
 class _staging:
-    """A temporary folder beside ``dest``, renamed to ``dest`` only if the block succeeds."""
+    """A temporary folder beside ``dest``, renamed to ``dest`` only if the block succeeds.
+
+    Entered under ``dest``'s lock, so any other staging folder of ``dest`` is a killed
+    process's leftover and is removed first."""
 
     def __init__(self, dest: Path):
         self.dest = dest
 
     def __enter__(self) -> Path:
         self.dest.parent.mkdir(parents=True, exist_ok=True)
+        for stale in self.dest.parent.glob(f".{self.dest.name}.*"):
+            shutil.rmtree(stale, ignore_errors=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.dest.name}.", dir=self.dest.parent))
+        from .io import honour_umask
+
+        honour_umask(self.tmp, directory=True)  # mkdtemp makes it 0700: a shared cache needs the umask's
         return self.tmp
 
     def __exit__(self, exc_type: Any, *exc: Any) -> None:
@@ -347,6 +442,33 @@ class _staging:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def sweep_stale(folder: Path) -> int:
+    """Remove staging folders that killed downloads or unpacks left in a cache folder; returns
+    how many. A staging folder is only ever filled under its package's lock, so one whose lock
+    is free is provably abandoned; one whose lock is held belongs to a live process and stays."""
+    from filelock import FileLock, Timeout
+
+    removed = 0
+    if not folder.is_dir():
+        return 0
+    for tmp in folder.glob(".*.*"):
+        if not tmp.is_dir():
+            continue
+        dest = tmp.name[1:].split(".")[0]
+        lock = FileLock(str(folder / dest) + ".lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            continue
+        try:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+                removed += 1
+        finally:
+            lock.release()
+    return removed
+
+
 def evict(folder: Path) -> None:
     """Remove a cached package (only ever a folder inside the cache) so it is fetched again."""
     folder = Path(folder).resolve()
@@ -356,15 +478,17 @@ def evict(folder: Path) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def verify_files(descr: Any, root: Path) -> Tuple[int, int]:
+def verify_files(descr: Any, root: Path, confined: bool = True) -> Tuple[int, int]:
     """Check every file the rdf names exists under ``root`` with the sha256 the rdf gives.
 
-    Returns (files checked, files without a sha256 in the rdf)."""
+    With ``confined`` (every package but a folder the user made), a name that lies outside
+    ``root`` is refused (:func:`confined_path`). Returns (files checked, files without a
+    sha256 in the rdf)."""
     from .spec import local_path, sha256_file
 
     checked = unhashed = 0
     for name, fd in _package_files(descr).items():
-        path = local_path(root, fd.source)
+        path = confined_path(root, fd.source, root) if confined else local_path(root, fd.source)
         try:
             if not path.is_file():
                 raise SourceError(f"file {path.name!r} named in the rdf is missing from {root}")
@@ -374,9 +498,8 @@ def verify_files(descr: Any, root: Path) -> Tuple[int, int]:
                 continue
             actual = sha256_file(path)
         except OSError as e:  # a name too long for the filesystem, no permission, ...
-            raise SourceError(f"file {str(fd.source)[:80]!r} named in the rdf cannot be read: {e.strerror}") from None
+            raise SourceError(f"file {str(fd.source)[:80]!r} named in the rdf cannot be read: {e.strerror}") from e
         if actual != str(expected):
             raise SourceError(f"sha256 mismatch for {path}: the rdf says {expected}, the file has {actual}")
         checked += 1
     return checked, unhashed
-

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
@@ -302,11 +303,62 @@ def spec_from_descr(descr: Any, rdf_path: Path) -> ModelSpec:
     )
 
 
+# rdfs are a few KB of YAML; these bound what a hostile one can cost before it is parsed.
+MAX_RDF_BYTES = int(os.environ.get("DLMODEL_MAX_RDF_BYTES", 4 << 20))
+MAX_RDF_NODES = int(os.environ.get("DLMODEL_MAX_RDF_NODES", 200_000))
+
+
+def check_yaml_size(rdf: Path, where: str, max_bytes: int = MAX_RDF_BYTES, max_nodes: int = MAX_RDF_NODES) -> int:
+    """Refuse an rdf larger than ``max_bytes``, or one whose YAML aliases would expand to more
+    than ``max_nodes`` nodes ("billion laughs": a few KB that a YAML loader turns into GBs).
+
+    Reads the YAML event stream (aliases are not expanded there) and sums each anchored node's
+    size; returns the expanded node count."""
+    from ruyaml import YAML
+    from ruyaml.events import AliasEvent, CollectionEndEvent, CollectionStartEvent, NodeEvent
+
+    try:
+        size = rdf.stat().st_size
+    except OSError as e:
+        raise SpecError(f"cannot read rdf {where}: {e.strerror}") from e
+    if size > max_bytes:
+        raise SpecError(f"rdf {where} is {size} bytes, more than the limit of {max_bytes} (DLMODEL_MAX_RDF_BYTES)")
+    anchors: Dict[str, int] = {}
+    stack = [[0, None]]  # [nodes so far, anchor] per open collection
+    try:
+        with open(rdf, "rb") as f:
+            for ev in YAML(typ="safe", pure=True).parse(f):
+                if isinstance(ev, AliasEvent):
+                    stack[-1][0] += anchors.get(ev.anchor, 1)
+                elif isinstance(ev, CollectionStartEvent):
+                    stack.append([1, ev.anchor])
+                elif isinstance(ev, CollectionEndEvent):
+                    n, anchor = stack.pop()
+                    if anchor:
+                        anchors[anchor] = n
+                    stack[-1][0] += n
+                elif isinstance(ev, NodeEvent):  # a scalar
+                    stack[-1][0] += 1
+                    if ev.anchor:
+                        anchors[ev.anchor] = 1
+                if stack[-1][0] > max_nodes or (len(stack) > 1 and sum(n for n, _ in stack) > max_nodes):
+                    raise SpecError(
+                        f"rdf {where} expands to more than {max_nodes} YAML nodes (aliases); refusing it (DLMODEL_MAX_RDF_NODES)"
+                    )
+    except SpecError:
+        raise
+    except Exception:  # broken YAML: bioimageio.spec reports it in its own words
+        return -1
+    return stack[0][0]
+
+
 def read_description(rdf: Path, origin: Optional[str] = None) -> Any:
     """Read and validate an rdf with bioimageio.spec, converted to format 0.5.
 
     No network: file checks are ours (``sources.verify_files``), so the spec's own io checks,
-    which would try every URL in the rdf, are off. Raises SpecError with the first problem."""
+    which would try every URL in the rdf, are off. A hostile rdf (too large, alias bombs) is
+    refused before it is parsed (:func:`check_yaml_size`). Raises SpecError with the first
+    problem."""
     import logging
 
     from bioimageio.spec import load_description
@@ -315,6 +367,8 @@ def read_description(rdf: Path, origin: Optional[str] = None) -> Any:
     logging.getLogger("bioimageio").setLevel(logging.ERROR)
     _quiet_loguru()
     where = origin or str(rdf)
+    if Path(rdf).suffix.lower() in (".yaml", ".yml"):
+        check_yaml_size(Path(rdf), where)
     try:
         descr = load_description(rdf, perform_io_checks=False, format_version="latest")
     except Exception as e:  # broken YAML, unreadable file, ...

@@ -1,0 +1,96 @@
+"""The one gate for code that a model package brings: who may run it, and the one loader.
+
+Code in a package (a PyTorch architecture file, spec 0.5 ``custom`` processing, Keras
+``Lambda`` layers, TensorFlow graph operations that reach files, processes or Python) runs
+with the user's rights. Whether it runs without asking depends on where the package came
+from, not where it lies now:
+
+- a **folder** the user made (or copied) is theirs: trusted unless ``trust=False``;
+- a **zip** archive and a **download** (URL, zoo id, DOI, or a folder that is a dlmodel cache
+  entry, whose marker records where it came from) are someone else's: their code runs only
+  with ``trust=True``.
+
+``trust=False`` always means no, for a folder too (RunDLModel's "Trust code from the model
+package? No").
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Optional
+
+from .errors import DLModelError
+
+_ORIGIN = {
+    "download": "was downloaded",
+    "zip": "comes from a zip archive (not a folder you made)",
+    "folder": "is set not to be trusted (trust=False)",
+}
+
+
+class TrustError(DLModelError):
+    """Code from a package was not run because the package is not trusted."""
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Consent for one package: its name and folder, where it came from, and the decision.
+
+    ``key`` (the rdf's sha256) makes the names of modules loaded from the package unique to it,
+    so two packages' ``halve.py`` never share one module."""
+
+    model: str
+    root: Path
+    key: str
+    kind: str  # folder | zip | download (sources.Resolved.kind)
+    trusted: bool
+
+    @classmethod
+    def decide(cls, model: str, root: Path, key: str, kind: str, trust: Optional[bool]) -> "Gate":
+        """``trust=None``: trusted only for a folder the user made; True or False: as said."""
+        return cls(model, Path(root), key, kind, kind == "folder" if trust is None else bool(trust))
+
+    def refusal(self, what: str, instead: Optional[str] = None) -> TrustError:
+        """The one refusal text: what would run, why it did not, and how to consent."""
+        origin = _ORIGIN.get(self.kind, _ORIGIN["download"])
+        return TrustError(
+            f"model {self.model!r} {origin}, and {what}: code from a package runs with your rights. "
+            "Run it only if you trust its source: pass trust=True (dlmodel --trust; RunDLModel: "
+            "'Trust code from the model package?' Yes)" + (f", or use {instead}" if instead else "")
+        )
+
+    def require(self, what: str, instead: Optional[str] = None) -> None:
+        if not self.trusted:
+            raise self.refusal(what, instead)
+
+    def load_module(self, path: Path, what: str, instead: Optional[str] = None) -> ModuleType:
+        """Import a ``.py`` file of the package (its sha256 was checked on load), once per
+        package; refused unless trusted."""
+        self.require(f"{what} runs the package's own code ({Path(path).name})", instead)
+        path = Path(path).resolve()
+        # unique per package (its rdf's sha256 pins the file's) and per place (a package that
+        # was moved, e.g. from a staging folder, is imported again from where it is now)
+        where = hashlib.sha256(str(path).encode()).hexdigest()[:8]
+        name = f"_dlmodel_pkg_{self.key[:16]}_{where}_{path.stem}"
+        if name in sys.modules:
+            return sys.modules[name]
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise DLModelError(f"cannot import {path} from model {self.model!r}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(name, None)
+            raise
+        return module
+
+
+def local_gate(root: Path = Path("."), model: str = "model") -> Gate:
+    """A trusted gate for code that is not from a package (tests, the user's own callables)."""
+    return Gate(model, Path(root), "local", "folder", True)
