@@ -497,7 +497,7 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
                     labels = self._objects(dl, model, pred, g, arr)
                 results.append((g, arr, labels))
         except dl.DLModelError as e:
-            raise RuntimeError(f"{where}: {e}") from None
+            raise RuntimeError(f"{where}: {e}") from e
 
         parent = images[0]
         for g, arr, labels in results:

@@ -23,7 +23,9 @@ import torch
 from skimage.segmentation import find_boundaries
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+# the architecture is the one the default model ships (one copy of it in the repository)
+ARCH = HERE.parent / "models" / "nuclei_default"
+sys.path.insert(0, str(ARCH))
 from nuclei_unet import NucleiUNet  # noqa: E402
 
 TRAIN = HERE.parents[1] / "shared" / "data" / "dsb2018_nuclei_train"
@@ -116,7 +118,7 @@ def main() -> int:
     net.eval()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), args.out / "weights_state.pt")
-    shutil.copy(HERE / "nuclei_unet.py", args.out / "nuclei_unet.py")
+    shutil.copy(ARCH / "nuclei_unet.py", args.out / "nuclei_unet.py")
     (args.out / "training.json").write_text(json.dumps({
         "iterations": args.iterations, "batch": args.batch, "crop": args.crop, "seed": args.seed,
         "threads": args.threads, "train_images": len(data), "seconds": round(time.time() - t0, 1),

@@ -121,3 +121,12 @@ def test_missing_engine_names_the_extra(nuclei_model):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode != 0
     assert "no engine installed" in res.stderr and "pip install 'dlmodel[onnx]'" in res.stderr
+
+
+def test_compare_refuses_a_different_shape_of_the_same_size():
+    """Only singleton axes may differ; a transposed output is a mismatch (issue 17)."""
+    from dlmodel.spec import Tolerance
+
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    assert dlmodel.api.compare(a[None], a, Tolerance(), "o").ok  # a batch of 1 kept
+    assert not dlmodel.api.compare(a.reshape(4, 3), a, Tolerance(), "o").ok

@@ -284,15 +284,25 @@ def test_3d_model_needs_a_3d_pipeline(cp):
         _validate(m, volumetric=False)
 
 
-def test_model_information_is_shown(cp):
+def test_model_information_is_shown(cp, torch2d, tmp_path):
+    import zoo
+
     m = cp("RunDLModel")
     m.model_source.value = "../shared/models/unet2d_nuclei_broad"
     assert m.model_info in m.visible_settings()
     html = m.model_info.content
     assert "UNet 2D Nuclei Broad" in html and "MIT" in html and "Constantin Pape" in html and "halo" in html
-    assert "zero" not in m.check_model.label.lower()
     report = m.do_check_model()  # headless: the message is returned (and logged)
-    assert "reproduces its test outputs" in report
+    assert "reproduces its test outputs" in report and "NOT" not in report
+    # a package whose test output its weights do not reproduce: the check says so
+    pkg = zoo.copy_package(torch2d.parent, tmp_path / "pkg")
+    np.save(pkg / "test_prob.npy", np.load(pkg / "test_prob.npy") + 0.1)
+    rdf = pkg / "bioimageio.yaml"
+    rdf.write_text(rdf.read_text().replace(zoo.sha256(torch2d.parent / "test_prob.npy"), zoo.sha256(pkg / "test_prob.npy")))
+    m.model_source.value = str(pkg)
+    m.engine.value = "ONNX"
+    report = m.do_check_model()
+    assert "does NOT reproduce its test outputs" in report and "max abs error 0.1" in report
 
 
 def test_a_failing_image_set_names_the_module_and_the_image(cp):

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import dlmodel
+import zoo
 
 RNG = np.random.default_rng(42)
 
@@ -34,13 +35,36 @@ def test_auto_engine_prefers_onnx_on_cpu(torch2d):
     assert dlmodel.load(torch2d, device="cpu").weights_format == "onnx"
 
 
-def test_pytorch_state_dict_is_loaded_weights_only(torch2d):
-    # the state dict holds tensors only; torch.load(weights_only=True) must accept it
+class _Payload:
+    """Unpickling this runs open(marker, "w"): what a hostile pickle could do instead."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pytorch_state_dict_is_loaded_weights_only(torch2d, tmp_path):
+    import torch
+
+    # the state dict holds tensors only: it loads, and computes what the TorchScript weights do
+    x = RNG.normal(size=(40, 40)).astype(np.float32)
     model = dlmodel.load(torch2d, engine="pytorch")
     assert model.weights_format == "pytorch_state_dict"
-    out = model.predict(RNG.normal(size=(40, 40)).astype(np.float32))["prob"]
-    ref = dlmodel.load(torch2d, engine="torchscript").predict(RNG.normal(size=(40, 40)).astype(np.float32))
-    assert out.shape == ref["prob"].shape == (40, 40)
+    np.testing.assert_allclose(model.predict(x)["prob"], dlmodel.load(torch2d, engine="torchscript").predict(x)["prob"],
+                               rtol=1e-5, atol=1e-6)
+    # a state dict that carries a pickled payload is refused, and the payload never runs
+    pkg = zoo.copy_package(torch2d.parent, tmp_path / "pkg")
+    marker = tmp_path / "payload_ran"
+    state = torch.load(pkg / "weights_state.pt", weights_only=True)
+    old_sha = zoo.sha256(pkg / "weights_state.pt")
+    torch.save({**state, "extra": _Payload(marker)}, pkg / "weights_state.pt")
+    rdf = pkg / "bioimageio.yaml"
+    rdf.write_text(rdf.read_text().replace(old_sha, zoo.sha256(pkg / "weights_state.pt")))
+    with pytest.raises(dlmodel.EngineError, match="weights_state.pt"):
+        dlmodel.load(pkg, engine="pytorch", trust=True)
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize("shape", [(203, 311), (16, 16), (5, 3), (1, 1), (1000, 17)])

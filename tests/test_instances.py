@@ -73,6 +73,20 @@ def test_label_outputs_are_renumbered():
     assert sorted(np.unique(out)) == [0, 1, 2]
 
 
+def test_inputs_are_never_changed():
+    """scikit-image's rule: to_labels and Prediction.channel hand back new arrays (issue 17)."""
+    labels = np.zeros((10, 10), np.int64)
+    labels[1:3, 1:3], labels[5:8, 5:8], labels[0, 9] = 7, 42, -3
+    before = labels.copy()
+    to_labels(labels, InstanceOptions("labels", fill_holes=False))
+    np.testing.assert_array_equal(labels, before)
+    from dlmodel.api import Prediction
+
+    pred = Prediction({"p": np.ones((4, 4), np.float32)}, {"p": "yx"}, None)
+    pred.channel("p")[:] = 5
+    assert (pred["p"] == 1).all()
+
+
 def test_3d_objects_and_centers():
     vol = np.zeros((20, 30, 30), np.float32)
     vol[5:11, 5:12, 5:12] = 1

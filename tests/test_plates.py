@@ -3,6 +3,7 @@ import csv
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import dlmodel
@@ -40,3 +41,22 @@ def test_missing_column_is_named(tmp_path):
 
 def test_384_well_plates():
     assert plate_shape([("P", 24), ("A", 1)]) == (16, 24)
+
+
+def test_1536_well_rows_aa_to_af_do_not_overwrite_a_to_f(tmp_path):
+    """Rows AA-AF of a 1536-well plate are rows 27-32, not A-F again (issue 17)."""
+    from matplotlib.image import imread
+
+    from dlmodel.plates import heatmaps, plate_grid, row_index, row_name
+
+    assert [row_index(r) for r in ("A", "F", "Z", "AA", "AF")] == [0, 5, 25, 26, 31]
+    assert all(row_name(row_index(r)) == r for r in ("A", "Z", "AA", "AF"))
+    values = {("A", 1): {"v": 1.0}, ("AA", 1): {"v": 100.0}, ("AF", 48): {"v": 50.0}}
+    assert plate_shape(list(values)) == (32, 48)
+    grid = plate_grid(values, "v", (32, 48))
+    assert grid[0, 0] == 1.0 and grid[26, 0] == 100.0 and grid[31, 47] == 50.0
+    assert np.isnan(grid).sum() == 32 * 48 - 3
+    png = heatmaps(values, ["v"], tmp_path / "p.png")
+    assert imread(png).shape[0] > 0
+    with pytest.raises(dlmodel.DLModelError, match="not a row name"):
+        row_index("A1")

@@ -5,12 +5,10 @@ file systems (a read-only or a full tmpfs mounted in a private user namespace)."
 import http.server
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np

@@ -54,6 +54,15 @@ def test_parameterized_models_get_the_fewest_tiles_and_no_larger_than_needed(len
     spec, _ = open_spec(Path(__file__).resolve().parents[1] / "models" / "nuclei_default")
     x = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), (1, 1, length, length), (0, 0, 0, 0))
     plan = make_plan(spec, {spec.inputs[0].id: x})
+    # derived from the spec: the fewest tiles the 1 Mpx budget allows, each no longer than one
+    # valid step above what that many tiles need
+    axis = spec.inputs[0].axis("x")
+    margin = next(a.margin for a in plan.axes if a.id == "x")
+    whole = axis.smallest_valid(length + 2 * margin)
+    n = 1 if whole <= 1024 else -(-length // (axis.largest_valid(1024) - 2 * margin))
+    assert [len(p.tiles) for p in plan.axis_plans] == [n] * 2
+    assert plan.tile_shape["x"] <= min(whole, axis.smallest_valid(-(-length // n) + 2 * margin) + axis.step)
+    # regression pin of today's numbers (docs/performance.md quotes them)
     assert [len(p.tiles) for p in plan.axis_plans] == [tiles_per_axis] * 2
     assert plan.tile_shape == {"y": size, "x": size}
     inner = size - 2 * 32

@@ -276,7 +276,7 @@ def _package(args: argparse.Namespace) -> int:
         pre, post = json.loads(args.preprocessing), json.loads(args.postprocessing)
         recipe = json.loads(args.instances) if args.instances else None
     except json.JSONDecodeError as e:
-        raise DLModelError(f"--preprocessing/--postprocessing/--instances must be JSON: {e}") from None
+        raise DLModelError(f"--preprocessing/--postprocessing/--instances must be JSON: {e}") from e
     rdf = package(args.weights, sample, args.output, name=args.name, description=args.description,
                   authors=args.author, license=args.license, cite=cites, tags=args.tag, sample_axes=axes or "yx",
                   preprocessing=pre, postprocessing=post, size=size[0] if len(size) == 1 else tuple(size),

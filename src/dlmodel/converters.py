@@ -26,7 +26,7 @@ def torch_to_torchscript(module: Any, target: Path) -> Path:
     try:
         scripted = torch.jit.script(module.eval())
     except Exception as e:  # modules with Python-only constructs cannot be scripted
-        raise EngineError(f"cannot convert to TorchScript: {_first(e)}") from None
+        raise EngineError(f"cannot convert to TorchScript: {_first(e)}") from e
     scripted.save(str(target))
     return target
 
@@ -41,15 +41,15 @@ def torch_to_onnx(module: Any, example: np.ndarray, target: Path) -> Path:
         torch.onnx.export(module.eval(), (x,), str(target), input_names=["input"], output_names=["output"],
                           dynamic_axes={"input": dims, "output": dims}, opset_version=ONNX_OPSET, dynamo=False)
     except Exception as e:
-        raise EngineError(f"cannot convert to ONNX: {_first(e)}") from None
+        raise EngineError(f"cannot convert to ONNX: {_first(e)}") from e
     return target
 
 
 def keras_to_onnx(path: Path, target: Path) -> Path:
     try:
         import tf2onnx  # noqa: F401
-    except ImportError:
-        raise EngineError("converting Keras weights to ONNX needs tf2onnx: pip install tf2onnx") from None
+    except ImportError as e:
+        raise EngineError("converting Keras weights to ONNX needs tf2onnx: pip install tf2onnx") from e
     import keras
     import tensorflow as tf
 

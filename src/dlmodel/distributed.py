@@ -7,7 +7,6 @@ one machine never use more threads than it has cores.
 """
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -23,11 +22,14 @@ def _work(job: Job, path: str, stem: str) -> Tuple[int, Optional[str]]:
 
 
 def threads_per_worker(client) -> dict:
-    """Engine threads for each worker: its machine's cores shared by that machine's workers."""
+    """Engine threads for each worker: its machine's cores (as that worker sees them, not this
+    client) shared by that machine's workers."""
     workers = client.scheduler_info(n_workers=-1)["workers"] if _takes_n_workers(client) else client.scheduler_info()["workers"]
     per_host = Counter(w["host"] for w in workers.values())
-    cores = {w["host"]: w.get("metrics", {}).get("cpu_count") or os.cpu_count() or 1 for w in workers.values()}
-    return {addr: max(1, int(cores[w["host"]]) // per_host[w["host"]]) for addr, w in workers.items()}
+    from .engines import cores as worker_cores
+
+    seen = client.run(worker_cores)  # runs on every worker: {address: cores}
+    return {addr: max(1, int(seen.get(addr) or 1) // per_host[w["host"]]) for addr, w in workers.items()}
 
 
 def _takes_n_workers(client) -> bool:

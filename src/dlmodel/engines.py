@@ -7,6 +7,7 @@ needs them, so importing dlmodel (and the CellProfiler plugin) stays cheap.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import shutil
 import sys
@@ -18,6 +19,8 @@ import numpy as np
 from .errors import EngineError
 from .spec import ENGINE_EXTRA, ModelSpec
 from .trust import Gate, TrustError
+
+LOGGER = logging.getLogger("dlmodel")
 
 # What ``engine="auto"`` tries, in order, per device kind. On CPU onnxruntime ran the shared
 # nuclei U-Net (2048x2048) in 3.9 s against 7.7 s for TorchScript on this project's machines.
@@ -363,8 +366,8 @@ def _import_architecture(spec: ModelSpec, arch: Any, gate: Gate) -> Any:
                               "engine='onnx' or 'torchscript' if it has those weights")
     try:
         return getattr(module, name)
-    except AttributeError:
-        raise EngineError(f"architecture file {path} defines no {name!r}") from None
+    except AttributeError as e:
+        raise EngineError(f"architecture file {path} defines no {name!r}") from e
 
 
 class TensorflowEngine(Engine):
@@ -389,12 +392,8 @@ class TensorflowEngine(Engine):
         self._loaded = loaded  # keep the trackable objects alive
         self.fn = loaded.signatures["serving_default"]
         _, kw = self.fn.structured_input_signature
-        names = list(kw)
-        ids = [t.id for t in self.spec.inputs]
-        self.input_names = ids if set(ids) == set(names) else sorted(names)
-        outs = list(self.fn.structured_outputs)
-        out_ids = [t.id for t in self.spec.outputs]
-        self.output_names = out_ids if set(out_ids) == set(outs) else sorted(outs)
+        self.input_names = _pair_names("input", [t.id for t in self.spec.inputs], list(kw), path)
+        self.output_names = _pair_names("output", [t.id for t in self.spec.outputs], list(self.fn.structured_outputs), path)
         self.input_dtypes = [kw[n].dtype.as_numpy_dtype for n in self.input_names]
 
     def _run(self, inputs: List[np.ndarray]) -> List[np.ndarray]:
@@ -403,6 +402,20 @@ class TensorflowEngine(Engine):
         with tf.device(_tf_device(self.device)):
             res = self.fn(**{n: tf.constant(a.astype(d, copy=False)) for n, a, d in zip(self.input_names, inputs, self.input_dtypes)})
         return [res[n].numpy() for n in self.output_names]
+
+
+def _pair_names(kind: str, ids: Sequence[str], names: Sequence[str], where: Any) -> List[str]:
+    """The SavedModel signature's name for each rdf tensor, in rdf order: by name, or the only
+    one; several tensors named otherwise cannot be paired safely (a signature's names carry no
+    order), so they are refused rather than guessed."""
+    if set(ids) == set(names):
+        return list(ids)
+    if len(ids) == len(names) == 1:
+        return list(names)
+    raise EngineError(
+        f"the SavedModel {where} names its {kind}s {', '.join(sorted(names))} and the rdf {', '.join(ids)}: "
+        f"cannot tell which is which; give the rdf's {kind} tensors the signature's names"
+    )
 
 
 def _import_tf() -> Any:
@@ -421,8 +434,11 @@ def _tf_threads(tf: Any, threads: int) -> None:
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
-    except RuntimeError:  # already initialised in this process: keep its setting
-        pass
+    except RuntimeError:  # already initialised in this process: its setting stays
+        current = tf.config.threading.get_intra_op_parallelism_threads()
+        if current != threads:
+            LOGGER.warning("dlmodel: TensorFlow was started earlier in this process with %s threads; "
+                           "it keeps them (%d asked for)", current or "all", threads)
 
 
 class KerasEngine(Engine):
@@ -432,18 +448,47 @@ class KerasEngine(Engine):
         _tf_threads(_import_tf(), self.threads)
         import keras
 
-        # safe_mode refuses Lambda layers, which hold pickled Python code
-        try:
-            self.model = keras.models.load_model(str(self.path), compile=False, safe_mode=not self.gate.trusted)
-        except ValueError as err:
-            if not self.gate.trusted and ("safe_mode" in str(err) or "Lambda" in str(err)):
-                raise self.gate.refusal("its Keras model has Lambda layers (Python code)", "its ONNX weights, if any") from err
-            raise
+        # Lambda layers hold marshalled Python code: found in the saved config, before loading;
+        # safe_mode stays on as Keras' own second guard
+        if keras_lambda_layers(self.path):
+            self.gate.require("its Keras model has Lambda layers (Python code)", "its ONNX weights, if any")
+        self.model = keras.models.load_model(str(self.path), compile=False, safe_mode=not self.gate.trusted)
 
     def _run(self, inputs: List[np.ndarray]) -> List[np.ndarray]:
         x = inputs[0] if len(inputs) == 1 else inputs
         out = self.model(x, training=False)
         return [np.asarray(o) for o in _as_list(out)]
+
+
+def keras_lambda_layers(path: Any) -> int:
+    """How many ``Lambda`` layers a ``.keras`` (zip with ``config.json``) or ``.h5`` (attribute
+    ``model_config``) model's saved configuration holds, nested models included."""
+    import json
+    import zipfile
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                config = json.loads(zf.read("config.json"))
+        else:
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                raw = f.attrs.get("model_config")
+                config = json.loads(raw.decode() if isinstance(raw, bytes) else raw) if raw is not None else {}
+    except (OSError, KeyError, ValueError) as e:
+        raise EngineError(f"cannot read the Keras model configuration in {path}: {_one_line(e)}") from e
+
+    def count(node: Any) -> int:
+        if isinstance(node, dict):
+            return int(node.get("class_name") == "Lambda") + sum(count(v) for v in node.values())
+        if isinstance(node, list):
+            return sum(count(v) for v in node)
+        return 0
+
+    return count(config)
 
 
 class KerasHdf5Engine(KerasEngine):

@@ -42,7 +42,8 @@ def to_labels(output: np.ndarray, options: InstanceOptions = InstanceOptions()) 
     if options.method not in METHODS:
         raise ValueError(f"unknown object method {options.method!r}; use one of {', '.join(METHODS)}")
     if options.method == "labels":
-        labels = np.asarray(output).astype(np.int64, copy=False)
+        # a new array: the caller's labels (int64 already, say) are never changed
+        labels = np.asarray(output).astype(np.int64, copy=True)
         labels[labels < 0] = 0
     else:
         mask = np.asarray(output) > options.threshold

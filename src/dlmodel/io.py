@@ -79,7 +79,7 @@ def read_image(path: Path) -> Tuple[np.ndarray, Optional[str]]:
         raise
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ImageFileError(f"{path}: not a readable image ({first})") from None
+        raise ImageFileError(f"{path}: not a readable image ({first})") from e
     raise ImageFileError(f"{path}: unsupported file type {suffix!r} (use {', '.join(IMAGE_SUFFIXES)})")
 
 

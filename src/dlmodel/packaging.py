@@ -68,7 +68,7 @@ def _processing(items: Sequence[Any], kind: str) -> List[Any]:
             out.append(adapter.validate_python(dict(item)))
         except ValidationError as e:
             first = e.errors()[0]
-            raise SpecError(f"{kind}processing {dict(item).get('id')!r}: {first['msg']}") from None
+            raise SpecError(f"{kind}processing {dict(item).get('id')!r}: {first['msg']}") from e
     return out
 
 
@@ -206,7 +206,7 @@ def _assemble(work, kind, weights, sample, sample_axes, pre, post, architecture,
                     **({"version": version} if version else {}),
                 )
         except Exception as e:  # pydantic ValidationError from bad metadata
-            raise SpecError(f"invalid model description: {_pydantic_first(e)}") from None
+            raise SpecError(f"invalid model description: {_pydantic_first(e)}") from e
 
     descr = build(with_cover=False)  # bad metadata fails here, before anything is kept
     from .api import Model
@@ -222,7 +222,7 @@ def _assemble(work, kind, weights, sample, sample_axes, pre, post, architecture,
         model = Model(spec, engine=next(iter(weight_entries)), device="cpu")
         outs, _ = run_sample(spec, model.engine, {input_id: batch}, tile=False, use_halo=False, gate=model.gate)
     except DLModelError as e:
-        raise EngineError(f"the model does not run on the sample: {e}") from None
+        raise EngineError(f"the model does not run on the sample: {e}") from e
     result = outs[output_id]
     np.save(work / f"test_{output_id}.npy", result)
     _cover(work / "cover.png", batch, result, channel_last)
@@ -244,7 +244,7 @@ def _metadata(name, description, authors, license, cite, tags, documentation, wo
         people = [v.Author(**a) if isinstance(a, Mapping) else v.Author(name=str(a)) for a in authors]
         cites = [v.CiteEntry(**dict(c)) for c in cite] or [v.CiteEntry(text=f"{name}", url="https://bioimage.io")]
     except Exception as e:
-        raise SpecError(f"invalid model description: {_pydantic_first(e)}") from None
+        raise SpecError(f"invalid model description: {_pydantic_first(e)}") from e
     text = documentation or f"# {name}\n\n{description}\n"
     (work / "README.md").write_text(_readme(text, name, description, authors, license, cites))
     return {"name": name, "description": description, "authors": people, "cite": cites, "license": license,
@@ -308,7 +308,7 @@ def _write_weights(work: Path, kind: str, weights: Any, batch: np.ndarray, archi
             n_out = int((y[0] if isinstance(y, (tuple, list)) else y).shape[1])
         except Exception as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise EngineError(f"the model does not run on the sample (shape {batch.shape}): {first}") from None
+            raise EngineError(f"the model does not run on the sample (shape {batch.shape}): {first}") from e
         unknown = set(formats) - {"pytorch_state_dict", "torchscript", "onnx"}
         if unknown:
             raise SpecError(f"formats {sorted(unknown)} cannot be written from a torch module")
@@ -376,7 +376,7 @@ def _count_output_channels(work: Path, entries: Dict[str, Dict[str, Any]], batch
         raise
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise EngineError(f"the model does not run on the sample (shape {batch.shape}): {first}") from None
+        raise EngineError(f"the model does not run on the sample (shape {batch.shape}): {first}") from e
 
 
 def _valid_sample(x: np.ndarray, smin: int, step: int) -> np.ndarray:

@@ -40,13 +40,52 @@ def well_values(table: PathLike, measures: Sequence[str], row: str = "Metadata_R
     return {k: {m: float(np.mean(v)) for m, v in d.items()} for k, d in sums.items()}
 
 
+def row_index(row: str) -> int:
+    """0-based index of a plate row name: A -> 0, Z -> 25, AA -> 26, AF -> 31 (1536-well plates).
+
+    >>> [row_index(r) for r in ("A", "P", "Z", "AA", "AF")]
+    [0, 15, 25, 26, 31]
+    """
+    n = 0
+    for letter in row.strip().upper():
+        if letter not in string.ascii_uppercase:
+            raise DLModelError(f"plate row {row!r} is not a row name (A, B, ..., Z, AA, ...)")
+        n = n * 26 + string.ascii_uppercase.index(letter) + 1
+    if n == 0:
+        raise DLModelError("empty plate row name")
+    return n - 1
+
+
+def row_name(index: int) -> str:
+    """The row name of a 0-based row index (inverse of :func:`row_index`).
+
+    >>> [row_name(i) for i in (0, 25, 26, 31)]
+    ['A', 'Z', 'AA', 'AF']
+    """
+    name = ""
+    index += 1
+    while index:
+        index, rest = divmod(index - 1, 26)
+        name = string.ascii_uppercase[rest] + name
+    return name
+
+
 def plate_shape(wells: Sequence[Tuple[str, int]]) -> Tuple[int, int]:
-    n_rows = max(string.ascii_uppercase.index(r[-1]) + 26 * (len(r) - 1) for r, _ in wells) + 1
+    n_rows = max(row_index(r) for r, _ in wells) + 1
     n_cols = max(c for _, c in wells)
     for shape in PLATE_SHAPES:
         if n_rows <= shape[0] and n_cols <= shape[1]:
             return shape
     return n_rows, n_cols
+
+
+def plate_grid(values: Dict[Tuple[str, int], Dict[str, float]], measure: str, shape: Tuple[int, int]) -> np.ndarray:
+    """One measure laid out as the plate (rows x columns); NaN where a well has no value."""
+    grid = np.full(shape, np.nan)
+    for (r, c), d in values.items():
+        if measure in d:
+            grid[row_index(r), c - 1] = d[measure]
+    return grid
 
 
 def heatmaps(values: Dict[Tuple[str, int], Dict[str, float]], measures: Sequence[str], out: PathLike,
@@ -62,13 +101,9 @@ def heatmaps(values: Dict[Tuple[str, int], Dict[str, float]], measures: Sequence
     n_rows, n_cols = plate_shape(list(values))
     fig, axes = plt.subplots(1, len(measures), figsize=(6.5 * len(measures), 0.45 * n_rows + 1.8), squeeze=False)
     for ax, m in zip(axes[0], measures):
-        grid = np.full((n_rows, n_cols), np.nan)
-        for (r, c), d in values.items():
-            if m in d:
-                grid[string.ascii_uppercase.index(r[-1]), c - 1] = d[m]
-        im = ax.imshow(grid, cmap="viridis")
+        im = ax.imshow(plate_grid(values, m, (n_rows, n_cols)), cmap="viridis")
         ax.set_xticks(range(n_cols), [str(i + 1) for i in range(n_cols)], fontsize=7)
-        ax.set_yticks(range(n_rows), list(string.ascii_uppercase[:n_rows]), fontsize=7)
+        ax.set_yticks(range(n_rows), [row_name(i) for i in range(n_rows)], fontsize=7)
         ax.set_title(m, fontsize=9)
         fig.colorbar(im, ax=ax, shrink=0.8)
     if title:

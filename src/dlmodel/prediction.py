@@ -392,7 +392,7 @@ def run_sample(
         fitted = processing.fit(t.preprocessing, arr, t.axis_ids, inputs, tiled_ids)
         if not fitted.tile_safe:  # rare: statistics vary along a tiled axis
             arr = fitted(arr.astype(np.float32, copy=False))
-            fitted = processing.Fitted((), (), True)
+            fitted = processing.Fitted((), True)
         prepared[t.id] = arr
         pre[t.id] = fitted
 

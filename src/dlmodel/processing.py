@@ -32,17 +32,12 @@ class Fitted:
     case the chain must be applied to the whole tensor."""
 
     ops: Tuple[FittedOp, ...]
-    names: Tuple[str, ...]
     tile_safe: bool
 
     def __call__(self, x: Array) -> Array:
         for op in self.ops:
             x = op(x)
         return x
-
-    @property
-    def identity(self) -> bool:
-        return not self.ops
 
 
 # Ops whose result depends on a whole tensor (statistics) or on every output (custom code).
@@ -231,8 +226,8 @@ def _custom(op: Any, gate: "Gate") -> FittedOp:
     module = gate.load_module(path, "its post-processing")
     try:
         factory = getattr(module, str(op.callable))
-    except AttributeError:
-        raise SpecError(f"custom op file {path.name} defines no {op.callable!r}") from None
+    except AttributeError as e:
+        raise SpecError(f"custom op file {path.name} defines no {op.callable!r}") from e
     fn = factory(**dict(op.kwargs))
     return lambda t: np.asarray(fn(t))
 
@@ -240,8 +235,8 @@ def _custom(op: Any, gate: "Gate") -> FittedOp:
 def _reference(tensors: Mapping[str, Array], tensor_id: Any, op: str) -> Array:
     try:
         return tensors[str(tensor_id)]
-    except KeyError:
-        raise SpecError(f"{op}: reference tensor {str(tensor_id)!r} is not available") from None
+    except KeyError as e:
+        raise SpecError(f"{op}: reference tensor {str(tensor_id)!r} is not available") from e
 
 
 def fit(
@@ -274,7 +269,7 @@ def fit(
         fitted.append(f)
         if remaining_stats > 0 and not _lossless_cast(op, current):
             current = f(current)
-    return Fitted(tuple(fitted), tuple(op.id for op in ops), tile_safe)
+    return Fitted(tuple(fitted), tile_safe)
 
 
 def _lossless_cast(op: Any, x: Array) -> bool:

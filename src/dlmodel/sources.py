@@ -170,7 +170,7 @@ def extract_zip(
     try:
         zf = zipfile.ZipFile(zip_path)
     except (zipfile.BadZipFile, OSError) as e:
-        raise SourceError(f"{zip_path} is not a readable zip archive: {e}") from None
+        raise SourceError(f"{zip_path} is not a readable zip archive: {e}") from e
     with zf:
         infos = zf.infolist()
         if len(infos) > max_files:
@@ -212,7 +212,7 @@ def extract_zip(
                             raise SourceError(f"{zip_path} unpacks to more than {max_bytes} bytes")
                         out.write(block)
             except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
-                raise SourceError(f"{zip_path} is damaged (entry {info.filename!r}): {e}") from None
+                raise SourceError(f"{zip_path} is damaged (entry {info.filename!r}): {e}") from e
     return dest
 
 
@@ -237,7 +237,7 @@ def _remote(url: str, origin: str, file_urls: Optional[Dict[str, str]] = None, d
     except _NetworkError as e:
         raise SourceError(
             f"cannot download model {origin!r} ({e}) and there is no cached copy in {dest}"
-        ) from None
+        ) from e
     return _local_rdf(dest)
 
 
@@ -386,7 +386,7 @@ def _from_doi(doi: str, origin: str) -> Path:
     except (urllib.error.URLError, OSError, ValueError) as e:
         raise SourceError(
             f"cannot look up {origin!r} at {rec_url} ({getattr(e, 'reason', e)}) and there is no cached copy in {cached}"
-        ) from None
+        ) from e
     files = {f["key"]: f["links"]["self"] for f in meta.get("files", [])}
     rdf_name = next((n for n in RDF_NAMES if n in files), None)
     if rdf_name is None:

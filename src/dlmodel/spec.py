@@ -154,9 +154,6 @@ class ModelSpec:
     def root(self) -> Path:
         return self.rdf_path.parent
 
-    def input(self, tensor_id: str) -> Tensor:
-        return _by_id(self.inputs, tensor_id, "input")
-
     def output(self, tensor_id: str) -> Tensor:
         return _by_id(self.outputs, tensor_id, "output")
 
@@ -373,7 +370,7 @@ def read_description(rdf: Path, origin: Optional[str] = None) -> Any:
         descr = load_description(rdf, perform_io_checks=False, format_version="latest")
     except Exception as e:  # broken YAML, unreadable file, ...
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise SpecError(f"cannot read rdf {where}: {first}") from None
+        raise SpecError(f"cannot read rdf {where}: {first}") from e
     if isinstance(descr, InvalidDescr):
         raise SpecError(f"invalid rdf {where}: {_first_error(descr)}")
     if getattr(descr, "type", None) != "model":
