@@ -120,7 +120,7 @@ def _spec(source):
     path = Path(source)
     key = (source, path.stat().st_mtime if path.exists() else None)
     if key not in _SPECS:
-        _SPECS[key] = dl.api.open_spec(source)[0]
+        _SPECS[key] = dl.package.open_spec(source)[0]
     return _SPECS[key]
 
 

@@ -200,3 +200,22 @@ def test_the_gpu_batch_default_falls_back_to_one_tile_when_memory_is_short(torch
     assert model.predict(x, tile=32).plan.batch_size == 1
     with pytest.raises(dlmodel.InputError, match="use a smaller tile"):
         model.predict(x, tile=32, batch_size=4)  # asked for: refused, not changed
+
+
+def test_engines_unload_and_models_load_again_when_used(torch2d):
+    """unload() releases the session; a Model used as a context manager unloads at the end and
+    loads again when it is used after that (issue 17)."""
+    x = RNG.normal(size=(40, 40)).astype(np.float32)
+    with dlmodel.load(torch2d, engine="onnx") as model:
+        first = model.predict(x)["prob"]
+        engine = model.engine
+    assert not engine.loaded
+    with pytest.raises(dlmodel.EngineError, match="was unloaded"):
+        engine.run([np.zeros((1, 1, 16, 16), np.float32)])
+    engine.unload()  # twice is fine
+    np.testing.assert_array_equal(model.predict(x)["prob"], first)
+    assert model.engine is not engine and model.engine.loaded
+    cached = dlmodel.load_cached(torch2d, engine="onnx")
+    held = cached.engine
+    dlmodel.clear_cache()  # what RunDLModel's post_run calls
+    assert not held.loaded

@@ -48,7 +48,7 @@ def test_margin_accounts_for_scale_and_offset():
 @pytest.mark.parametrize("length, tiles_per_axis, size", [(300, 1, 368), (2048, 3, 752), (8192, 9, 976)])
 def test_parameterized_models_get_the_fewest_tiles_and_no_larger_than_needed(length, tiles_per_axis, size):
     # the default model: min 72, step 8, halo 32; 1 Mpx budget -> tiles of at most 1024 px
-    from dlmodel.api import open_spec
+    from dlmodel.package import open_spec
     from dlmodel.prediction import make_plan
 
     spec, _ = open_spec(Path(__file__).resolve().parents[1] / "models" / "nuclei_default")

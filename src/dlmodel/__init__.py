@@ -4,7 +4,7 @@
 >>> m = dlmodel.load("path/to/bioimageio.yaml")          # doctest: +SKIP
 >>> probs = m.predict(image, axes="yx")["probability"]   # doctest: +SKIP
 """
-from . import api, axes, engines, instances, processing, sources, tiling
+from . import api, axes, engines, instances, package, processing, sources, tiling, trust
 from .api import Model, Prediction, TestReport, clear_cache, load, load_cached
 from .errors import DLModelError, EngineError, ImageFileError, InputError, SourceError, SpecError
 from .trust import TrustError
@@ -16,9 +16,11 @@ __all__ = [
     "axes",
     "engines",
     "instances",
+    "package",
     "processing",
     "sources",
     "tiling",
+    "trust",
     "DLModelError",
     "EngineError",
     "ImageFileError",

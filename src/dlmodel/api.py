@@ -11,10 +11,11 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 import numpy as np
 
 from . import axes as axes_mod
-from . import engines, processing, sources
-from .errors import DLModelError, EngineError, InputError, SourceError, SpecError
+from . import engines, processing
+from .errors import DLModelError, EngineError, InputError
+from .package import open_spec
 from .prediction import DEFAULT_TILE_PIXELS, Plan, TileArg, check_options, plan_checked, run_sample
-from .spec import ModelSpec, Tensor, read_description, spec_from_descr
+from .spec import ModelSpec, Tensor
 from .trust import Gate
 
 LOGGER = logging.getLogger("dlmodel")
@@ -106,7 +107,30 @@ class Model:
         self.threads = threads
         self._engines: Dict[str, engines.Engine] = {}
         self._engine_lock = threading.Lock()
-        self.engine = self._engine(self.weights_format)
+        self._engine(self.weights_format)  # load now: a broken package fails here, not at the first image
+
+    @property
+    def engine(self) -> engines.Engine:
+        """The engine of :attr:`weights_format`, loaded again if :meth:`unload` released it."""
+        return self._engine(self.weights_format)
+
+    @engine.setter
+    def engine(self, engine: engines.Engine) -> None:
+        with self._engine_lock:
+            self._engines[self.weights_format] = engine
+
+    def unload(self) -> None:
+        """Release every engine (weights, sessions, GPU memory); the next prediction loads again."""
+        with self._engine_lock:
+            for engine in self._engines.values():
+                engine.unload()
+            self._engines.clear()
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.unload()
 
     @property
     def trust(self) -> bool:
@@ -120,7 +144,7 @@ class Model:
 
     def _engine(self, fmt: str) -> engines.Engine:
         with self._engine_lock:
-            if fmt not in self._engines:
+            if fmt not in self._engines or not self._engines[fmt].loaded:
                 self._engines[fmt] = engines.load_engine(self.spec, fmt, self.device, self.threads, self.gate)
             return self._engines[fmt]
 
@@ -358,23 +382,6 @@ def _check_values(arr: np.ndarray, name: str) -> np.ndarray:
     return arr
 
 
-def open_spec(source: Union[str, Path]) -> "tuple[ModelSpec, sources.Resolved]":
-    """Resolve a source, read and validate its rdf and check every file's sha256; no engine."""
-    resolved = sources.resolve(source)
-    try:
-        descr = read_description(resolved.rdf, origin=resolved.origin)
-        sources.verify_files(descr, resolved.rdf.parent, confined=resolved.confined)
-    except (SourceError, SpecError):
-        if resolved.local:
-            raise
-        # a damaged cache entry (disk error, a hand edit): drop it and download again, once
-        sources.evict(resolved.rdf.parent)
-        resolved = sources.resolve(source)
-        descr = read_description(resolved.rdf, origin=resolved.origin)
-        sources.verify_files(descr, resolved.rdf.parent, confined=resolved.confined)
-    return spec_from_descr(descr, resolved.rdf), resolved
-
-
 def load(
     source: Union[str, Path],
     engine: str = "auto",
@@ -421,6 +428,8 @@ def load_cached(source: Union[str, Path], engine: str = "auto", device: str = "a
 
 
 def clear_cache() -> None:
-    """Release every model :func:`load_cached` holds."""
+    """Release every model :func:`load_cached` holds, and their engines' memory (GPU included)."""
     with _CACHE_LOCK:
+        for model in _CACHE.values():
+            model.unload()
         _CACHE.clear()

@@ -156,8 +156,9 @@ def _load(args: argparse.Namespace, engine: Optional[str] = None):
 
 def _info(args: argparse.Namespace) -> int:
     from . import api
+    from .package import open_spec
 
-    spec, _ = api.open_spec(args.source)
+    spec, _ = open_spec(args.source)
     info = api.describe(spec)
     if args.json:
         print(json.dumps(info, indent=2))

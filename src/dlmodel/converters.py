@@ -13,7 +13,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from .errors import EngineError, SourceError, SpecError
+from .errors import EngineError, SourceError, SpecError, one_line
 from .trust import Gate
 
 ONNX_OPSET = 17
@@ -26,7 +26,7 @@ def torch_to_torchscript(module: Any, target: Path) -> Path:
     try:
         scripted = torch.jit.script(module.eval())
     except Exception as e:  # modules with Python-only constructs cannot be scripted
-        raise EngineError(f"cannot convert to TorchScript: {_first(e)}") from e
+        raise EngineError(f"cannot convert to TorchScript: {one_line(e)}") from e
     scripted.save(str(target))
     return target
 
@@ -41,7 +41,7 @@ def torch_to_onnx(module: Any, example: np.ndarray, target: Path) -> Path:
         torch.onnx.export(module.eval(), (x,), str(target), input_names=["input"], output_names=["output"],
                           dynamic_axes={"input": dims, "output": dims}, opset_version=ONNX_OPSET, dynamo=False)
     except Exception as e:
-        raise EngineError(f"cannot convert to ONNX: {_first(e)}") from e
+        raise EngineError(f"cannot convert to ONNX: {one_line(e)}") from e
     return target
 
 
@@ -59,10 +59,6 @@ def keras_to_onnx(path: Path, target: Path) -> Path:
     return target
 
 
-def _first(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-
-
 def convert(source: Union[str, os.PathLike], to: str, trust: Optional[bool] = None) -> Path:
     """Add ``to`` (``torchscript`` or ``onnx``) weights to a local package folder; return its rdf.
 
@@ -72,10 +68,11 @@ def convert(source: Union[str, os.PathLike], to: str, trust: Optional[bool] = No
     from bioimageio.spec import save_bioimageio_yaml_only
 
     from . import api
+    from .package import open_spec
 
     if to not in TARGETS:
         raise SpecError(f"cannot convert to {to!r}; use torchscript or onnx")
-    spec, resolved = api.open_spec(source)
+    spec, resolved = open_spec(source)
     if not resolved.local or str(resolved.rdf).endswith(".zip") or not os.access(spec.root, os.W_OK):
         raise SourceError(f"convert needs a package folder you can write to; {source} is not one (unpack it first)")
     if to in spec.weights:

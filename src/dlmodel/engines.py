@@ -12,11 +12,12 @@ import os
 import shutil
 import sys
 import threading
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .errors import EngineError
+from .errors import EngineError, one_line
 from .spec import ENGINE_EXTRA, ModelSpec
 from .trust import Gate, TrustError
 
@@ -161,24 +162,55 @@ class Engine:
     format = ""
     asynchronous = False  # whether ``submit`` returns before the pass is done
 
-    def __init__(self, spec: ModelSpec, device: str = "cpu", threads: Optional[int] = None,
-                 gate: Optional[Gate] = None):
+    def __init__(self, spec: Optional[ModelSpec], device: str = "cpu", threads: Optional[int] = None,
+                 gate: Optional[Gate] = None, path: Any = None):
+        """``spec=None`` with ``path``: bare weights of a package not yet written (packaging
+        runs them once to learn their outputs); formats that need the rdf (a state dict's
+        architecture, a SavedModel's tensor names) need ``spec``."""
         self.spec = spec
         # consent for code the package brings; without a gate, none runs
-        self.gate = gate or Gate.decide(spec.name, spec.root, spec.rdf_sha256, "download", False)
+        self.gate = gate or Gate.decide(spec.name if spec else str(path), spec.root if spec else Path("."),
+                                        spec.rdf_sha256 if spec else "", "download", False)
         self.device = device
         self.threads = threads or default_threads()
-        self.path = spec.weight_paths[self.format]
+        self.path = Path(path) if path is not None else spec.weight_paths[self.format]
         self._lock = threading.Lock()
         try:
             self._load()
         except (EngineError, TrustError):
             raise
         except Exception as e:
-            raise EngineError(f"cannot load {self.format} weights {self.path}: {_one_line(e)}") from e
+            raise EngineError(f"cannot load {self.format} weights {self.path}: {one_line(e)}") from e
 
     def run(self, inputs: Sequence[np.ndarray]) -> List[np.ndarray]:
         return self.submit(inputs)()
+
+    @property
+    def loaded(self) -> bool:
+        return not getattr(self, "_unloaded", False)
+
+    def unload(self) -> None:
+        """Release the weights and the framework session (and a GPU's cached memory), as
+        bioimageio.core's adapters do; the engine cannot run afterwards. Idempotent."""
+        with self._lock:
+            if not self.loaded:
+                return
+            self._unload()
+            self._unloaded = True
+
+    def _unload(self) -> None:
+        for name in ("session", "module", "model", "fn", "_loaded"):
+            if hasattr(self, name):
+                delattr(self, name)
+        import gc
+
+        gc.collect()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.unload()
 
     def submit(self, inputs: Sequence[np.ndarray]) -> Callable[[], List[np.ndarray]]:
         """Start a forward pass; the returned function waits for it and gives the outputs.
@@ -187,6 +219,8 @@ class Engine:
         prepare the next tile and store the last one while the GPU computes."""
         # Sessions are not all thread-safe (Keras, TF); one forward pass at a time per engine.
         with self._lock:
+            if not self.loaded:
+                raise EngineError(f"the {self.format} engine of {self.gate.model!r} was unloaded")
             try:
                 pending = self._submit(list(inputs))
             except Exception as e:
@@ -197,7 +231,7 @@ class Engine:
                 outs = pending()
             except Exception as e:  # a GPU reports errors when its results are awaited
                 raise self._failed(inputs, e) from e
-            if len(outs) != len(self.spec.outputs):
+            if self.spec is not None and len(outs) != len(self.spec.outputs):
                 raise EngineError(
                     f"{self.format} weights returned {len(outs)} outputs, the rdf describes {len(self.spec.outputs)}"
                 )
@@ -207,7 +241,7 @@ class Engine:
 
     def _failed(self, inputs: Sequence[np.ndarray], e: Exception) -> EngineError:
         shapes = ", ".join(str(tuple(a.shape)) for a in inputs)
-        return EngineError(f"{self.format} engine failed on input shape {shapes}: {_one_line(e)}")
+        return EngineError(f"{self.format} engine failed on input shape {shapes}: {one_line(e)}")
 
     def _submit(self, inputs: List[np.ndarray]) -> Callable[[], List[np.ndarray]]:
         outs = self._run(inputs)
@@ -218,11 +252,6 @@ class Engine:
 
     def _run(self, inputs: List[np.ndarray]) -> List[np.ndarray]:
         raise NotImplementedError
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:300]
 
 
 class OnnxEngine(Engine):
@@ -280,6 +309,9 @@ class _TorchEngine(Engine):
     def asynchronous(self) -> bool:  # type: ignore[override]
         return self.tdev.type == "cuda"
 
+    def _unload(self) -> None:
+        _release_torch(self)
+
     def _submit(self, inputs: List[np.ndarray]) -> Callable[[], List[np.ndarray]]:
         if not self.asynchronous:
             return super()._submit(inputs)
@@ -304,6 +336,15 @@ class _TorchEngine(Engine):
             return [o.numpy() for o in outs]
 
         return result
+
+
+def _release_torch(engine: "_TorchEngine") -> None:
+    cuda = getattr(engine, "tdev", None) is not None and engine.tdev.type == "cuda"
+    Engine._unload(engine)
+    if cuda:
+        import torch
+
+        torch.cuda.empty_cache()  # the freed weights' memory goes back to the GPU
 
 
 def _torch_safe(a: np.ndarray) -> np.ndarray:
@@ -360,7 +401,7 @@ def _import_architecture(spec: ModelSpec, arch: Any, gate: Gate) -> Any:
         try:
             return getattr(importlib.import_module(module_name), name)
         except (ImportError, AttributeError) as e:
-            raise EngineError(f"architecture {module_name}.{name} is not importable: {_one_line(e)}") from e
+            raise EngineError(f"architecture {module_name}.{name} is not importable: {one_line(e)}") from e
     path = local_path(spec.root, source)
     module = gate.load_module(path, "its pytorch_state_dict weights' architecture",
                               "engine='onnx' or 'torchscript' if it has those weights")
@@ -479,7 +520,7 @@ def keras_lambda_layers(path: Any) -> int:
                 raw = f.attrs.get("model_config")
                 config = json.loads(raw.decode() if isinstance(raw, bytes) else raw) if raw is not None else {}
     except (OSError, KeyError, ValueError) as e:
-        raise EngineError(f"cannot read the Keras model configuration in {path}: {_one_line(e)}") from e
+        raise EngineError(f"cannot read the Keras model configuration in {path}: {one_line(e)}") from e
 
     def count(node: Any) -> int:
         if isinstance(node, dict):

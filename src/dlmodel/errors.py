@@ -24,3 +24,17 @@ class InputError(DLModelError):
 
 class ImageFileError(DLModelError):
     """An image file cannot be read or written."""
+
+
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """An exception's first line (its type's name if it says nothing), at most ``limit``
+    characters: how a framework's multi-line error is shown to a user; the whole error stays
+    the cause (``raise ... from error``) for logs.
+
+    >>> one_line(ValueError("bad shape\\n  at line 3"))
+    'bad shape'
+    >>> one_line(KeyError())
+    'KeyError'
+    """
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else type(error).__name__)[:limit]

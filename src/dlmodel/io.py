@@ -12,7 +12,7 @@ from typing import Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from .errors import ImageFileError
+from .errors import ImageFileError, one_line
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
 
@@ -78,7 +78,7 @@ def read_image(path: Path) -> Tuple[np.ndarray, Optional[str]]:
     except ImageFileError:
         raise
     except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = one_line(e)
         raise ImageFileError(f"{path}: not a readable image ({first})") from e
     raise ImageFileError(f"{path}: unsupported file type {suffix!r} (use {', '.join(IMAGE_SUFFIXES)})")
 

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .errors import DLModelError, EngineError, SpecError
+from .errors import DLModelError, EngineError, SpecError, one_line
 
 PathLike = Union[str, os.PathLike]
 TEST_SIDE = 256
@@ -127,20 +127,51 @@ def package(
     parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.stem}.", dir=parent))
     try:
-        rdf = _assemble(work, kind, weights, sample, sample_axes, pre, post, architecture, formats, input_id,
-                        output_id, output_channel_names, size, halo, instances, name, description, authors,
-                        license, cite, tags, documentation, version)
+        about = About(name=name, description=description, authors=tuple(authors), license=license, cite=tuple(cite),
+                      tags=tuple(tags), documentation=documentation, version=version, sample_axes=sample_axes,
+                      preprocessing=tuple(pre), postprocessing=tuple(post), architecture=architecture,
+                      formats=tuple(formats), input_id=input_id, output_id=output_id,
+                      output_channel_names=None if output_channel_names is None else tuple(output_channel_names),
+                      size=size, halo=halo, instances=instances)
+        rdf = _assemble(work, kind, weights, sample, about)
         return _move_into_place(work, rdf, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _assemble(work, kind, weights, sample, sample_axes, pre, post, architecture, formats, input_id, output_id,
-              output_channel_names, size, halo, instances, name, description, authors, license, cite, tags,
-              documentation, version) -> Path:
+@dataclass(frozen=True)
+class About:
+    """Everything :func:`package` is told about the package besides the weights and the sample:
+    its metadata, its tensors' layout and processing, and its recipe for objects."""
+
+    name: str
+    description: str
+    authors: Tuple[Union[str, Mapping[str, str]], ...]
+    license: str = "MIT"
+    cite: Tuple[Mapping[str, str], ...] = ()
+    tags: Tuple[str, ...] = ()
+    documentation: Optional[str] = None
+    version: Optional[str] = None
+    sample_axes: str = "yx"
+    preprocessing: Tuple[Any, ...] = ()
+    postprocessing: Tuple[Any, ...] = ()
+    architecture: Optional[Architecture] = None
+    formats: Tuple[str, ...] = ("pytorch_state_dict", "torchscript", "onnx")
+    input_id: str = "raw"
+    output_id: str = "prediction"
+    output_channel_names: Optional[Tuple[str, ...]] = None
+    size: Union[int, Tuple[int, int]] = (16, 16)
+    halo: int = 0
+    instances: Optional[Dict[str, Any]] = None
+
+
+def _assemble(work: Path, kind: str, weights: Any, sample: np.ndarray, about: About) -> Path:
     import bioimageio.spec.model.v0_5 as v
 
-    meta = _metadata(name, description, authors, license, cite, tags, documentation, work)
+    sample_axes, pre, post = about.sample_axes, list(about.preprocessing), list(about.postprocessing)
+    input_id, output_id, size, halo = about.input_id, about.output_id, about.size, about.halo
+    meta = _metadata(about.name, about.description, about.authors, about.license, about.cite, about.tags,
+                     about.documentation, work)
     channel_last = kind in ("keras_model", "keras_v3", "keras_hdf5")
     x = sample if "c" in sample_axes else sample[np.newaxis]
     if sample_axes.startswith(("y", "x")) and "c" in sample_axes:
@@ -153,8 +184,8 @@ def _assemble(work, kind, weights, sample, sample_axes, pre, post, architecture,
     x = x[:, : max(TEST_SIDE, smin), : max(TEST_SIDE, smin)]
     x = _valid_sample(x.astype(np.float32), smin, step)
     batch = x[None] if not channel_last else np.moveaxis(x, 0, -1)[None]
-    weight_entries, n_out = _write_weights(work, kind, weights, batch, architecture, formats)
-    out_names = list(output_channel_names or [f"c{i}" for i in range(n_out)])
+    weight_entries, n_out = _write_weights(work, kind, weights, batch, about.architecture, about.formats)
+    out_names = list(about.output_channel_names or [f"c{i}" for i in range(n_out)])
     if len(out_names) != n_out:
         raise SpecError(f"output_channel_names gives {len(out_names)} names; the model outputs {n_out} channel(s)")
 
@@ -189,8 +220,8 @@ def _assemble(work, kind, weights, sample, sample_axes, pre, post, architecture,
             return v.FileDescr(source=fname, sha256=sha256_file(work / fname))
 
         config: Dict[str, Any] = {}
-        if instances:
-            config["dlmodel"] = {"instances": {"output": output_id, **instances}}
+        if about.instances:
+            config["dlmodel"] = {"instances": {"output": output_id, **about.instances}}
         try:
             with ValidationContext(root=work, perform_io_checks=False):
                 return v.ModelDescr(
@@ -203,7 +234,7 @@ def _assemble(work, kind, weights, sample, sample_axes, pre, post, architecture,
                                                  postprocessing=post)],
                     weights=v.WeightsDescr(**{k: _entry(v, k, e, work) for k, e in weight_entries.items()}),
                     config=v.Config(**config),
-                    **({"version": version} if version else {}),
+                    **({"version": about.version} if about.version else {}),
                 )
         except Exception as e:  # pydantic ValidationError from bad metadata
             raise SpecError(f"invalid model description: {_pydantic_first(e)}") from e
@@ -307,7 +338,7 @@ def _write_weights(work: Path, kind: str, weights: Any, batch: np.ndarray, archi
                 y = module(torch.from_numpy(batch))
             n_out = int((y[0] if isinstance(y, (tuple, list)) else y).shape[1])
         except Exception as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            first = one_line(e)
             raise EngineError(f"the model does not run on the sample (shape {batch.shape}): {first}") from e
         unknown = set(formats) - {"pytorch_state_dict", "torchscript", "onnx"}
         if unknown:
@@ -349,34 +380,20 @@ def _write_weights(work: Path, kind: str, weights: Any, batch: np.ndarray, archi
 
 
 def _count_output_channels(work: Path, entries: Dict[str, Dict[str, Any]], batch: np.ndarray) -> int:
-    """Run the first weights once, raw, to learn the output's channel count."""
+    """Run the first weights once, raw, through their engine, to learn the output's channel count."""
+    from .engines import ENGINES
+    from .trust import local_gate
+
     fmt = next(iter(entries))
-    path = work / entries[fmt]["file"]
-    try:
-        if fmt == "onnx":
-            import onnxruntime as ort
-
-            sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            y = sess.run(None, {sess.get_inputs()[0].name: batch.astype(np.float32)})[0]
-            return int(y.shape[1])
-        if fmt in ("torchscript",):
-            import torch
-
-            with torch.inference_mode():
-                y = torch.jit.load(str(path))(torch.from_numpy(batch))
-            return int((y[0] if isinstance(y, (tuple, list)) else y).shape[1])
-        if fmt in ("keras_v3", "keras_hdf5"):
-            import keras
-
-            # the packager's own model: its Lambda layers are theirs
-            y = np.asarray(keras.models.load_model(str(path), compile=False, safe_mode=False)(batch, training=False))
-            return int(y.shape[-1])
+    if fmt not in ("onnx", "torchscript", "keras_v3", "keras_hdf5"):
         raise EngineError(f"cannot run {fmt} weights to count output channels")
-    except DLModelError:
-        raise
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise EngineError(f"the model does not run on the sample (shape {batch.shape}): {first}") from e
+    try:
+        # the packager's own weights: their code (Keras Lambda layers) is theirs
+        with ENGINES[fmt](None, "cpu", gate=local_gate(work), path=work / entries[fmt]["file"]) as engine:
+            y = engine.run([batch.astype(np.float32)])[0]
+    except EngineError as e:
+        raise EngineError(f"the model does not run on the sample (shape {batch.shape}): {e}") from e
+    return int(y.shape[-1] if fmt.startswith("keras") else y.shape[1])
 
 
 def _valid_sample(x: np.ndarray, smin: int, step: int) -> np.ndarray:
@@ -450,4 +467,4 @@ def _pydantic_first(e: Exception) -> str:
             return f"{loc}: {first.get('msg')}" if loc else str(first.get("msg"))
         except Exception:
             pass
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return one_line(e)

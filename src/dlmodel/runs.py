@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import io
-from .errors import DLModelError, ImageFileError, InputError
+from .errors import DLModelError, ImageFileError, InputError, one_line
 
 
 @dataclass(frozen=True)
@@ -120,8 +120,7 @@ def attempt(job: Job, path: Path, stem: str, model: Any = None) -> Tuple[int, Op
     except MemoryError:
         return 0, f"{path}: out of memory"
     except Exception as e:
-        text = (str(e).strip().splitlines() or [""])[0]
-        return 0, f"{path}: {type(e).__name__}: {text}"
+        return 0, f"{path}: {type(e).__name__}: {one_line(e)}"
 
 
 def todo(job: Job, paths: Sequence[Path], resume: bool) -> List[Tuple[Path, str]]:

@@ -1,9 +1,10 @@
-"""Model sources and the download cache.
+"""Model sources and the download cache: fetching only.
 
 A source is a ``bioimageio.yaml``/``rdf.yaml`` path, a package folder, a package ``.zip``, an
 http(s) URL of an rdf or a zip, a zoo id (``affable-shark``, ``affable-shark/1``) or a Zenodo
-DOI (``10.5281/zenodo.NNN``). Every source ends as a local folder holding the rdf and every
-file it names, each checked against the sha256 the rdf gives.
+DOI (``10.5281/zenodo.NNN``). :func:`resolve` makes every source a local folder holding the
+rdf and every file it names; which files an rdf names, and whether they are intact, is
+:mod:`dlmodel.package`'s to say (it hands :func:`resolve` the file list).
 
 Remote packages are downloaded once into the cache (``DLMODEL_CACHE``, default the user cache
 dir): into a temporary folder that is renamed into place when complete, under a file lock, so
@@ -27,7 +28,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple, Union
 
 from .errors import SourceError
 
@@ -84,8 +85,14 @@ def cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("dlmodel"))
 
 
-def resolve(source: Union[str, os.PathLike]) -> Resolved:
-    """Turn any model source into a verified local package folder; see the module docstring."""
+# What an rdf names: (source as the rdf gives it, its sha256 or None), for the rdf at a path
+# downloaded from a URL. dlmodel.package gives it; fetching needs no knowledge of rdfs.
+FileList = Callable[[Path, str], Iterable[Tuple[Any, Optional[str]]]]
+
+
+def resolve(source: Union[str, os.PathLike], files_of: FileList) -> Resolved:
+    """Turn any model source into a local package folder (downloading every file that
+    ``files_of`` says its rdf names); see the module docstring."""
     text = str(source).strip()
     path = Path(text).expanduser()
     if path.exists():
@@ -94,13 +101,13 @@ def resolve(source: Union[str, os.PathLike]) -> Resolved:
             return Resolved(rdf, text, ZIP)
         return Resolved(rdf, text, _marked_kind(rdf.parent) or FOLDER)
     if text.startswith(("http://", "https://")) and not DOI.match(text):
-        return Resolved(_remote(text, text), text, DOWNLOAD)
+        return Resolved(_remote(text, text, files_of), text, DOWNLOAD)
     doi = DOI.match(text)
     if doi:
-        return Resolved(_from_doi(doi.group(1), text), text, DOWNLOAD)
+        return Resolved(_from_doi(doi.group(1), text, files_of), text, DOWNLOAD)
     if ZOO_ID.match(text):
         pattern = os.environ.get("DLMODEL_ZOO_URL", DEFAULT_ZOO_URL)
-        return Resolved(_remote(pattern.format(id=text), text), text, DOWNLOAD)
+        return Resolved(_remote(pattern.format(id=text), text, files_of), text, DOWNLOAD)
     raise SourceError(
         f"model source {text!r} is not a file, folder, URL, zoo id or DOI (no such file: {path.resolve()})"
     )
@@ -219,7 +226,8 @@ def extract_zip(
 # --- remote sources -------------------------------------------------------------------------
 
 
-def _remote(url: str, origin: str, file_urls: Optional[Dict[str, str]] = None, dest: Optional[Path] = None) -> Path:
+def _remote(url: str, origin: str, files_of: FileList, file_urls: Optional[Dict[str, str]] = None,
+            dest: Optional[Path] = None) -> Path:
     """Download a remote rdf (or zip) and every file it names into the cache; return the rdf.
 
     ``file_urls`` maps file names to URLs where they do not lie beside the rdf (Zenodo)."""
@@ -232,7 +240,7 @@ def _remote(url: str, origin: str, file_urls: Optional[Dict[str, str]] = None, d
         with _lock(dest):
             if not (dest / COMPLETE).exists():
                 with _staging(dest) as tmp:
-                    _fetch_package(url, tmp, file_urls or {})
+                    _fetch_package(url, tmp, files_of, file_urls or {})
                     (tmp / COMPLETE).write_text(json.dumps({"source": origin, "url": url, "kind": DOWNLOAD}))
     except _NetworkError as e:
         raise SourceError(
@@ -245,7 +253,7 @@ class _NetworkError(Exception):
     pass
 
 
-def _fetch_package(url: str, folder: Path, file_urls: Dict[str, str]) -> None:
+def _fetch_package(url: str, folder: Path, files_of: FileList, file_urls: Dict[str, str]) -> None:
     if urllib.parse.urlparse(url).path.lower().endswith(".zip"):
         archive = folder / "package.zip"
         download(url, archive)
@@ -253,20 +261,18 @@ def _fetch_package(url: str, folder: Path, file_urls: Dict[str, str]) -> None:
         archive.unlink()
         return
     rdf = folder / "rdf.yaml"
-    from .spec import MAX_RDF_BYTES, read_description
+    from .spec import MAX_RDF_BYTES
 
     download(url, rdf, max_bytes=MAX_RDF_BYTES)
-    descr = read_description(rdf, origin=url)
-    for name, file_descr in _package_files(descr).items():
-        src = file_descr.source
+    for src, sha256 in files_of(rdf, url):
         target = confined_path(folder, src, url)
         text = str(src)
         if text.startswith(("http://", "https://")):
             remote = text
         else:
-            remote = file_urls.get(text) or file_urls.get(name) or urllib.parse.urljoin(url, text)
+            remote = file_urls.get(text) or urllib.parse.urljoin(url, text)
         target.parent.mkdir(parents=True, exist_ok=True)
-        download(remote, target, getattr(file_descr, "sha256", None))
+        download(remote, target, sha256)
 
 
 def confined_path(root: Path, source: Any, where: Union[str, Path]) -> Path:
@@ -293,30 +299,6 @@ def confined_path(root: Path, source: Any, where: Union[str, Path]) -> Path:
     if bad is not None:
         raise SourceError(f"the rdf of {where} names the file {text[:120]!r}, {bad}; refusing the package")
     return target
-
-
-def _package_files(descr: Any) -> Dict[str, Any]:
-    """Every file the rdf describes with a ``source`` (weights, architecture, test tensors,
-    documentation, attachments...), by source text. Covers are not needed to run a model."""
-    from pydantic import BaseModel
-
-    found: Dict[str, Any] = {}
-
-    def walk(node: Any) -> None:
-        if isinstance(node, BaseModel):
-            if hasattr(node, "source") and hasattr(node, "sha256") and node.source is not None:
-                found.setdefault(str(node.source), node)
-            for name in type(node).model_fields:
-                walk(getattr(node, name, None))
-        elif isinstance(node, (list, tuple)):
-            for item in node:
-                walk(item)
-        elif isinstance(node, dict):
-            for item in node.values():
-                walk(item)
-
-    walk(descr)
-    return found
 
 
 def download(url: str, target: Path, sha256: Optional[str] = None, max_bytes: Optional[int] = None) -> Path:
@@ -367,7 +349,7 @@ def download(url: str, target: Path, sha256: Optional[str] = None, max_bytes: Op
     return target
 
 
-def _from_doi(doi: str, origin: str) -> Path:
+def _from_doi(doi: str, origin: str, files_of: FileList) -> Path:
     m = ZENODO_DOI.match(doi)
     if not m:
         raise SourceError(f"DOI {doi!r} is not a Zenodo DOI (10.5281/zenodo.N); give the package's URL instead")
@@ -391,7 +373,7 @@ def _from_doi(doi: str, origin: str) -> Path:
     rdf_name = next((n for n in RDF_NAMES if n in files), None)
     if rdf_name is None:
         raise SourceError(f"Zenodo record {record} ({origin}) holds no bioimageio.yaml or rdf.yaml")
-    return _remote(files[rdf_name], origin, files, cached)
+    return _remote(files[rdf_name], origin, files_of, files, cached)
 
 
 # --- cache plumbing -------------------------------------------------------------------------
@@ -476,30 +458,3 @@ def evict(folder: Path) -> None:
         raise SourceError(f"{folder} is not in the cache {cache_dir()}; not removing it")
     with _lock(folder):
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def verify_files(descr: Any, root: Path, confined: bool = True) -> Tuple[int, int]:
-    """Check every file the rdf names exists under ``root`` with the sha256 the rdf gives.
-
-    With ``confined`` (every package but a folder the user made), a name that lies outside
-    ``root`` is refused (:func:`confined_path`). Returns (files checked, files without a
-    sha256 in the rdf)."""
-    from .spec import local_path, sha256_file
-
-    checked = unhashed = 0
-    for name, fd in _package_files(descr).items():
-        path = confined_path(root, fd.source, root) if confined else local_path(root, fd.source)
-        try:
-            if not path.is_file():
-                raise SourceError(f"file {path.name!r} named in the rdf is missing from {root}")
-            expected = getattr(fd, "sha256", None)
-            if expected is None:
-                unhashed += 1
-                continue
-            actual = sha256_file(path)
-        except OSError as e:  # a name too long for the filesystem, no permission, ...
-            raise SourceError(f"file {str(fd.source)[:80]!r} named in the rdf cannot be read: {e.strerror}") from e
-        if actual != str(expected):
-            raise SourceError(f"sha256 mismatch for {path}: the rdf says {expected}, the file has {actual}")
-        checked += 1
-    return checked, unhashed

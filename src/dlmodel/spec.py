@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-from .errors import SpecError
+from .errors import SpecError, one_line
 
 # One-letter axis names users type (``axes="cyx"``) and the spec 0.5 axis ids they mean.
 LETTER_TO_AXIS = {"b": "batch", "c": "channel", "t": "time", "i": "index", "z": "z", "y": "y", "x": "x"}
@@ -352,7 +352,7 @@ def check_yaml_size(rdf: Path, where: str, max_bytes: int = MAX_RDF_BYTES, max_n
 def read_description(rdf: Path, origin: Optional[str] = None) -> Any:
     """Read and validate an rdf with bioimageio.spec, converted to format 0.5.
 
-    No network: file checks are ours (``sources.verify_files``), so the spec's own io checks,
+    No network: file checks are ours (``package.verify_files``), so the spec's own io checks,
     which would try every URL in the rdf, are off. A hostile rdf (too large, alias bombs) is
     refused before it is parsed (:func:`check_yaml_size`). Raises SpecError with the first
     problem."""
@@ -369,7 +369,7 @@ def read_description(rdf: Path, origin: Optional[str] = None) -> Any:
     try:
         descr = load_description(rdf, perform_io_checks=False, format_version="latest")
     except Exception as e:  # broken YAML, unreadable file, ...
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = one_line(e)
         raise SpecError(f"cannot read rdf {where}: {first}") from e
     if isinstance(descr, InvalidDescr):
         raise SpecError(f"invalid rdf {where}: {_first_error(descr)}")

@@ -1,0 +1,95 @@
+"""A model package as a set of files: which files its rdf names, that each is there, inside the
+package where it must be, and has the sha256 the rdf gives; and opening a package from any
+source, with a damaged cache entry dropped and fetched again, once.
+
+Fetching is :mod:`dlmodel.sources`'; the view of the rdf is :mod:`dlmodel.spec`'s; whether the
+package's code may run is :mod:`dlmodel.trust`'s.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+from . import sources
+from .errors import SourceError, SpecError
+from .sources import Resolved, confined_path
+from .spec import ModelSpec, local_path, read_description, sha256_file, spec_from_descr
+
+
+def files_named(descr: Any) -> Dict[str, Any]:
+    """Every file the rdf describes with a ``source`` (weights, architecture, test tensors,
+    documentation, attachments...), by source text. Covers are not needed to run a model."""
+    from pydantic import BaseModel
+
+    found: Dict[str, Any] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, BaseModel):
+            if hasattr(node, "source") and hasattr(node, "sha256") and node.source is not None:
+                found.setdefault(str(node.source), node)
+            for name in type(node).model_fields:
+                walk(getattr(node, name, None))
+        elif isinstance(node, (list, tuple)):
+            for item in node:
+                walk(item)
+        elif isinstance(node, dict):
+            for item in node.values():
+                walk(item)
+
+    walk(descr)
+    return found
+
+
+def _file_list(rdf: Path, url: str) -> List[Tuple[Any, Optional[str]]]:
+    """What a downloaded rdf names, for :func:`sources.resolve` to fetch."""
+    descr = read_description(rdf, origin=url)
+    return [(fd.source, getattr(fd, "sha256", None)) for fd in files_named(descr).values()]
+
+
+def resolve(source: Union[str, Path]) -> Resolved:
+    """Any source made a local folder with every file its rdf names (not yet verified)."""
+    return sources.resolve(source, _file_list)
+
+
+def verify_files(descr: Any, root: Path, confined: bool = True) -> Tuple[int, int]:
+    """Check every file the rdf names exists under ``root`` with the sha256 the rdf gives.
+
+    With ``confined`` (every package but a folder the user made), a name that lies outside
+    ``root`` is refused (:func:`sources.confined_path`). Returns (files checked, files without
+    a sha256 in the rdf)."""
+    checked = unhashed = 0
+    for fd in files_named(descr).values():
+        path = confined_path(root, fd.source, root) if confined else local_path(root, fd.source)
+        try:
+            if not path.is_file():
+                raise SourceError(f"file {path.name!r} named in the rdf is missing from {root}")
+            expected = getattr(fd, "sha256", None)
+            if expected is None:
+                unhashed += 1
+                continue
+            actual = sha256_file(path)
+        except OSError as e:  # a name too long for the filesystem, no permission, ...
+            raise SourceError(f"file {str(fd.source)[:80]!r} named in the rdf cannot be read: {e.strerror}") from e
+        if actual != str(expected):
+            raise SourceError(f"sha256 mismatch for {path}: the rdf says {expected}, the file has {actual}")
+        checked += 1
+    return checked, unhashed
+
+
+def open_spec(source: Union[str, Path]) -> Tuple[ModelSpec, Resolved]:
+    """Resolve a source, read and validate its rdf and check every file's sha256; no engine.
+
+    A downloaded package that fails the checks (a disk error, a hand edit in the cache) is
+    dropped and downloaded again, once; a local one is reported as it is."""
+    resolved = resolve(source)
+    try:
+        descr = read_description(resolved.rdf, origin=resolved.origin)
+        verify_files(descr, resolved.rdf.parent, confined=resolved.confined)
+    except (SourceError, SpecError):
+        if resolved.local:
+            raise
+        sources.evict(resolved.rdf.parent)
+        resolved = resolve(source)
+        descr = read_description(resolved.rdf, origin=resolved.origin)
+        verify_files(descr, resolved.rdf.parent, confined=resolved.confined)
+    return spec_from_descr(descr, resolved.rdf), resolved
