@@ -46,7 +46,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
 import numpy as np
-from cellprofiler_core.constants.measurement import COLTYPE_FLOAT, COLTYPE_INTEGER, COLTYPE_VARCHAR, IMAGE
+from cellprofiler_core.constants.measurement import COLTYPE_FLOAT, COLTYPE_VARCHAR, IMAGE
 from cellprofiler_core.image import Image
 from cellprofiler_core.module import Module
 from cellprofiler_core.object import Objects
@@ -72,7 +72,7 @@ M_AUTO = "Automatic: the model's own recipe, else a watershed split"
 M_WATERSHED = "Threshold, then split touching objects (watershed)"
 M_THRESHOLD = "Threshold, then connected components"
 M_LABELS = "The output is a label image: use it as is"
-METHOD_ARG = {M_AUTO: "watershed", M_WATERSHED: "watershed", M_THRESHOLD: "threshold", M_LABELS: "labels"}
+METHOD_ARG = {M_AUTO: "auto", M_WATERSHED: "watershed", M_THRESHOLD: "threshold", M_LABELS: "labels"}
 FIRST_OUTPUT = "First output"
 
 # settings per output in revision 1 (revision 2 added fill holes and discard border)
@@ -264,12 +264,14 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
 - *%s*: each connected foreground region is one object.
 - *%s*: for models whose output already numbers the objects.""" % (M_AUTO, M_WATERSHED, M_THRESHOLD, M_LABELS),
         ))
-        group.append("threshold", Float("Threshold", 0.5, doc="Output values above this are foreground (0.5 for probabilities)."))
-        group.append("diameter", Integer("Typical object diameter (pixels)", 20, minval=0,
+        # the core's defaults, so that CellProfiler, `dlmodel predict --labels` and Python agree
+        d = _dlmodel().instances.DEFAULT_RECIPE
+        group.append("threshold", Float("Threshold", d["threshold"], doc="Output values above this are foreground (0.5 for probabilities)."))
+        group.append("diameter", Integer("Typical object diameter (pixels)", d["diameter"] or 0, minval=0,
                                          doc="Used to split touching objects; 0 estimates it from the image."))
-        group.append("min_size", Integer("Minimum object size (pixels)", 30, minval=0, doc="Smaller objects are removed."))
-        group.append("fill_holes", Binary("Fill holes in objects?", True))
-        group.append("discard_border", Binary("Discard objects touching the image border?", False))
+        group.append("min_size", Integer("Minimum object size (pixels)", d["min_size"], minval=0, doc="Smaller objects are removed."))
+        group.append("fill_holes", Binary("Fill holes in objects?", d["fill_holes"]))
+        group.append("discard_border", Binary("Discard objects touching the image border?", d["discard_border"]))
         if can_remove:
             group.append("remover", RemoveSettingButton("", "Remove this output", self.outputs, group))
         self.outputs.append(group)
@@ -450,13 +452,12 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
             dl.engines.choose_format(spec, ENGINE_ARG[self.engine.value], "cpu")
         except dl.DLModelError as e:
             raise ValidationError(str(e), self.engine)
-        channels = sum(t.n_channels or 1 for t in spec.inputs)
+        channels = spec.input_channels
         if len(self.inputs) < len(spec.inputs) or len(self.inputs) > channels:
             raise ValidationError(
                 f"The model has {len(spec.inputs)} input(s) with {channels} channel(s) in all; "
                 f"{len(self.inputs)} image(s) are selected", self.inputs[-1].image_name)
-        is_3d = any(a.id == "z" for t in spec.inputs for a in t.axes)
-        if is_3d and not pipeline.volumetric():
+        if spec.is_3d and not pipeline.volumetric():
             raise ValidationError(f"{spec.name} is a 3D model: process the images as 3D in NamesAndTypes", self.model_source)
         ids = [t.id for t in spec.outputs]
         for g in self.outputs:
@@ -468,6 +469,11 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
                 raise ValidationError(f"Output {oid!r} has {n} channel(s)", g.channel)
             if not (g.save_image.value or g.make_objects.value):
                 raise ValidationError("Save the output as an image, make objects from it, or remove it", g.save_image)
+            if g.make_objects.value:
+                try:  # the core's answer to "which objects", asked before the run
+                    dl.instances.resolve_recipe(spec.instance_recipe, **self._object_choices(g, spec))
+                except dl.DLModelError as e:
+                    raise ValidationError(str(e), g.channel if "channel" in str(e) else g.output_id)
 
     @staticmethod
     def _output_id(group, spec):
@@ -494,7 +500,7 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
                 arr = pred.channel(self._output_id(g, model.spec), g.channel.value - 1)
                 labels = None
                 if g.make_objects.value:
-                    labels = self._objects(dl, model, pred, g, arr)
+                    labels = model.labels(pred, **self._object_choices(g, model.spec))
                 results.append((g, arr, labels))
         except dl.DLModelError as e:
             raise RuntimeError(f"{where}: {e}") from e
@@ -525,26 +531,21 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
                 for g, arr, labels in results
             ]
 
-    def _objects(self, dl, model, pred, g, arr):
-        finish = {"min_size": g.min_size.value, "fill_holes": g.fill_holes.value,
-                  "discard_border": g.discard_border.value}
-        recipe = model.instance_recipe
-        if g.method.value == M_AUTO and recipe:
-            return model.labels(pred, {**recipe, **finish})
-        opts = dl.instances.InstanceOptions(method=METHOD_ARG[g.method.value], threshold=g.threshold.value,
-                                            diameter=g.diameter.value or None, **finish)
-        return dl.instances.to_labels(arr, opts)
+    def _object_choices(self, g, spec):
+        """This output group's settings as the core's instance choices (resolve_recipe)."""
+        return dict(method=METHOD_ARG[g.method.value], output=self._output_id(g, spec), channel=g.channel.value - 1,
+                    threshold=g.threshold.value, diameter=g.diameter.value or None, min_size=g.min_size.value,
+                    fill_holes=g.fill_holes.value, discard_border=g.discard_border.value)
 
     @staticmethod
     def _add_object_measurements(measurements, name, labels):
-        centers = _dlmodel().instances.centers(labels)
-        n = len(centers)
-        measurements.add_image_measurement(f"Count_{name}", n)
-        z = centers[:, 0] if labels.ndim == 3 else np.zeros(n)
-        measurements.add_measurement(name, "Location_Center_X", centers[:, -1])
-        measurements.add_measurement(name, "Location_Center_Y", centers[:, -2])
-        measurements.add_measurement(name, "Location_Center_Z", z)
-        measurements.add_measurement(name, "Number_Object_Number", np.arange(1, n + 1))
+        # CellProfiler's own helpers: the same measurements IdentifyPrimaryObjects makes
+        from cellprofiler_core.utilities.core.module.identify import (
+            add_object_count_measurements, add_object_location_measurements)
+
+        n = int(labels.max())
+        add_object_count_measurements(measurements, name, n)
+        add_object_location_measurements(measurements, name, labels, n)
 
     def post_run(self, workspace):
         _dlmodel().clear_cache()  # the run is over: give the engines' memory back
@@ -579,14 +580,13 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
         tag = self._tag()
         cols = [(IMAGE, f"DLModel_{f}_{tag}", COLTYPE_VARCHAR) for f in ("Name", "Version", "RdfSha256", "Engine", "Device")]
         cols.append((IMAGE, f"DLModel_InferenceSeconds_{tag}", COLTYPE_FLOAT))
+        from cellprofiler_core.utilities.core.module.identify import get_object_measurement_columns
+
+        volumetric = pipeline.volumetric() if pipeline is not None else False
         for name in self._object_names():
-            cols += [
-                (name, "Location_Center_X", COLTYPE_FLOAT),
-                (name, "Location_Center_Y", COLTYPE_FLOAT),
-                (name, "Location_Center_Z", COLTYPE_FLOAT),
-                (name, "Number_Object_Number", COLTYPE_INTEGER),
-                (IMAGE, f"Count_{name}", COLTYPE_INTEGER),
-            ]
+            cols += get_object_measurement_columns(name)
+            if volumetric:  # CellProfiler's helper measures Z for 3D labels but does not list it
+                cols.append((name, "Location_Center_Z", COLTYPE_FLOAT))
         return cols
 
     def get_categories(self, pipeline, object_name):
@@ -603,7 +603,7 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
             return ["Name", "Version", "RdfSha256", "Engine", "Device", "InferenceSeconds"]
         if object_name in self._object_names():
             if category == "Location":
-                return ["Center_X", "Center_Y", "Center_Z"]
+                return ["Center_X", "Center_Y"] + (["Center_Z"] if pipeline is not None and pipeline.volumetric() else [])
             if category == "Number":
                 return ["Object_Number"]
         return []

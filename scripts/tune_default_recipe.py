@@ -14,7 +14,7 @@ from pathlib import Path
 import tifffile
 
 import dlmodel
-from dlmodel.instances import f1_at_iou
+from dlmodel.instances import f1_at_iou, from_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT.parent / "shared" / "data" / "dsb2018_nuclei_train"
@@ -31,7 +31,8 @@ def main() -> int:
         recipe = {**base, "seed_threshold": st, "threshold": th, "min_size": ms, "min_seed_size": mss}
         tp = fp = fn = 0
         for p, t in zip(preds, truths):
-            a, b, c = f1_at_iou(model.labels(p, recipe), t)
+            oid = recipe["output"]
+            a, b, c = f1_at_iou(from_recipe(p[oid], p.axes[oid], recipe), t)
             tp, fp, fn = tp + a, fp + b, fn + c
         results.append((2 * tp / (2 * tp + fp + fn), st, th, ms, mss))
     results.sort(reverse=True)

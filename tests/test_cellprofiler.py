@@ -52,9 +52,9 @@ def test_nuclei_pipeline_exports_one_row_per_image(nuclei_run):
         assert r["DLModel_Name_Nuclei"] == "RunDLModel default nuclei"
         assert r["DLModel_Engine_Nuclei"] == "onnx" and r["DLModel_Device_Nuclei"] == "cpu"
         assert len(r["DLModel_RdfSha256_Nuclei"]) == 64 and float(r["DLModel_InferenceSeconds_Nuclei"]) > 0
-        assert 1 <= int(r["Count_Nuclei"]) < 1000
+        assert 1 <= int(float(r["Count_Nuclei"])) < 1000
     nuclei = read_csv(out / "Nuclei.csv")
-    assert len(nuclei) == sum(int(r["Count_Nuclei"]) for r in rows)
+    assert len(nuclei) == sum(int(float(r["Count_Nuclei"])) for r in rows)
     assert {"AreaShape_Area", "Intensity_MeanIntensity_DNA", "Location_Center_X"} <= set(nuclei[0])
 
 
@@ -97,7 +97,7 @@ def test_plate_pipeline_on_a_subset_of_wells(tmp_path):
         well = f"{r['Metadata_Row']}-{r['Metadata_Column']}"
         assert r["Metadata_SBS_Doses"] == meta[well]["SBS_Doses"]
         assert r["FileName_DNA"].startswith("Channel2") and r["FileName_GFP"].startswith("Channel1")
-        assert 100 <= int(r["Count_Nuclei"]) <= 400  # measured on the full plate: 130..318
+        assert 100 <= int(float(r["Count_Nuclei"])) <= 400  # measured on the full plate: 130..318
         assert float(r["Count_Cells"]) == float(r["Count_Nuclei"])
         assert float(r["Mean_Cytoplasm_Intensity_MeanIntensity_GFP"]) > 0
     cells = read_csv(tmp_path / "out" / "Cells.csv")
@@ -117,9 +117,9 @@ def test_always_continue_keeps_the_other_image_sets(tmp_path):
     done = {r["FileName_DNA"]: r for r in rows if r.get("Count_Nuclei")}
     assert set(done) == {p.name for p in good}
     for p in good:
-        assert int(done[p.name]["Count_Nuclei"]) > 0
+        assert int(float(done[p.name]["Count_Nuclei"])) > 0
     nuclei = read_csv(tmp_path / "out" / "Nuclei.csv")
-    assert len(nuclei) == sum(int(done[p.name]["Count_Nuclei"]) for p in good)
+    assert len(nuclei) == sum(int(float(done[p.name]["Count_Nuclei"])) for p in good)
     # the bad one is reported: an error in the log, and its row with no results
     assert "Error detected during run of module NamesAndTypes" in res.stderr
     (bad,) = [r for r in rows if r["FileName_DNA"] == "zz_corrupted.tif"]
@@ -130,7 +130,7 @@ def test_3d_pipeline(tmp_path):
     res = run_cellprofiler("nuclei_3d.cppipe", VOLUME, tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     (row,) = read_csv(tmp_path / "Image.csv")
-    assert row["FileName_DNA"] == "img3d.tif" and int(row["Count_Nuclei"]) > 10
+    assert row["FileName_DNA"] == "img3d.tif" and int(float(row["Count_Nuclei"])) > 10
     nuclei = read_csv(tmp_path / "Nuclei.csv")
     zs = [float(n["Location_Center_Z"]) for n in nuclei]
     assert max(zs) > 5 and "AreaShape_Volume" in nuclei[0]
@@ -343,3 +343,20 @@ def test_trust_no_means_no_for_a_folder_on_disk(cp, torch2d):
         m._model()
     m.trust.value = True
     assert m._model().test().ok
+
+
+def test_rundlmodel_asks_the_core_which_objects(cp, nuclei_model):
+    """New modules start from the core's defaults and hand their settings to the core's
+    resolve_recipe (tested in test_instances.py), in validation too (issue 17)."""
+    import dlmodel
+
+    m = cp("RunDLModel")
+    g = m.outputs[0]
+    d = dlmodel.instances.DEFAULT_RECIPE
+    assert (g.threshold.value, g.diameter.value or None, g.min_size.value) == (d["threshold"], d["diameter"], d["min_size"])
+    assert m._object_choices(g, dlmodel.package.open_spec(nuclei_model)[0])["method"] == "auto"
+    m.model_source.value = "models/nuclei_default"  # has its own recipe, on output 'prediction'
+    m.inputs[0].image_name.value = "DNA"
+    g.make_objects.value = True
+    g.output_id.value = "prediction"
+    _validate(m)

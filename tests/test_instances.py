@@ -110,7 +110,7 @@ def test_f1_counts():
 
 
 def test_unknown_method():
-    with pytest.raises(ValueError, match="unknown object method"):
+    with pytest.raises(dlmodel.InputError, match="unknown object method"):
         to_labels(np.zeros((3, 3)), InstanceOptions("magic"))
 
 
@@ -166,3 +166,22 @@ def test_relabel_negative_numbers_become_background():
     # (a negative number sends relabel down its np.unique path, small or huge label numbers alike)
     np.testing.assert_array_equal(dlmodel.instances.relabel(np.array([[-3, 0, 5, 5]])), [[0, 0, 1, 1]])
     np.testing.assert_array_equal(dlmodel.instances.relabel(np.array([[-3, 0, 2**40, 9]]), 1), [[0, 0, 2, 1]])
+
+
+def test_one_answer_to_which_objects():
+    """resolve_recipe: the package's recipe under auto (finishing choices on top), the default
+    step otherwise; an output or channel the recipe would ignore is refused (issue 17)."""
+    from dlmodel.instances import DEFAULT_RECIPE, resolve_recipe
+
+    assert resolve_recipe(None) == DEFAULT_RECIPE
+    assert resolve_recipe(None, "threshold", output="p", channel=1, threshold=0.7) == {
+        **DEFAULT_RECIPE, "method": "threshold", "threshold": 0.7, "output": "p", "channel": 1}
+    recipe = {"output": "prediction", "method": "seeded_watershed", "foreground": [1, 2], "seeds": 1, "min_size": 15}
+    got = resolve_recipe(recipe, output="prediction", channel=0, threshold=0.9, min_size=40, discard_border=True)
+    assert got == {**recipe, "min_size": 40, "discard_border": True}  # the recipe's threshold stays
+    with pytest.raises(dlmodel.InputError, match="recipe makes objects from output 'prediction', not 'other'"):
+        resolve_recipe(recipe, output="other")
+    with pytest.raises(dlmodel.InputError, match="from channel 1, not 3"):
+        resolve_recipe({"output": "p", "method": "threshold"}, output="p", channel=2)
+    with pytest.raises(dlmodel.InputError, match="unknown object method"):
+        resolve_recipe(None, "magic")

@@ -276,15 +276,17 @@ class Model:
     @property
     def instance_recipe(self) -> Optional[Dict[str, Any]]:
         """The package's own recipe for objects (``config: dlmodel: instances``), if any."""
-        recipe = (self.spec.config.get("dlmodel") or {}).get("instances")
-        return dict(recipe) if recipe else None
+        return self.spec.instance_recipe
 
-    def labels(self, prediction: "Prediction", recipe: Optional[Mapping[str, Any]] = None) -> np.ndarray:
-        """Objects (int32 labels) from a prediction, by ``recipe``, else the package's own
-        recipe, else a watershed split of the first output's first channel."""
+    def labels(self, prediction: "Prediction", method: str = "auto", output: Optional[str] = None,
+               channel: Optional[int] = None, **choices: Any) -> np.ndarray:
+        """Objects (int32 labels) from a prediction: by the package's own recipe (``auto``),
+        else by :data:`dlmodel.instances.DEFAULT_RECIPE`, with the caller's ``choices``
+        (threshold, diameter, min_size, fill_holes, discard_border) as
+        :func:`dlmodel.instances.resolve_recipe` says."""
         from . import instances
 
-        recipe = dict(recipe or self.instance_recipe or {"method": "watershed", "min_size": 15})
+        recipe = instances.resolve_recipe(self.instance_recipe, method, output, channel, **choices)
         oid = recipe.pop("output", None) or self.spec.outputs[0].id
         if oid not in prediction:
             raise InputError(f"the recipe names output {oid!r}; the model has {', '.join(prediction)}")

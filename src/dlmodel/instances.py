@@ -6,10 +6,12 @@ numbered 1..N without gaps, 0 for background.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 from scipy import ndimage as ndi
+
+from .errors import InputError, SpecError
 
 METHODS = ("labels", "threshold", "watershed")
 
@@ -40,7 +42,7 @@ class InstanceOptions:
 def to_labels(output: np.ndarray, options: InstanceOptions = InstanceOptions()) -> np.ndarray:
     """Objects from one model output of shape ``yx`` or ``zyx`` (probabilities or labels)."""
     if options.method not in METHODS:
-        raise ValueError(f"unknown object method {options.method!r}; use one of {', '.join(METHODS)}")
+        raise InputError(f"unknown object method {options.method!r}; use one of {', '.join(METHODS)}")
     if options.method == "labels":
         # a new array: the caller's labels (int64 already, say) are never changed
         labels = np.asarray(output).astype(np.int64, copy=True)
@@ -80,6 +82,62 @@ def seeded_watershed(
 RECIPE_KEYS = {"output", "method", "channel", "foreground", "seeds", "threshold", "seed_threshold", "min_seed_size",
                "diameter", "min_size", "fill_holes", "discard_border"}
 
+# The generic instance step for a package without a recipe of its own: one answer for
+# Model.labels, `dlmodel predict --labels`, `dlmodel plate`, RunDLModel and benchmarks/accuracy.py.
+DEFAULT_RECIPE: Dict[str, Any] = {"method": "watershed", "threshold": 0.5, "diameter": None, "min_size": 15,
+                                  "fill_holes": True, "discard_border": False}
+FINISHING = ("min_size", "fill_holes", "discard_border")
+
+
+def resolve_recipe(
+    package_recipe: Optional[Mapping[str, Any]],
+    method: str = "auto",
+    output: Optional[str] = None,
+    channel: Optional[int] = None,
+    threshold: Optional[float] = None,
+    diameter: Optional[float] = None,
+    min_size: Optional[int] = None,
+    fill_holes: Optional[bool] = None,
+    discard_border: Optional[bool] = None,
+) -> Dict[str, Any]:
+    """How a model's output becomes objects: the package's recipe and the user's choices, made
+    into one recipe for :func:`from_recipe`. Every adapter (Python, CLI, CellProfiler) asks here.
+
+    ``method="auto"``: the package's own recipe (its output, channels, thresholds) when it has
+    one, with the user's ``min_size``, ``fill_holes`` and ``discard_border`` on top; an
+    ``output`` or ``channel`` other than the recipe's is refused (it would be ignored). Without
+    a recipe, and for an explicit ``method`` (``watershed``, ``threshold``, ``labels``):
+    :data:`DEFAULT_RECIPE` with every given choice, on ``output`` and 0-based ``channel``.
+    None means "not given".
+
+    >>> resolve_recipe(None)["method"], resolve_recipe(None)["min_size"]
+    ('watershed', 15)
+    >>> resolve_recipe({"method": "threshold", "threshold": 0.7}, min_size=5)
+    {'method': 'threshold', 'threshold': 0.7, 'min_size': 5}
+    """
+    given = {k: v for k, v in (("threshold", threshold), ("diameter", diameter), ("min_size", min_size),
+                                ("fill_holes", fill_holes), ("discard_border", discard_border)) if v is not None}
+    if method == "auto" and package_recipe:
+        recipe = dict(package_recipe)
+        own = recipe.get("output")
+        if output is not None and own is not None and output != own:
+            raise InputError(f"the package's own recipe makes objects from output {own!r}, not {output!r}: "
+                             "choose that output, or another method than automatic")
+        if (channel is not None and recipe.get("method") != "seeded_watershed"
+                and int(recipe.get("channel", 0)) != int(channel)):
+            raise InputError(f"the package's own recipe makes objects from channel {int(recipe.get('channel', 0)) + 1}, "
+                             f"not {int(channel) + 1}: choose that channel, or another method than automatic")
+        return {**recipe, **{k: v for k, v in given.items() if k in FINISHING}}
+    chosen = DEFAULT_RECIPE["method"] if method == "auto" else method
+    if chosen not in METHODS:
+        raise InputError(f"unknown object method {chosen!r}; use auto or one of {', '.join(METHODS)}")
+    recipe = {**DEFAULT_RECIPE, **given, "method": chosen}
+    if output is not None:
+        recipe["output"] = output
+    if channel is not None:
+        recipe["channel"] = int(channel)
+    return recipe
+
 
 def from_recipe(output: np.ndarray, axes: str, recipe: Mapping[str, Any]) -> np.ndarray:
     """Objects from a whole model output (``axes`` e.g. ``cyx``), following a package's recipe.
@@ -93,7 +151,7 @@ def from_recipe(output: np.ndarray, axes: str, recipe: Mapping[str, Any]) -> np.
     channel; other methods (``watershed``, ``threshold``, ``labels``) use ``channel``."""
     unknown = set(recipe) - RECIPE_KEYS
     if unknown:
-        raise ValueError(f"unknown key(s) in the instance recipe: {', '.join(sorted(unknown))}")
+        raise SpecError(f"unknown key(s) in the instance recipe: {', '.join(sorted(unknown))}")
     method = recipe.get("method", "watershed")
 
     def channel(i: int) -> np.ndarray:

@@ -154,6 +154,22 @@ class ModelSpec:
     def root(self) -> Path:
         return self.rdf_path.parent
 
+    @property
+    def instance_recipe(self) -> Optional[Dict[str, Any]]:
+        """The package's own recipe for objects (``config: dlmodel: instances``), if any."""
+        recipe = (self.config.get("dlmodel") or {}).get("instances")
+        return dict(recipe) if recipe else None
+
+    @property
+    def input_channels(self) -> int:
+        """Channels the model takes in all (a 1-channel input counts 1)."""
+        return sum(t.n_channels or 1 for t in self.inputs)
+
+    @property
+    def is_3d(self) -> bool:
+        """Whether the model's inputs have a z axis (it needs volumes)."""
+        return any(a.id == "z" for t in self.inputs for a in t.axes)
+
     def output(self, tensor_id: str) -> Tensor:
         return _by_id(self.outputs, tensor_id, "output")
 
