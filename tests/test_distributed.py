@@ -119,6 +119,30 @@ def test_plate_command_on_the_example_plate(tmp_path):
     assert (tmp_path / "plate_count.png").stat().st_size > 1000
 
 
+def test_plate_resumes_and_runs_on_dask_like_predict(tmp_path):
+    """`dlmodel plate` runs on the same batch engine: --resume redoes only the missing sites and
+    --workers gives the same tables (issue 17)."""
+    import shutil
+
+    subset = tmp_path / "plate"
+    subset.mkdir()
+    for p in sorted(SBS.glob("Channel[12]-0[1-4]-A-0[1-4].tif")):
+        shutil.copy(p, subset / p.name)
+    cmd = [sys.executable, "-m", "dlmodel.cli", "plate", str(MODEL), str(subset), "--threads", "1"]
+    first = subprocess.run(cmd + ["-o", str(tmp_path / "a")], capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    assert "segmented 4 of 4 sites" in first.stdout
+    wells = (tmp_path / "a" / "wells.csv").read_text()
+    (tmp_path / "a" / "sites" / "plate_A02_s1.csv").unlink()
+    again = subprocess.run(cmd + ["-o", str(tmp_path / "a"), "--resume"], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "segmented 1 of 4 sites" in again.stdout and "(3 already done)" in again.stdout
+    assert (tmp_path / "a" / "wells.csv").read_text() == wells
+    dask = subprocess.run(cmd + ["-o", str(tmp_path / "b"), "--workers", "2"], capture_output=True, text=True, timeout=600)
+    assert dask.returncode == 0 and "on 2 workers" in dask.stdout, dask.stderr
+    assert (tmp_path / "b" / "wells.csv").read_text() == wells
+    assert (tmp_path / "b" / "objects.csv").read_text() == (tmp_path / "a" / "objects.csv").read_text()
+
+
 def test_layouts():
     from dlmodel.platerun import parse_layout
 

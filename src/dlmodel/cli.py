@@ -58,6 +58,14 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--trust", action="store_true", default=None,
                         help="run code shipped in a downloaded package (architecture files, custom ops, Keras Lambda layers)")
 
+    def batch_args(sp: argparse.ArgumentParser, what: str) -> None:
+        sp.add_argument("--threads", type=_positive, default=None, help="engine threads (default: all cores)")
+        sp.add_argument("--workers", type=_positive, default=None, help="run on a local Dask cluster of N worker processes")
+        sp.add_argument("--scheduler", default=None, help="run on an existing Dask cluster, e.g. tcp://host:8786")
+        sp.add_argument("--resume", action="store_true",
+                        help=f"skip {what} whose outputs are all there (complete: outputs are written atomically) and "
+                             "remove temporary files an interrupted run left")
+
     sp = sub.add_parser("info", help="describe a model: metadata, tensors, processing, engines")
     sp.add_argument("source")
     sp.add_argument("--json", action="store_true", help="print JSON")
@@ -74,12 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--tile", type=_tile_arg, default=None, help="auto (default), none, 512, 512,512 or y=512,x=512")
     sp.add_argument("--batch-size", type=_positive, default=None, help="tiles per forward pass")
     sp.add_argument("--format", choices=("tif", "npy"), default="tif", help="output file format")
-    sp.add_argument("--threads", type=_positive, default=None, help="engine threads (default: all cores)")
-    sp.add_argument("--workers", type=_positive, default=None, help="predict on a local Dask cluster of N worker processes")
-    sp.add_argument("--scheduler", default=None, help="predict on an existing Dask cluster, e.g. tcp://host:8786")
-    sp.add_argument("--resume", action="store_true",
-                    help="skip images whose outputs are all there (complete: outputs are written atomically) and remove "
-                         "temporary files an interrupted run left")
+    batch_args(sp, "images")
     sp.add_argument("--labels", action="store_true",
                     help="also write <image>_labels.tif: objects by the package's recipe (else a watershed split)")
 
@@ -93,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--model-channel", default="2", help="the channel the model segments (default 2: Hoechst in ExampleSBS)")
     sp.add_argument("--measure-channel", action="append", default=None, help="channels measured in the objects; repeat")
     sp.add_argument("--metadata", type=Path, default=None, help="per-well CSV with Row and Column columns to join")
+    batch_args(sp, "sites")
 
     sp = sub.add_parser("heatmap", help="plate heatmaps of per-well means from a per-image CSV (e.g. Image.csv)")
     sp.add_argument("table", type=Path, help="per-image CSV with well row and column columns")
@@ -200,52 +204,64 @@ def _test(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .runs import Job, output_stems, prepare_output, run_in_process
+    from .runs import Job, prepare_output, run
 
     paths = io.find_images(args.inputs)
     if not paths:
         raise DLModelError(f"no images found in {' '.join(args.inputs)}")
-    output_stems(paths)  # inputs whose outputs would overwrite each other: refused before anything runs
-    prepare_output(args.output)
     model = _load(args)  # also checks the model before any worker starts
     job = Job(source=str(model.spec.rdf_path) if model.local else args.source, out_dir=args.output,
               output_ids=[o.id for o in model.spec.outputs], engine=model.weights_format, device=args.device,
               threads=args.threads, trust=args.trust, axes=args.axes, tile=args.tile, batch_size=args.batch_size,
               fmt=args.format, labels=args.labels)
+    tasks = job.tasks(paths)  # inputs whose outputs would overwrite each other: refused before anything runs
+    prepare_output(args.output)
     t0 = time.perf_counter()
-    if args.workers or args.scheduler:
-        from .distributed import run
-
-        summary = run(job, paths, workers=args.workers, scheduler=args.scheduler, resume=args.resume)
-        where = f"on {args.scheduler}" if args.scheduler else f"on {args.workers} workers"
-    else:
-        summary = run_in_process(job, paths, model, resume=args.resume)
-        where = f"({model.weights_format} on {model.device})"
+    summary = run(job, tasks, model, workers=args.workers, scheduler=args.scheduler, resume=args.resume)
     print(
         f"dlmodel: predicted {summary.done} of {len(paths)} images with {model.spec.name!r} "
         + (f"({summary.skipped} already done) " if summary.skipped else "")
-        + f"{where} in {time.perf_counter() - t0:.1f} s; {len(summary.failures)} failed; "
+        + f"{_where(args, model)} in {time.perf_counter() - t0:.1f} s; {len(summary.failures)} failed; "
         + f"{summary.written} files written to {args.output}"
     )
-    if summary.failures:
-        print("dlmodel: failed:\n  " + "\n  ".join(summary.failures), file=sys.stderr)
+    _failures(summary.failures)
     return 1 if summary.failures else 0
+
+
+def _where(args: argparse.Namespace, model) -> str:
+    if args.scheduler:
+        return f"on {args.scheduler}"
+    return f"on {args.workers} workers" if args.workers else f"({model.weights_format} on {model.device})"
+
+
+def _failures(failures) -> None:
+    if failures:
+        print("dlmodel: failed:\n  " + "\n  ".join(failures), file=sys.stderr)
 
 
 def _plate(args: argparse.Namespace) -> int:
     from . import platerun
+    from .runs import prepare_output, run
 
-    model = _load(args)
     folder = Path(args.images)
     if not folder.is_dir():
         raise DLModelError(f"{folder} is not a folder")
-    paths, failures = platerun.run(model, io.find_images([str(folder)]), args.output, layout=args.layout,
-                                   model_channel=args.model_channel, measure_channels=args.measure_channel or ["1", "2"],
-                                   metadata=args.metadata)
-    for f in failures:
-        print(f"dlmodel: skipped: {f}", file=sys.stderr)
+    sites = platerun.parse_layout(io.find_images([str(folder)]), args.layout)
+    model = _load(args)
+    job = platerun.PlateJob(source=str(model.spec.rdf_path) if model.local else args.source, engine=model.weights_format,
+                            device=args.device, threads=args.threads, trust=args.trust, out_dir=args.output,
+                            model_channel=args.model_channel, measure_channels=tuple(args.measure_channel or ["1", "2"]))
+    tasks = job.tasks(sites)
+    prepare_output(args.output)
+    t0 = time.perf_counter()
+    summary = run(job, tasks, model, workers=args.workers, scheduler=args.scheduler, resume=args.resume)
+    paths = platerun.collect(job, tasks, metadata=args.metadata)
+    print(f"dlmodel: segmented {summary.done} of {len(tasks)} sites with {model.spec.name!r} "
+          + (f"({summary.skipped} already done) " if summary.skipped else "")
+          + f"{_where(args, model)} in {time.perf_counter() - t0:.1f} s; {len(summary.failures)} failed")
     print(f"dlmodel: plate written: {paths['wells']} (per well), {paths['objects']} (per object), heatmaps in {args.output}")
-    return 1 if failures else 0
+    _failures(summary.failures)
+    return 1 if summary.failures else 0
 
 
 def _heatmap(args: argparse.Namespace) -> int:

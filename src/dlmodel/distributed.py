@@ -1,24 +1,24 @@
-"""`dlmodel predict` on a Dask cluster: a LocalCluster (``workers=N``) or an existing scheduler.
+"""The batch engine's Dask executor (`dlmodel predict` and `dlmodel plate` with ``--workers``
+or ``--scheduler``): a LocalCluster (``workers=N``) or an existing scheduler.
 
-Each worker process loads the model once (``load_cached``) and predicts whole files; outputs
-are written atomically by the workers, so a worker killed mid-image leaves no output under its
-real name and Dask re-runs that image elsewhere. Engine threads are set so that the workers on
+Each worker process loads the model once (``load_cached``) and does whole tasks; outputs
+are written atomically by the workers, so a worker killed mid-task leaves no output under its
+real name and Dask re-runs that task elsewhere. Engine threads are set so that the workers on
 one machine never use more threads than it has cores.
 """
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import replace
-from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Iterator, Optional, Sequence, Tuple
 
 from .errors import InputError
-from .runs import Job, Summary, attempt, record, todo
+from .runs import ModelJob, Task, attempt
 
 
-def _work(job: Job, path: str, stem: str) -> Tuple[int, Optional[str]]:
-    """Runs on a worker: (files written, None) when done, (0, error) when this image failed."""
-    return attempt(job, Path(path), stem)
+def _work(job: ModelJob, task: Task) -> Tuple[int, Optional[str]]:
+    """Runs on a worker: (files written, None) when done, (0, error) when this task failed."""
+    return attempt(job, task)
 
 
 def threads_per_worker(client) -> dict:
@@ -38,42 +38,38 @@ def _takes_n_workers(client) -> bool:
     return "n_workers" in inspect.signature(client.scheduler_info).parameters
 
 
-def run(job: Job, paths: Sequence[Path], workers: Optional[int] = None, scheduler: Optional[str] = None,
-        resume: bool = False, progress: bool = True) -> Summary:
+def run_tasks(job: ModelJob, tasks: Sequence[Task], workers: Optional[int] = None, scheduler: Optional[str] = None,
+              progress: bool = True) -> Iterator[Tuple[int, Optional[str]]]:
+    """Run tasks on a LocalCluster of ``workers`` processes or on an existing ``scheduler``;
+    yields each task's (files written, error) as it ends. The bookkeeping is
+    :func:`dlmodel.runs.run`'s."""
     from distributed import Client, LocalCluster, as_completed
     from tqdm import tqdm
 
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise InputError(f"workers={workers!r}: use a whole number >= 1")
-    summary = Summary()
-    remaining = todo(job, paths, resume)
-    summary.skipped = len(paths) - len(remaining)
-    if not remaining:
-        return summary
     cluster = None
     if scheduler:
         client = Client(scheduler, timeout="30s")
     else:
-        n = workers or 1
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+        cluster = LocalCluster(n_workers=workers or 1, threads_per_worker=1, processes=True, dashboard_address=None,
                                host="127.0.0.1")
         client = Client(cluster)
     try:
         threads = threads_per_worker(client) if job.threads is None else {}
         futures = []
-        for i, (path, stem) in enumerate(remaining):
+        for i, task in enumerate(tasks):
             # one job per worker address so each gets its own thread count
             addr = sorted(threads)[i % len(threads)] if threads else None
             placement = {"workers": [addr], "allow_other_workers": True} if addr else {}
             wjob = replace(job, threads=threads[addr]) if addr else job
-            futures.append(client.submit(_work, wjob, str(path), stem, pure=False, retries=2, **placement))
-        bar = tqdm(total=len(futures), unit="image", desc="dlmodel", disable=None if progress else True)
+            futures.append(client.submit(_work, wjob, task, pure=False, retries=2, **placement))
+        bar = tqdm(total=len(futures), unit="task", desc="dlmodel", disable=None if progress else True)
         for fut in as_completed(futures):
-            record(summary, *fut.result())
+            yield fut.result()
             bar.update(1)
         bar.close()
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
-    return summary

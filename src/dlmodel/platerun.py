@@ -9,13 +9,15 @@ from __future__ import annotations
 import csv
 import re
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from . import io, plates
 from .errors import DLModelError
+from .runs import ModelJob, Task
 
 LAYOUTS = {
     # CellProfiler's ExampleSBSImages: Channel2-01-A-01.tif
@@ -61,48 +63,96 @@ def measure(labels: np.ndarray, channels: Dict[str, np.ndarray]) -> Dict[str, np
     return out
 
 
-def run(model, images: Sequence[Path], out: Path, layout: str = "examplesbs", model_channel: str = "2",
-        measure_channels: Sequence[str] = ("1", "2"), metadata: Optional[Path] = None) -> Tuple[Dict[str, Path], List[str]]:
-    """Segment every site's ``model_channel`` image, measure ``measure_channels`` in the objects,
-    and write ``objects.csv``, ``wells.csv`` and one heatmap per per-well measurement.
+@dataclass(frozen=True)
+class PlateJob(ModelJob):
+    """`dlmodel plate` on the batch engine: one task per site (segment the model channel, measure
+    the measured channels in the objects), each writing ``sites/<plate>_<well>_s<site>.csv``
+    atomically, so that ``resume`` and Dask work as for `dlmodel predict`; :func:`collect`
+    then writes the plate's tables and heatmaps."""
 
-    Returns the written files and the sites that failed (the others are complete)."""
-    sites = parse_layout(images, layout)
-    out.mkdir(parents=True, exist_ok=True)
-    object_rows: List[dict] = []
-    failures: List[str] = []
-    for (plate, row, col, site), files in sorted(sites.items()):
-        if model_channel not in files:
-            failures.append(f"{plate} {row}{col:02d} site {site}: no channel {model_channel} image")
-            continue
-        try:
-            image, axes = io.read_image(files[model_channel])
-            labels = model.labels(model.predict(image, axes=axes, name=str(files[model_channel])))
-            chans = {ch: io.read_image(files[ch])[0] for ch in measure_channels if ch in files}
-        except DLModelError as e:
-            failures.append(str(e))
-            continue
+    out_dir: Path = Path("out")
+    model_channel: str = "2"
+    measure_channels: Tuple[str, ...] = ("1", "2")
+
+    def tasks(self, sites: Dict[Site, Dict[str, Path]]) -> List[Task]:
+        tasks = []
+        for (plate, row, col, site), files in sorted(sites.items()):
+            channels = tuple(c for c in (self.model_channel, *self.measure_channels) if c in files)
+            out = self.out_dir / "sites" / f"{plate}_{row}{col:02d}_s{site}.csv"
+            tasks.append(Task(f"{plate} {row}{col:02d} site {site}", tuple(files[c] for c in channels), (out,),
+                              key=(plate, row, col, site, channels)))
+        return tasks
+
+    def __call__(self, task: Task, model: Any = None) -> int:
+        plate, row, col, site, channels = task.key
+        files = dict(zip(channels, task.inputs))
+        if self.model_channel not in files:
+            raise DLModelError(f"{task.name}: no channel {self.model_channel} image")
+        model = model or self.model()
+        image, axes = io.read_image(files[self.model_channel])
+        labels = model.labels(model.predict(image, axes=axes, name=str(files[self.model_channel])))
+        chans = {ch: io.read_image(files[ch])[0] for ch in self.measure_channels if ch in files}
         values = measure(labels, chans)
-        for i in range(len(values["object"])):
-            object_rows.append({"plate": plate, "row": row, "column": col, "site": site,
-                                **{k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in values.items()}})
-    intensity_cols = [f"mean_intensity_{ch}" for ch in measure_channels]
-    by_well: Dict[Tuple[str, str, int], List[dict]] = defaultdict(list)
-    for o in object_rows:  # one pass over the objects, not one per well
-        by_well[(o["plate"], o["row"], o["column"])].append(o)
-    wells: Dict[Tuple[str, str, int], dict] = {}
-    for key in sorted({(p, r, c) for p, r, c, _ in sites}):
-        objs = by_well[key]
-        wells[key] = {"plate": key[0], "row": key[1], "column": key[2], "count": len(objs),
-                      "mean_area": float(np.mean([o["area"] for o in objs])) if objs else float("nan"),
-                      **{c: float(np.mean([o[c] for o in objs])) if objs else float("nan") for c in intensity_cols if objs and c in objs[0]}}
+        rows = [{"plate": plate, "row": row, "column": col, "site": site,
+                 **{k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in values.items()}}
+                for i in range(len(values["object"]))]
+        _write_csv(task.outputs[0], rows, fields=OBJECT_FIELDS + [f"mean_intensity_{c}" for c in self.measure_channels])
+        return 1
+
+
+OBJECT_FIELDS = ["plate", "row", "column", "site", "object", "area", "center_y", "center_x"]
+
+
+def collect(job: PlateJob, tasks: Sequence[Task], metadata: Optional[Path] = None) -> Dict[str, Path]:
+    """The plate's ``objects.csv`` (every object of every site done), ``wells.csv`` (count, mean
+    area and mean intensities per well, joined with a per-well metadata CSV) and one heatmap per
+    per-well measurement, from the sites' tables."""
+    object_rows: List[dict] = []
+    for t in tasks:
+        if t.done():
+            with open(t.outputs[0], newline="") as f:
+                object_rows += [_numbers(r) for r in csv.DictReader(f)]
+    intensity_cols = [f"mean_intensity_{ch}" for ch in job.measure_channels]
+    wells = well_table(object_rows, sorted({t.key[:3] for t in tasks}), intensity_cols)
     if metadata is not None:
         _join(wells, Path(metadata))
-    paths = {"objects": _write_csv(out / "objects.csv", object_rows), "wells": _write_csv(out / "wells.csv", list(wells.values()))}
+    out = job.out_dir
+    paths = {"objects": _write_csv(out / "objects.csv", object_rows, OBJECT_FIELDS + intensity_cols),
+             "wells": _write_csv(out / "wells.csv", list(wells.values()))}
     values = {(r, c): {m: w[m] for m in w if m in ("count", "mean_area", *intensity_cols)} for (_, r, c), w in wells.items()}
     for m in ("count", "mean_area", *intensity_cols):
         paths[f"heatmap_{m}"] = plates.heatmaps(values, [m], out / f"plate_{m}.png", title=f"{m} per well")
-    return paths, failures
+    return paths
+
+
+def well_table(object_rows: Sequence[dict], wells: Sequence[Tuple[str, str, int]],
+               intensity_cols: Sequence[str]) -> Dict[Tuple[str, str, int], dict]:
+    """Per well (plate, row, column): object count, mean area and mean of each intensity column;
+    NaN where a well has no objects. The one place per-well means are made."""
+    by_well: Dict[Tuple[str, str, int], List[dict]] = defaultdict(list)
+    for o in object_rows:  # one pass over the objects, not one per well
+        by_well[(o["plate"], o["row"], int(o["column"]))].append(o)
+    table: Dict[Tuple[str, str, int], dict] = {}
+    for key in wells:
+        objs = by_well[key]
+        table[key] = {"plate": key[0], "row": key[1], "column": key[2], "count": len(objs),
+                      "mean_area": float(np.mean([o["area"] for o in objs])) if objs else float("nan"),
+                      **{c: float(np.mean([o[c] for o in objs])) if objs else float("nan")
+                         for c in intensity_cols if not objs or c in objs[0]}}
+    return table
+
+
+def _numbers(row: dict) -> dict:
+    """A row read back from a site table, its numbers as numbers."""
+    out = dict(row)
+    for k, v in row.items():
+        if k in ("plate", "row"):
+            continue
+        try:
+            out[k] = int(v) if k in ("column", "site", "object") else float(v)
+        except (TypeError, ValueError):
+            pass
+    return out
 
 
 def _join(wells: Dict[Tuple[str, str, int], dict], metadata: Path) -> None:
@@ -118,8 +168,8 @@ def _join(wells: Dict[Tuple[str, str, int], dict], metadata: Path) -> None:
         w.update({f"meta_{k}": v for k, v in extra.items() if k not in (cols["row"], cols["column"])})
 
 
-def _write_csv(path: Path, rows: List[dict]) -> Path:
-    fields: List[str] = []
+def _write_csv(path: Path, rows: List[dict], fields: Optional[List[str]] = None) -> Path:
+    fields = list(fields or [])
     for r in rows:
         fields += [k for k in r if k not in fields]
     with io.atomic_path(path) as tmp, open(tmp, "w", newline="") as f:

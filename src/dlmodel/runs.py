@@ -1,6 +1,10 @@
-"""Predicting files into a folder: what `dlmodel predict` does per image, in one process or on
-a Dask cluster (:mod:`dlmodel.distributed`). Outputs are written atomically, so an output that
-exists is complete, which is what ``resume`` relies on."""
+"""The one batch engine: jobs of many tasks (an image to predict, a plate site to segment and
+measure), run in this process or on a Dask cluster (:mod:`dlmodel.distributed`), with the same
+bookkeeping: what is still to do, resume, progress, failures, one summary.
+
+A task's outputs are written atomically, so a task whose outputs all exist is complete: that is
+what ``resume`` relies on. One task's failure never stops the others.
+"""
 from __future__ import annotations
 
 import os
@@ -14,16 +18,44 @@ from .errors import DLModelError, ImageFileError, InputError, one_line
 
 
 @dataclass(frozen=True)
-class Job:
-    """Everything a worker needs to predict files with a model (picklable)."""
+class Task:
+    """One unit of a job: its name (in messages), the files it reads and the files it writes."""
+
+    name: str
+    inputs: Tuple[Path, ...]
+    outputs: Tuple[Path, ...]
+    key: Tuple[Any, ...] = ()  # what the job needs to know besides the files (a plate site's well)
+
+    def done(self) -> bool:
+        return all(p.exists() for p in self.outputs)
+
+
+@dataclass(frozen=True)
+class ModelJob:
+    """What every job needs to get its model in any process (picklable, for Dask workers).
+
+    Subclasses add their own options and implement ``tasks`` and ``__call__(task, model)``,
+    which does one task and returns how many files it wrote."""
 
     source: str
-    out_dir: Path
-    output_ids: Sequence[str]
     engine: str = "auto"
     device: str = "auto"
     threads: Optional[int] = None
     trust: Optional[bool] = None
+
+    def model(self) -> Any:
+        """This process's model for the job (loaded once per process)."""
+        from .api import load_cached
+
+        return load_cached(self.source, engine=self.engine, device=self.device, threads=self.threads, trust=self.trust)
+
+
+@dataclass(frozen=True)
+class Job(ModelJob):
+    """`dlmodel predict`: each image file's outputs (and labels) into ``out_dir``."""
+
+    out_dir: Path = Path("out")
+    output_ids: Sequence[str] = ()
     axes: Optional[str] = None
     tile: Any = None
     batch_size: Optional[int] = None
@@ -37,8 +69,11 @@ class Job:
             found["labels"] = self.out_dir / f"{stem}_labels.{self.fmt}"
         return found
 
-    def done(self, stem: str) -> bool:
-        return all(t.exists() for t in self.targets(stem).values())
+    def tasks(self, paths: Sequence[Path]) -> List[Task]:
+        return [Task(str(p), (Path(p),), tuple(self.targets(stem).values())) for p, stem in output_stems(paths).items()]
+
+    def __call__(self, task: Task, model: Any = None) -> int:
+        return len(predict_file(self, task.inputs[0], task, model or self.model()))
 
 
 @dataclass
@@ -94,64 +129,70 @@ def prepare_output(folder: Path) -> Path:
     return folder
 
 
-def predict_file(job: Job, path: Path, stem: str, model: Any = None) -> List[Path]:
+def predict_file(job: Job, path: Path, task: Task, model: Any) -> List[Path]:
     """Predict one file and write its outputs; raises DLModelError naming the file."""
-    from .api import load_cached
-
-    model = model or load_cached(job.source, engine=job.engine, device=job.device, threads=job.threads, trust=job.trust)
     path = Path(path)
     model.check_file_fits(path, axes=job.axes, tile=job.tile, batch_size=job.batch_size)
     image, file_axes = io.read_image(path)
     pred = model.predict(image, axes=job.axes or file_axes, tile=job.tile, batch_size=job.batch_size, name=str(path))
-    targets = job.targets(stem)
+    targets = dict(zip(list(job.output_ids) + (["labels"] if job.labels else []), task.outputs))
     written = [io.write_image(targets[oid], pred[oid], pred.axes[oid]) for oid in job.output_ids]
     if job.labels:
         written.append(io.write_image(targets["labels"], model.labels(pred)))
     return written
 
 
-def attempt(job: Job, path: Path, stem: str, model: Any = None) -> Tuple[int, Optional[str]]:
-    """Predict one file: (files written, None), or (0, one line) when this image failed. An
-    unexpected failure of one image must not end a run of thousands, in one process or on Dask."""
+def attempt(job: ModelJob, task: Task, model: Any = None) -> Tuple[int, Optional[str]]:
+    """Do one task: (files written, None), or (0, one line) when it failed. An unexpected
+    failure of one task must not end a run of thousands, in one process or on Dask."""
     try:
-        return len(predict_file(job, path, stem, model)), None
+        return job(task, model), None
     except DLModelError as e:
         return 0, str(e)
     except MemoryError:
-        return 0, f"{path}: out of memory"
+        return 0, f"{task.name}: out of memory"
     except Exception as e:
-        return 0, f"{path}: {type(e).__name__}: {one_line(e)}"
+        return 0, f"{task.name}: {type(e).__name__}: {one_line(e)}"
 
 
-def todo(job: Job, paths: Sequence[Path], resume: bool) -> List[Tuple[Path, str]]:
-    """(file, output stem) still to predict. With ``resume``, images whose outputs are all there
-    are skipped and temporary files that a killed run left are removed (only provably stale
-    ones: a concurrent run's files in flight stay, :func:`io.remove_stale_parts`)."""
-    stems = output_stems(paths)
+def todo(tasks: Sequence[Task], resume: bool) -> List[Task]:
+    """The tasks still to do. With ``resume``, tasks whose outputs are all there are skipped and
+    temporary files that a killed run left are removed (only provably stale ones: a
+    concurrent run's files in flight stay, :func:`io.remove_stale_parts`)."""
     if not resume:
-        return list(stems.items())
-    folders = {Path(job.out_dir)} | {t.parent for s in stems.values() for t in job.targets(s).values()}
-    for folder in folders:
+        return list(tasks)
+    for folder in {p.parent for t in tasks for p in t.outputs}:
         io.remove_stale_parts(folder)
-    return [(p, s) for p, s in stems.items() if not job.done(s)]
+    return [t for t in tasks if not t.done()]
 
 
-def run_in_process(job: Job, paths: Sequence[Path], model: Any, resume: bool = False, progress: bool = True) -> Summary:
+def run(job: ModelJob, tasks: Sequence[Task], model: Any = None, workers: Optional[int] = None,
+        scheduler: Optional[str] = None, resume: bool = False, progress: bool = True) -> Summary:
+    """Run a job's tasks here (``model``: the job's model, already loaded) or on Dask
+    (``workers`` local worker processes, or an existing ``scheduler``); one summary either way."""
+    summary = Summary()
+    remaining = todo(tasks, resume)
+    summary.skipped = len(tasks) - len(remaining)
+    if not remaining:
+        return summary
+    if workers or scheduler:
+        from .distributed import run_tasks
+
+        for written, error in run_tasks(job, remaining, workers, scheduler, progress):
+            record(summary, written, error)
+        return summary
     from tqdm import tqdm
 
-    summary = Summary()
-    remaining = todo(job, paths, resume)
-    summary.skipped = len(paths) - len(remaining)
-    bar = tqdm(remaining, unit="image", desc=model.spec.name[:30], disable=None if progress else True)
-    for path, stem in bar:
-        written, error = attempt(job, path, stem, model)
-        record(summary, written, error)
+    model = model or job.model()
+    bar = tqdm(remaining, unit="task", desc=model.spec.name[:30], disable=None if progress else True)
+    for task in bar:
+        record(summary, *attempt(job, task, model))
     bar.close()
     return summary
 
 
 def record(summary: Summary, written: int, error: Optional[str]) -> None:
-    """Count one image's result in the summary (and say a failure at once)."""
+    """Count one task's result in the summary (and say a failure at once)."""
     from tqdm import tqdm
 
     if error:
