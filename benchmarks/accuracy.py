@@ -43,10 +43,10 @@ def main() -> int:
     zoo = dlmodel.load(ZOO)
     zoo_preds = [zoo.predict(tifffile.imread(p)) for p in images]
     # the package has no recipe: dlmodel's default (instances.DEFAULT_RECIPE), as everywhere
-    rows.append(("zoo U-Net + the default instance step (watershed, diameter estimated, min size 15)",
+    rows.append(("zoo U-Net + the default instance step (watershed, diameter 20, min size 30)",
                  pooled((zoo.labels(p), t) for p, t in zip(zoo_preds, truths))))
     probs = [p["probability"] for p in zoo_preds]
-    for label, opts in [("zoo U-Net + watershed split, diameter 20, min size 30", InstanceOptions("watershed", diameter=20, min_size=30)),
+    for label, opts in [("zoo U-Net + watershed, diameter estimated, min size 15", InstanceOptions("watershed", min_size=15)),
                         ("zoo U-Net + threshold 0.5 + connected components", InstanceOptions("threshold", fill_holes=False))]:
         rows.append((label, pooled((to_labels(p, opts), t) for p, t in zip(probs, truths))))
 

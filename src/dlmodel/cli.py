@@ -84,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--format", choices=("tif", "npy"), default="tif", help="output file format")
     batch_args(sp, "images")
     sp.add_argument("--labels", action="store_true",
-                    help="also write <image>_labels.tif: objects by the package's recipe (else a watershed split)")
+                    help="also write <image>_labels.tif: objects by the package's recipe (else the default watershed split)")
 
     sp = sub.add_parser("plate", help="segment a plate and write per-object and per-well CSVs and heatmaps")
     model_args(sp)
