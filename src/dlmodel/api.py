@@ -183,9 +183,27 @@ class Model:
         """
         check_options(tile, batch_size, pad_mode)
         self._check_axes_arg(axes)
-        arrays = self._as_inputs(image)
+        layouts, loop, has_channel = self._layouts(self._as_inputs(image), axes, name)
+        loop_shape = next(iter(layouts.values())).shape[: len(loop)]
+        results: Dict[str, List[np.ndarray]] = {o.id: [] for o in self.spec.outputs}
+        plan = None
+        for idx in np.ndindex(*loop_shape):  # each slice along the loop axes on its own
+            sample = {tid: arr[idx] for tid, arr in layouts.items()}
+            outs, plan = run_sample(
+                self.spec, self.engine, sample, tile=tile, batch_size=batch_size,
+                pad_mode=pad_mode, max_tile_pixels=max_tile_pixels, gate=self.gate, name=name,
+            )
+            for oid, arr in outs.items():
+                results[oid].append(arr)
+        final, out_axes = self._restack(results, loop, loop_shape, has_channel)
+        return Prediction(final, out_axes, plan)
+
+    def _layouts(self, arrays: Mapping[str, np.ndarray], axes: Any, name: str
+                 ) -> "tuple[Dict[str, np.ndarray], str, Dict[str, bool]]":
+        """Each input mapped onto its tensor's axes (views), the loop axes they share, and
+        whether each was given with a channel axis (then its outputs keep theirs)."""
         layouts: Dict[str, np.ndarray] = {}
-        loop = None
+        loop: Optional[str] = None
         has_channel: Dict[str, bool] = {}
         for t in self.spec.inputs:
             arr = _check_values(np.asarray(arrays[t.id]), name)
@@ -198,18 +216,12 @@ class Model:
                 raise InputError(f"{name}: inputs have different extra axes ({loop!r} vs {t_loop!r})")
             loop = t_loop
             layouts[t.id] = layout
-        loop = loop or ""
-        loop_shape = next(iter(layouts.values())).shape[: len(loop)]
-        results: Dict[str, List[np.ndarray]] = {o.id: [] for o in self.spec.outputs}
-        plan = None
-        for idx in np.ndindex(*loop_shape):
-            sample = {tid: arr[idx] for tid, arr in layouts.items()}
-            outs, plan = run_sample(
-                self.spec, self.engine, sample, tile=tile, batch_size=batch_size,
-                pad_mode=pad_mode, max_tile_pixels=max_tile_pixels, gate=self.gate, name=name,
-            )
-            for oid, arr in outs.items():
-                results[oid].append(arr)
+        return layouts, loop or "", has_channel
+
+    def _restack(self, results: Mapping[str, List[np.ndarray]], loop: str, loop_shape: tuple,
+                 has_channel: Mapping[str, bool]) -> "tuple[Dict[str, np.ndarray], Dict[str, str]]":
+        """The per-slice outputs stacked back along the loop axes, batch (and a single channel
+        for inputs given without one) squeezed; and each output's axes letters."""
         final: Dict[str, np.ndarray] = {}
         out_axes: Dict[str, str] = {}
         for o in self.spec.outputs:
@@ -217,10 +229,9 @@ class Model:
             keep = has_channel.get(follows, any(has_channel.values()))
             letters, squeeze = axes_mod.output_axes(o, loop, keep)
             parts = [np.squeeze(a, axis=tuple(squeeze)) if squeeze else a for a in results[o.id]]
-            stacked = parts[0] if not loop else np.stack(parts).reshape(loop_shape + parts[0].shape)
-            final[o.id] = stacked
+            final[o.id] = parts[0] if not loop else np.stack(parts).reshape(loop_shape + parts[0].shape)
             out_axes[o.id] = letters
-        return Prediction(final, out_axes, plan)
+        return final, out_axes
 
     def _check_axes_arg(self, axes: Any) -> None:
         ids = [t.id for t in self.spec.inputs]

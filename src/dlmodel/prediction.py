@@ -382,27 +382,42 @@ def run_sample(
     gpu_default = batch_size is None and engine.asynchronous
     plan = plan_checked(spec, inputs, tile, GPU_BATCH if gpu_default else batch_size, max_tile_pixels, use_halo,
                         name, retry_one=gpu_default)
-    tiled_ids = [a.id for a in plan.axes]
+    prepared, pre = fit_preprocessing(spec, inputs, [a.id for a in plan.axes])
+    per_tile = all(not any(processing.needs_statistics(op) for op in o.postprocessing) for o in spec.outputs)
+    post = {o.id: processing.fit(o.postprocessing, np.zeros((1,) * len(o.axes), np.float32), o.axis_ids)
+            for o in spec.outputs} if per_tile else {}
+    outputs = run_tiles(spec, engine, plan, prepared, pre, post, pad_mode)
+    if not per_tile:
+        outputs = whole_postprocessing(spec, outputs, inputs, gate)
+    return outputs, plan
 
-    # 1. pre-processing, fitted on whole inputs
+
+def fit_preprocessing(
+    spec: ModelSpec, inputs: Mapping[str, np.ndarray], tiled_ids: Sequence[str]
+) -> Tuple[Dict[str, np.ndarray], Dict[str, processing.Fitted]]:
+    """Step 1: each input's pre-processing fitted on the whole input (per-image statistics).
+    Returns the inputs (pre-processed already where a statistic varies along a tiled axis,
+    which is rare) and the fitted chains to apply per tile."""
     prepared: Dict[str, np.ndarray] = {}
     pre: Dict[str, processing.Fitted] = {}
     for t in spec.inputs:
         arr = inputs[t.id]
         fitted = processing.fit(t.preprocessing, arr, t.axis_ids, inputs, tiled_ids)
-        if not fitted.tile_safe:  # rare: statistics vary along a tiled axis
+        if not fitted.tile_safe:
             arr = fitted(arr.astype(np.float32, copy=False))
             fitted = processing.Fitted((), True)
         prepared[t.id] = arr
         pre[t.id] = fitted
+    return prepared, pre
 
-    post_per_tile = all(not any(processing.needs_statistics(op) for op in o.postprocessing) for o in spec.outputs)
-    post_tile = {
-        o.id: processing.fit(o.postprocessing, np.zeros((1,) * len(o.axes), np.float32), o.axis_ids)
-        for o in spec.outputs
-    } if post_per_tile else {}
 
-    # 3. tiles through the engine, inner regions into the outputs
+def run_tiles(
+    spec: ModelSpec, engine: Engine, plan: Plan, prepared: Mapping[str, np.ndarray],
+    pre: Mapping[str, processing.Fitted], post: Mapping[str, processing.Fitted], pad_mode: Optional[str] = None,
+) -> Dict[str, np.ndarray]:
+    """Steps 2-3: the plan's tiles, padded and pre-processed, through the engine in batches;
+    each output tile's inner region (after ``post``, the element-wise post-processing) written
+    straight into one whole-image output per tensor."""
     outputs: Dict[str, np.ndarray] = {}
 
     def store(batch_tiles: List[tiling.Tile], result: Callable[[], List[np.ndarray]]) -> None:
@@ -415,7 +430,7 @@ def run_sample(
             bdim = _batch_dim(o)
             for k, tl in enumerate(batch_tiles):
                 part = res if len(batch_tiles) == 1 else np.take(res, [k], axis=bdim)
-                _write(outputs, spec, o, part, tl, plan, post_tile.get(o.id))
+                _write(outputs, spec, o, part, tl, plan, post.get(o.id))
 
     # A GPU computes while the host goes on: then one thread stores (post-processes and copies)
     # the last batch while this one prepares the next, and the GPU waits for neither.
@@ -424,13 +439,7 @@ def run_sample(
     try:
         for b0 in range(0, len(plan.tiles), plan.batch_size):
             batch_tiles = plan.tiles[b0:b0 + plan.batch_size]
-            feeds = []
-            for t in spec.inputs:
-                mode = pad_mode or t.pad_mode or "reflect"
-                parts = [pre[t.id](_to_float(_extract(prepared[t.id], t, tl, mode, t.pad_value), t)) for tl in batch_tiles]
-                bdim = _batch_dim(t)
-                feeds.append(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=bdim))
-            result = engine.submit(feeds)
+            result = engine.submit(_feeds(spec, batch_tiles, prepared, pre, pad_mode))
             if pool is None:
                 store(batch_tiles, result)
                 continue
@@ -442,13 +451,28 @@ def run_sample(
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+    return outputs
 
-    # 4. post-processing that needs whole outputs (statistics, custom code)
-    if not post_per_tile:
-        for o in spec.outputs:
-            fitted = processing.fit(o.postprocessing, outputs[o.id], o.axis_ids, {**inputs, **outputs}, custom=gate)
-            outputs[o.id] = fitted(outputs[o.id])
-    return outputs, plan
+
+def _feeds(spec: ModelSpec, batch_tiles: Sequence[tiling.Tile], prepared: Mapping[str, np.ndarray],
+           pre: Mapping[str, processing.Fitted], pad_mode: Optional[str]) -> List[np.ndarray]:
+    """One batch's engine inputs: each tile's region, padded where it leaves the image, as float
+    where the model wants float, pre-processed, stacked along the batch axis."""
+    feeds = []
+    for t in spec.inputs:
+        mode = pad_mode or t.pad_mode or "reflect"
+        parts = [pre[t.id](_to_float(_extract(prepared[t.id], t, tl, mode, t.pad_value), t)) for tl in batch_tiles]
+        feeds.append(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=_batch_dim(t)))
+    return feeds
+
+
+def whole_postprocessing(spec: ModelSpec, outputs: Dict[str, np.ndarray], inputs: Mapping[str, np.ndarray],
+                         gate: Optional["Gate"] = None) -> Dict[str, np.ndarray]:
+    """Step 4: post-processing that needs whole outputs (statistics, custom code), in rdf order."""
+    for o in spec.outputs:
+        fitted = processing.fit(o.postprocessing, outputs[o.id], o.axis_ids, {**inputs, **outputs}, custom=gate)
+        outputs[o.id] = fitted(outputs[o.id])
+    return outputs
 
 
 def _to_float(region: np.ndarray, tensor: Tensor) -> np.ndarray:
