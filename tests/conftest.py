@@ -105,37 +105,47 @@ def space_out(tensor_id, axis_ids, halo=0, scale=1.0):
     return [v.SpaceOutputAxis(id=v.AxisId(a), size=ref(a), scale=scale) for a in axis_ids]
 
 
+def _torch_package_files(tmp_path_factory, key: str, module: str, arrays, formats, **module_kwargs):
+    """A fresh folder with a seeded tiny torch module's weights in ``formats``: (folder, weights)."""
+    folder = tmp_path_factory.mktemp(key)
+    _, net = _torch_module(folder, module, **module_kwargs)
+    return folder, zoo.torch_weights(folder, net, list(arrays), formats)
+
+
+def _one_in_one_out(tmp_path_factory, key: str, title: str, x: np.ndarray, in_axes, out_id: str, out_axes,
+                    preprocessing=(), **module_kwargs) -> Path:
+    """A TinyConv TorchScript package with one input ``raw`` and one output."""
+    v = _v()
+    folder, weights = _torch_package_files(tmp_path_factory, key, "TinyConv", [x], ["torchscript"], **module_kwargs)
+
+    def inputs(tf):
+        return [v.InputTensorDescr(id=v.TensorId("raw"), axes=in_axes, test_tensor=tf("raw"), preprocessing=list(preprocessing))]
+
+    def outputs(tf):
+        return [v.OutputTensorDescr(id=v.TensorId(out_id), axes=out_axes, test_tensor=tf(out_id))]
+
+    return zoo.build(folder, title, inputs, outputs, weights, {"raw": x})
+
+
 @pytest.fixture(scope="session")
 def torch3d(tmp_path_factory) -> Path:
     """3D (bczyx), parameterized sizes, halo 2, TorchScript; scale_range preprocessing."""
     v = _v()
-    folder = tmp_path_factory.mktemp("torch3d")
-    _, net = _torch_module(folder, "TinyConv", ndim=3)
     x = _rng().normal(100, 20, (1, 1, 12, 20, 16)).astype(np.float32)
-    weights = zoo.torch_weights(folder, net, [x], ["torchscript"])
-
-    def inputs(tf):
-        return [v.InputTensorDescr(
-            id=v.TensorId("raw"), axes=[v.BatchAxis(), channel(["c0"]), *space_in("zyx", 8, 4)], test_tensor=tf("raw"),
-            preprocessing=[v.ScaleRangeDescr(kwargs=v.ScaleRangeKwargs(axes=[v.AxisId(a) for a in "zyx"], min_percentile=1, max_percentile=99.8))],
-        )]
-
-    def outputs(tf):
-        return [v.OutputTensorDescr(id=v.TensorId("out"), axes=[v.BatchAxis(), channel(["o"]), *space_out("raw", "zyx", halo=2)], test_tensor=tf("out"))]
-
-    return zoo.build(folder, "tiny torch 3d", inputs, outputs, weights, {"raw": x})
+    scale = v.ScaleRangeDescr(kwargs=v.ScaleRangeKwargs(axes=[v.AxisId(a) for a in "zyx"], min_percentile=1, max_percentile=99.8))
+    return _one_in_one_out(tmp_path_factory, "torch3d", "tiny torch 3d", x,
+                           [v.BatchAxis(), channel(["c0"]), *space_in("zyx", 8, 4)], "out",
+                           [v.BatchAxis(), channel(["o"]), *space_out("raw", "zyx", halo=2)], [scale], ndim=3)
 
 
 @pytest.fixture(scope="session")
 def two_io(tmp_path_factory) -> Path:
     """Two inputs (1 and 2 channels), two outputs; TorchScript and ONNX."""
     v = _v()
-    folder = tmp_path_factory.mktemp("two_io")
-    _, net = _torch_module(folder, "TwoInTwoOut")
     rng = _rng(1)
     a = rng.normal(0, 1, (1, 1, 40, 32)).astype(np.float32)
     b = rng.normal(0, 1, (1, 2, 40, 32)).astype(np.float32)
-    weights = zoo.torch_weights(folder, net, [a, b], ["torchscript", "onnx"])
+    folder, weights = _torch_package_files(tmp_path_factory, "two_io", "TwoInTwoOut", [a, b], ["torchscript", "onnx"])
 
     def inputs(tf):
         return [
@@ -156,31 +166,21 @@ def two_io(tmp_path_factory) -> Path:
 def upsample2(tmp_path_factory) -> Path:
     """Output twice the input size (output axis scale 0.5), halo 4 output pixels."""
     v = _v()
-    folder = tmp_path_factory.mktemp("upsample2")
-    _, net = _torch_module(folder, "TinyConv", upsample=2)
     x = _rng(2).normal(0, 1, (1, 1, 32, 24)).astype(np.float32)
-    weights = zoo.torch_weights(folder, net, [x], ["torchscript"])
-
-    def inputs(tf):
-        return [v.InputTensorDescr(id=v.TensorId("raw"), axes=[v.BatchAxis(), channel(["c0"]), *space_in("yx")], test_tensor=tf("raw"))]
-
-    def outputs(tf):
-        return [v.OutputTensorDescr(id=v.TensorId("up"), axes=[v.BatchAxis(), channel(["u"]), *space_out("raw", "yx", halo=4, scale=0.5)], test_tensor=tf("up"))]
-
-    return zoo.build(folder, "tiny upsample x2", inputs, outputs, weights, {"raw": x})
+    return _one_in_one_out(tmp_path_factory, "upsample2", "tiny upsample x2", x,
+                           [v.BatchAxis(), channel(["c0"]), *space_in("yx")], "up",
+                           [v.BatchAxis(), channel(["u"]), *space_out("raw", "yx", halo=4, scale=0.5)], upsample=2)
 
 
 @pytest.fixture(scope="session")
 def allops(tmp_path_factory) -> Path:
     """Three inputs and three outputs whose processing uses every op of spec 0.5."""
     v = _v()
-    folder = tmp_path_factory.mktemp("allops")
-    _, net = _torch_module(folder, "ThreeIn")
     rng = _rng(3)
     x1 = rng.gamma(2.0, 50.0, (1, 2, 40, 32)).astype(np.float32)
     x2 = rng.normal(20, 5, (1, 1, 40, 32)).astype(np.float32)
     x3 = rng.uniform(0, 1000, (1, 1, 40, 32)).astype(np.float32)
-    weights = zoo.torch_weights(folder, net, [x1, x2, x3], ["torchscript"])
+    folder, weights = _torch_package_files(tmp_path_factory, "allops", "ThreeIn", [x1, x2, x3], ["torchscript"])
     yx = [v.AxisId("y"), v.AxisId("x")]
     ch = v.AxisId("channel")
 

@@ -210,14 +210,8 @@ def extract_zip(
             try:
                 with zf.open(info) as src, open(target, "wb") as out:
                     # count real bytes: a forged header must not get past the size limit
-                    while True:
-                        block = src.read(1 << 20)
-                        if not block:
-                            break
-                        written += len(block)
-                        if written > max_bytes:
-                            raise SourceError(f"{zip_path} unpacks to more than {max_bytes} bytes")
-                        out.write(block)
+                    written = copy_capped(src.read, out, max_bytes - written,
+                                          lambda: SourceError(f"{zip_path} unpacks to more than {max_bytes} bytes")) + written
             except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
                 raise SourceError(f"{zip_path} is damaged (entry {info.filename!r}): {e}") from e
     return dest
@@ -301,6 +295,24 @@ def confined_path(root: Path, source: Any, where: Union[str, Path]) -> Path:
     return target
 
 
+def copy_capped(read: Callable[[int], bytes], out: Any, limit: int, too_much: Callable[[], Exception],
+                each: Optional[Callable[[bytes], None]] = None) -> int:
+    """Copy blocks from ``read`` to ``out`` until the end, counting the real bytes: past
+    ``limit`` raise ``too_much()`` (a forged size or an endless stream stops there); ``each``
+    sees every block first. Returns the bytes copied."""
+    size = 0
+    while True:
+        block = read(1 << 20)
+        if not block:
+            return size
+        size += len(block)
+        if size > limit:
+            raise too_much()
+        if each is not None:
+            each(block)
+        out.write(block)
+
+
 def download(url: str, target: Path, sha256: Optional[str] = None, max_bytes: Optional[int] = None) -> Path:
     """Download ``url`` to ``target`` atomically (temporary file + rename), checking sha256.
 
@@ -314,27 +326,23 @@ def download(url: str, target: Path, sha256: Optional[str] = None, max_bytes: Op
     limit = max_bytes if max_bytes is not None else MAX_DOWNLOAD_BYTES
     tmp = target.with_name(f".{target.name}.part-{os.getpid()}")
     h = hashlib.sha256()
-    size = 0
     try:
         req = urllib.request.Request(url, headers={"User-Agent": "dlmodel"})
         with urllib.request.urlopen(req, timeout=timeout) as resp, open(tmp, "wb") as out:
             announced = resp.headers.get("Content-Length")
             if announced and announced.isdigit() and int(announced) > limit:
                 raise SourceError(f"{url} is {int(announced)} bytes, more than the limit of {limit} for this file")
-            while True:
-                block = resp.read1(1 << 20)
-                if not block:
-                    break
-                size += len(block)
-                if size > limit:
-                    raise SourceError(f"{url} sent more than the limit of {limit} bytes for this file; stopped")
+            def each(block: bytes) -> None:
                 if time.monotonic() > deadline:
                     raise SourceError(
                         f"{url} was still downloading after {os.environ.get('DLMODEL_DOWNLOAD_DEADLINE', '3600')} s "
                         "(DLMODEL_DOWNLOAD_DEADLINE); stopped"
                     )
                 h.update(block)
-                out.write(block)
+
+            # read1: whatever has arrived, so that a trickle reaches the deadline check
+            copy_capped(resp.read1, out, limit,
+                        lambda: SourceError(f"{url} sent more than the limit of {limit} bytes for this file; stopped"), each)
     except SourceError:
         tmp.unlink(missing_ok=True)
         raise
