@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import replace
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, Optional, Sequence, Tuple
 
 from .errors import InputError
-from .runs import ModelJob, Task, attempt
 
 
-def _work(job: ModelJob, task: Task) -> Tuple[int, Optional[str]]:
+def _work(attempt: Callable[[Any, Any], Tuple[int, Optional[str]]], job: Any, task: Any) -> Tuple[int, Optional[str]]:
     """Runs on a worker: (files written, None) when done, (0, error) when this task failed."""
     return attempt(job, task)
 
@@ -38,11 +37,12 @@ def _takes_n_workers(client) -> bool:
     return "n_workers" in inspect.signature(client.scheduler_info).parameters
 
 
-def run_tasks(job: ModelJob, tasks: Sequence[Task], workers: Optional[int] = None, scheduler: Optional[str] = None,
+def run_tasks(job: Any, tasks: Sequence[Any], attempt: Callable[[Any, Any], Tuple[int, Optional[str]]],
+              workers: Optional[int] = None, scheduler: Optional[str] = None,
               progress: bool = True) -> Iterator[Tuple[int, Optional[str]]]:
-    """Run tasks on a LocalCluster of ``workers`` processes or on an existing ``scheduler``;
-    yields each task's (files written, error) as it ends. The bookkeeping is
-    :func:`dlmodel.runs.run`'s."""
+    """Run ``attempt(job, task)`` for each task on a LocalCluster of ``workers`` processes or on
+    an existing ``scheduler``; yields each task's (files written, error) as it ends. Jobs,
+    tasks and the bookkeeping are :mod:`dlmodel.runs`'s: this module only places work."""
     from distributed import Client, LocalCluster, as_completed
     from tqdm import tqdm
 
@@ -63,7 +63,7 @@ def run_tasks(job: ModelJob, tasks: Sequence[Task], workers: Optional[int] = Non
             addr = sorted(threads)[i % len(threads)] if threads else None
             placement = {"workers": [addr], "allow_other_workers": True} if addr else {}
             wjob = replace(job, threads=threads[addr]) if addr else job
-            futures.append(client.submit(_work, wjob, task, pure=False, retries=2, **placement))
+            futures.append(client.submit(_work, attempt, wjob, task, pure=False, retries=2, **placement))
         bar = tqdm(total=len(futures), unit="task", desc="dlmodel", disable=None if progress else True)
         for fut in as_completed(futures):
             yield fut.result()

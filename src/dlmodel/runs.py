@@ -178,7 +178,7 @@ def run(job: ModelJob, tasks: Sequence[Task], model: Any = None, workers: Option
     if workers or scheduler:
         from .distributed import run_tasks
 
-        for written, error in run_tasks(job, remaining, workers, scheduler, progress):
+        for written, error in run_tasks(job, remaining, attempt, workers, scheduler, progress):
             record(summary, written, error)
         return summary
     from tqdm import tqdm
