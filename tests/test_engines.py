@@ -219,3 +219,30 @@ def test_engines_unload_and_models_load_again_when_used(torch2d):
     held = cached.engine
     dlmodel.clear_cache()  # what RunDLModel's post_run calls
     assert not held.loaded
+
+
+def test_an_architecture_from_a_missing_library_names_what_to_install(torch2d, tmp_path):
+    """CAREamics-style packages name a library class as their architecture; without the library
+    the error is one line with the pip command, pinned as the package's environment file says."""
+    import bioimageio.spec.model.v0_5 as v
+    from bioimageio.spec import ValidationContext, save_bioimageio_yaml_only
+
+    from dlmodel.spec import read_description
+
+    pkg = zoo.copy_package(torch2d.parent, tmp_path / "pkg")
+    (pkg / "environment.yaml").write_text(
+        "name: absent\ndependencies:\n  - python=3.11\n  - pip\n  - pip:\n    - dlmodel-absent-lib==0.3.5\n")
+    descr = read_description(pkg / "bioimageio.yaml")
+    with ValidationContext(root=pkg, perform_io_checks=False):
+        entry = descr.weights.pytorch_state_dict.model_copy(update={
+            "architecture": v.ArchitectureFromLibraryDescr(callable="UNet", import_from="dlmodel_absent_lib.models.unet"),
+            "dependencies": v.FileDescr(source="environment.yaml", sha256=zoo.sha256(pkg / "environment.yaml")),
+        })
+        save_bioimageio_yaml_only(descr.model_copy(update={"weights": descr.weights.model_copy(
+            update={"pytorch_state_dict": entry})}), pkg / "bioimageio.yaml")
+    with pytest.raises(dlmodel.EngineError) as err:
+        dlmodel.load(pkg, engine="pytorch")
+    msg = str(err.value)
+    assert "\n" not in msg and "dlmodel_absent_lib.models.unet.UNet" in msg
+    assert "pip install 'dlmodel-absent-lib==0.3.5'" in msg
+    assert dlmodel.load(pkg, engine="onnx").test().ok  # its other weights still run

@@ -400,7 +400,9 @@ def _import_architecture(spec: ModelSpec, arch: Any, gate: Gate) -> Any:
         module_name = str(arch.import_from)
         try:
             return getattr(importlib.import_module(module_name), name)
-        except (ImportError, AttributeError) as e:
+        except ImportError as e:
+            raise EngineError(_missing_library(spec, module_name, name, e)) from e
+        except AttributeError as e:
             raise EngineError(f"architecture {module_name}.{name} is not importable: {one_line(e)}") from e
     path = local_path(spec.root, source)
     module = gate.load_module(path, "its pytorch_state_dict weights' architecture",
@@ -409,6 +411,42 @@ def _import_architecture(spec: ModelSpec, arch: Any, gate: Gate) -> Any:
         return getattr(module, name)
     except AttributeError as e:
         raise EngineError(f"architecture file {path} defines no {name!r}") from e
+
+
+def _missing_library(spec: ModelSpec, module_name: str, name: str, error: ImportError) -> str:
+    """One line for an architecture from a library that is not installed (CAREamics' packages
+    name ``careamics.models.unet.UNet``): what to install, from the package's own environment
+    file when it has one."""
+    top = (getattr(error, "name", None) or module_name).split(".")[0]
+    wanted = [d for d in _environment_packages(spec) if d.split("=")[0].split("<")[0].split(">")[0].strip().replace("-", "_").lower()
+              == top.replace("-", "_").lower()]
+    install = wanted[0] if wanted else top
+    return (f"model {spec.name!r} builds its network with {module_name}.{name} from the {top!r} library, which is not "
+            f"installed here: pip install '{install}'" + (" (as the package's environment file pins it)" if wanted else ""))
+
+
+def _environment_packages(spec: ModelSpec) -> List[str]:
+    """The pip and conda requirements in the state dict's conda environment file, if any."""
+    entry = spec.weights.get("pytorch_state_dict")
+    deps = getattr(entry, "dependencies", None)
+    if deps is None:
+        return []
+    from ruyaml import YAML
+
+    from .spec import local_path
+
+    try:
+        with open(local_path(spec.root, deps.source)) as f:
+            env = YAML(typ="safe", pure=True).load(f) or {}
+    except Exception:  # an unreadable environment file must not hide the real error
+        return []
+    found: List[str] = []
+    for item in env.get("dependencies", []) if isinstance(env, dict) else []:
+        if isinstance(item, str):
+            found.append(item.split("::")[-1].replace(" ", ""))
+        elif isinstance(item, dict):
+            found += [str(p).replace(" ", "") for p in item.get("pip", [])]
+    return found
 
 
 class TensorflowEngine(Engine):
