@@ -473,7 +473,8 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
                 try:  # the core's answer to "which objects", asked before the run
                     dl.instances.resolve_recipe(spec.instance_recipe, **self._object_choices(g, spec))
                 except dl.DLModelError as e:
-                    raise ValidationError(str(e), g.channel if "channel" in str(e) else g.output_id)
+                    setting = {"channel": g.channel, "method": g.method}.get(getattr(e, "choice", None), g.output_id)
+                    raise ValidationError(str(e), setting)
 
     @staticmethod
     def _output_id(group, spec):

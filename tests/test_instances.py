@@ -179,9 +179,11 @@ def test_one_answer_to_which_objects():
     recipe = {"output": "prediction", "method": "seeded_watershed", "foreground": [1, 2], "seeds": 1, "min_size": 15}
     got = resolve_recipe(recipe, output="prediction", channel=0, threshold=0.9, min_size=40, discard_border=True)
     assert got == {**recipe, "min_size": 40, "discard_border": True}  # the recipe's threshold stays
-    with pytest.raises(dlmodel.InputError, match="recipe makes objects from output 'prediction', not 'other'"):
+    with pytest.raises(dlmodel.InputError, match="recipe makes objects from output 'prediction', not 'other'") as err:
         resolve_recipe(recipe, output="other")
-    with pytest.raises(dlmodel.InputError, match="from channel 1, not 3"):
+    assert err.value.choice == "output"  # adapters point at their own setting for it
+    with pytest.raises(dlmodel.InputError, match="from channel 1, not 3") as err:
         resolve_recipe({"output": "p", "method": "threshold"}, output="p", channel=2)
+    assert err.value.choice == "channel"
     with pytest.raises(dlmodel.InputError, match="unknown object method"):
         resolve_recipe(None, "magic")

@@ -16,7 +16,7 @@ from .errors import DLModelError, EngineError, InputError
 from .package import open_spec
 from .prediction import DEFAULT_TILE_PIXELS, Plan, TileArg, check_options, plan_checked, run_sample
 from .spec import ModelSpec, Tensor
-from .trust import Gate
+from .trust import DOWNLOAD, FOLDER, Gate
 
 LOGGER = logging.getLogger("dlmodel")
 
@@ -91,7 +91,7 @@ class Model:
         device: str = "auto",
         threads: Optional[int] = None,
         origin: str = "",
-        kind: str = "folder",
+        kind: str = FOLDER,
         trust: Optional[bool] = None,
     ):
         self.spec = spec
@@ -140,7 +140,7 @@ class Model:
     @property
     def local(self) -> bool:
         """Whether the package came from this machine's disk (a folder or a zip), not a download."""
-        return self.kind != "download"
+        return self.kind != DOWNLOAD
 
     def _engine(self, fmt: str) -> engines.Engine:
         with self._engine_lock:

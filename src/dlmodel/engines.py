@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import EngineError, one_line
 from .spec import ENGINE_EXTRA, ModelSpec
-from .trust import Gate, TrustError
+from .trust import DOWNLOAD, Gate, TrustError
 
 LOGGER = logging.getLogger("dlmodel")
 
@@ -170,7 +170,7 @@ class Engine:
         self.spec = spec
         # consent for code the package brings; without a gate, none runs
         self.gate = gate or Gate.decide(spec.name if spec else str(path), spec.root if spec else Path("."),
-                                        spec.rdf_sha256 if spec else "", "download", False)
+                                        spec.rdf_sha256 if spec else "", DOWNLOAD, False)
         self.device = device
         self.threads = threads or default_threads()
         self.path = Path(path) if path is not None else spec.weight_paths[self.format]

@@ -91,6 +91,14 @@ DEFAULT_RECIPE: Dict[str, Any] = {"method": "watershed", "threshold": 0.5, "diam
 FINISHING = ("min_size", "fill_holes", "discard_border")
 
 
+def _refused(choice: str, message: str) -> InputError:
+    """The error for a refused choice; ``.choice`` names it, so an adapter can point at its own
+    setting for it."""
+    error = InputError(message)
+    error.choice = choice  # type: ignore[attr-defined]
+    return error
+
+
 def resolve_recipe(
     package_recipe: Optional[Mapping[str, Any]],
     method: str = "auto",
@@ -123,16 +131,17 @@ def resolve_recipe(
         recipe = dict(package_recipe)
         own = recipe.get("output")
         if output is not None and own is not None and output != own:
-            raise InputError(f"the package's own recipe makes objects from output {own!r}, not {output!r}: "
-                             "choose that output, or another method than automatic")
+            raise _refused("output", f"the package's own recipe makes objects from output {own!r}, not {output!r}: "
+                           "choose that output, or another method than automatic")
         if (channel is not None and recipe.get("method") != "seeded_watershed"
                 and int(recipe.get("channel", 0)) != int(channel)):
-            raise InputError(f"the package's own recipe makes objects from channel {int(recipe.get('channel', 0)) + 1}, "
-                             f"not {int(channel) + 1}: choose that channel, or another method than automatic")
+            raise _refused("channel", f"the package's own recipe makes objects from channel "
+                           f"{int(recipe.get('channel', 0)) + 1}, not {int(channel) + 1}: choose that channel, "
+                           "or another method than automatic")
         return {**recipe, **{k: v for k, v in given.items() if k in FINISHING}}
     chosen = DEFAULT_RECIPE["method"] if method == "auto" else method
     if chosen not in METHODS:
-        raise InputError(f"unknown object method {chosen!r}; use auto or one of {', '.join(METHODS)}")
+        raise _refused("method", f"unknown object method {chosen!r}; use auto or one of {', '.join(METHODS)}")
     recipe = {**DEFAULT_RECIPE, **given, "method": chosen}
     if output is not None:
         recipe["output"] = output

@@ -24,7 +24,7 @@ class Task:
     name: str
     inputs: Tuple[Path, ...]
     outputs: Tuple[Path, ...]
-    key: Tuple[Any, ...] = ()  # what the job needs to know besides the files (a plate site's well)
+    key: Tuple[Any, ...] = ()  # what the job needs besides the files (an image's output stem, a site's well)
 
     def done(self) -> bool:
         return all(p.exists() for p in self.outputs)
@@ -70,10 +70,11 @@ class Job(ModelJob):
         return found
 
     def tasks(self, paths: Sequence[Path]) -> List[Task]:
-        return [Task(str(p), (Path(p),), tuple(self.targets(stem).values())) for p, stem in output_stems(paths).items()]
+        return [Task(str(p), (Path(p),), tuple(self.targets(stem).values()), key=(stem,))
+                for p, stem in output_stems(paths).items()]
 
     def __call__(self, task: Task, model: Any = None) -> int:
-        return len(predict_file(self, task.inputs[0], task, model or self.model()))
+        return len(predict_file(self, task, model or self.model()))
 
 
 @dataclass
@@ -129,13 +130,14 @@ def prepare_output(folder: Path) -> Path:
     return folder
 
 
-def predict_file(job: Job, path: Path, task: Task, model: Any) -> List[Path]:
-    """Predict one file and write its outputs; raises DLModelError naming the file."""
-    path = Path(path)
+def predict_file(job: Job, task: Task, model: Any) -> List[Path]:
+    """Predict one file (a task of :meth:`Job.tasks`) and write its outputs; raises
+    DLModelError naming the file."""
+    path = task.inputs[0]
     model.check_file_fits(path, axes=job.axes, tile=job.tile, batch_size=job.batch_size)
     image, file_axes = io.read_image(path)
     pred = model.predict(image, axes=job.axes or file_axes, tile=job.tile, batch_size=job.batch_size, name=str(path))
-    targets = dict(zip(list(job.output_ids) + (["labels"] if job.labels else []), task.outputs))
+    targets = job.targets(task.key[0])
     written = [io.write_image(targets[oid], pred[oid], pred.axes[oid]) for oid in job.output_ids]
     if job.labels:
         written.append(io.write_image(targets["labels"], model.labels(pred)))

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple, Union
 
 from .errors import SourceError
+from .trust import DOWNLOAD, FOLDER, ZIP
 
 RDF_NAMES = ("bioimageio.yaml", "rdf.yaml")
 ZOO_ID = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)+(?:/[0-9][0-9a-z.]*)?$")
@@ -48,11 +49,6 @@ MAX_FILES = int(os.environ.get("DLMODEL_MAX_FILES", 10_000))
 # One downloaded file; rdfs have their own, much smaller limit (spec.MAX_RDF_BYTES).
 MAX_DOWNLOAD_BYTES = int(os.environ.get("DLMODEL_MAX_DOWNLOAD_BYTES", 8 << 30))
 COMPLETE = ".dlmodel-complete"
-
-
-# Where a package came from, which decides whether its code runs without asking (trust.py):
-# a folder the user made is theirs; a zip or a download came from someone else.
-FOLDER, ZIP, DOWNLOAD = "folder", "zip", "download"
 
 
 @dataclass(frozen=True)
@@ -287,8 +283,8 @@ def confined_path(root: Path, source: Any, where: Union[str, Path]) -> Path:
         bad = "an absolute path"
     if bad is None:
         target = local_path(root, source)
-        base = Path(os.path.abspath(root))
-        if not Path(os.path.abspath(target)).is_relative_to(base) or Path(os.path.abspath(target)) == base:
+        base, where_it_lies = Path(os.path.abspath(root)), Path(os.path.abspath(target))
+        if where_it_lies == base or not where_it_lies.is_relative_to(base):
             bad = "a path outside the package folder"
     if bad is not None:
         raise SourceError(f"the rdf of {where} names the file {text[:120]!r}, {bad}; refusing the package")

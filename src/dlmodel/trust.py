@@ -25,10 +25,14 @@ from typing import Optional
 
 from .errors import DLModelError
 
+# Where a package came from (sources.Resolved.kind): a folder the user made is theirs; a zip or
+# a download came from someone else.
+FOLDER, ZIP, DOWNLOAD = "folder", "zip", "download"
+
 _ORIGIN = {
-    "download": "was downloaded",
-    "zip": "comes from a zip archive (not a folder you made)",
-    "folder": "is set not to be trusted (trust=False)",
+    DOWNLOAD: "was downloaded",
+    ZIP: "comes from a zip archive (not a folder you made)",
+    FOLDER: "is set not to be trusted (trust=False)",
 }
 
 
@@ -46,17 +50,17 @@ class Gate:
     model: str
     root: Path
     key: str
-    kind: str  # folder | zip | download (sources.Resolved.kind)
+    kind: str  # FOLDER | ZIP | DOWNLOAD
     trusted: bool
 
     @classmethod
     def decide(cls, model: str, root: Path, key: str, kind: str, trust: Optional[bool]) -> "Gate":
         """``trust=None``: trusted only for a folder the user made; True or False: as said."""
-        return cls(model, Path(root), key, kind, kind == "folder" if trust is None else bool(trust))
+        return cls(model, Path(root), key, kind, kind == FOLDER if trust is None else bool(trust))
 
     def refusal(self, what: str, instead: Optional[str] = None) -> TrustError:
         """The one refusal text: what would run, why it did not, and how to consent."""
-        origin = _ORIGIN.get(self.kind, _ORIGIN["download"])
+        origin = _ORIGIN.get(self.kind, _ORIGIN[DOWNLOAD])
         return TrustError(
             f"model {self.model!r} {origin}, and {what}: code from a package runs with your rights. "
             "Run it only if you trust its source: pass trust=True (dlmodel --trust; RunDLModel: "
@@ -93,4 +97,4 @@ class Gate:
 
 def local_gate(root: Path = Path("."), model: str = "model") -> Gate:
     """A trusted gate for code that is not from a package (tests, the user's own callables)."""
-    return Gate(model, Path(root), "local", "folder", True)
+    return Gate(model, Path(root), "local", FOLDER, True)
