@@ -205,10 +205,15 @@ def core_predict(descr, inputs: Dict[str, np.ndarray], weight_format: Optional[s
     from bioimageio.core.proc_ops import get_proc
     from bioimageio.core.stat_calculators import compute_sample_measures
 
-    stripped = descr.model_copy(deep=True)
+    def stats_post(o) -> bool:
+        return hasattr(o, "id") and any(getattr(p, "id", "") in ("zero_mean_unit_variance", "scale_range",
+                                                                   "scale_mean_variance") for p in o.postprocessing)
+
+    # a deep copy only when needed: it validates a 0.4 architecture file again, outside its folder
+    stripped = descr.model_copy(deep=True) if any(stats_post(o) for o in descr.outputs) else descr
     deferred = {}
     for o in stripped.outputs:
-        if hasattr(o, "id") and any(getattr(p, "id", "") in ("zero_mean_unit_variance", "scale_range", "scale_mean_variance") for p in o.postprocessing):
+        if stats_post(o):
             deferred[str(o.id)] = (o.model_copy(), list(o.postprocessing))
             o.postprocessing = []
     pp = create_prediction_pipeline(stripped, weight_format=weight_format)
@@ -244,3 +249,54 @@ def copy_package(src: Path, dst: Path) -> Path:
     for p in dst.rglob("*"):
         p.chmod(0o644 if p.is_file() else 0o755)
     return dst
+
+
+def build_v0_4(folder: Path, name: str, module, inputs: Sequence[dict], outputs: Sequence[dict],
+               test_inputs: Dict[str, np.ndarray], kwargs: Optional[dict] = None, callable_name: str = "TinyConv",
+               config: Optional[dict] = None) -> Path:
+    """A format 0.4 package (as a 0.4 exporter writes one) with a state dict from the tiny
+    architecture file: the rdf written as YAML and validated by bioimageio.spec as 0.4, its
+    test outputs from bioimageio.core run on it. ``inputs``/``outputs``: 0.4 tensor dicts
+    (name, axes, shape, ...) without test files."""
+    import torch
+    from bioimageio.spec import load_description
+    from bioimageio.spec.common import InvalidDescr
+    from ruyaml import YAML
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(module.state_dict(), folder / "weights.pt")
+    (folder / "README.md").write_text(f"# {name}\nA tiny format 0.4 model made by the dlmodel tests.\n")
+    for tid, arr in test_inputs.items():
+        np.save(folder / f"test_{tid}.npy", arr)
+    out_names = [o["name"] for o in outputs]
+    for o in out_names:
+        np.save(folder / f"test_{o}.npy", np.zeros((1,), np.float32))
+    rdf = folder / "rdf.yaml"
+    data = dict(
+        format_version="0.4.10", type="model", name=name, description=f"{name}: a tiny 0.4 test model",
+        authors=[{"name": "dlmodel tests"}], cite=[{"text": "dlmodel tests", "doi": "10.5281/zenodo.0000000"}],
+        license="MIT", documentation="README.md", timestamp="2021-09-12T14:04:52",
+        inputs=[dict(data_range=[-1e30, 1e30], data_type="float32", **t) for t in inputs],
+        outputs=[dict(data_range=[-1e30, 1e30], data_type="float32", **t) for t in outputs],
+        test_inputs=[f"test_{t['name']}.npy" for t in inputs],
+        test_outputs=[f"test_{o}.npy" for o in out_names],
+        config=config or {},
+        weights={"pytorch_state_dict": {
+            "source": "weights.pt", "sha256": sha256(folder / "weights.pt"),
+            "architecture": f"tiny_arch.py:{callable_name}",
+            "architecture_sha256": sha256(folder / "tiny_arch.py"), "kwargs": kwargs or {},
+            "pytorch_version": torch.__version__.split("+")[0]}},
+    )
+
+    def write_and_read():
+        with open(rdf, "w") as f:
+            YAML(typ="safe", pure=True).dump(data, f)
+        descr = load_description(rdf, perform_io_checks=False, format_version="discover")
+        assert not isinstance(descr, InvalidDescr), descr.validation_summary.format()
+        return descr
+
+    outs = core_predict(write_and_read(), test_inputs)
+    for tid, arr in outs.items():
+        np.save(folder / f"test_{tid}.npy", arr)
+    write_and_read()
+    return rdf

@@ -348,6 +348,8 @@ def describe(s: ModelSpec) -> Dict[str, Any]:
         "tags": list(s.tags),
         "rdf": str(s.rdf_path),
         "rdf_sha256": s.rdf_sha256,
+        "format_version": s.format_version,
+        "format_note": s.format_note,
         "inputs": [_tensor_info(t) for t in s.inputs],
         "outputs": [_tensor_info(t) for t in s.outputs],
         "weights": {f: {"installed": engines.engine_installed(f), "path": str(p)} for f, p in s.weight_paths.items()},

@@ -170,6 +170,8 @@ def _info(args: argparse.Namespace) -> int:
     print(f"{info['name']}" + (f"  (id {info['id']}, version {info['version']})" if info["id"] else ""))
     print(f"  {info['description']}")
     print(f"  authors: {', '.join(info['authors'])}; license: {info['license']}")
+    if info["format_note"]:
+        print(f"  format {info['format_version']}, read as 0.4: {info['format_note']}")
     for c in info["cite"]:
         print(f"  cite: {c}")
     for kind in ("inputs", "outputs"):

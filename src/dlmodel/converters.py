@@ -77,6 +77,9 @@ def convert(source: Union[str, os.PathLike], to: str, trust: Optional[bool] = No
         raise SourceError(f"convert needs a package folder you can write to; {source} is not one (unpack it first)")
     if to in spec.weights:
         raise SpecError(f"{spec.name!r} already has {to} weights")
+    if spec.format_note:
+        raise SpecError(f"{spec.name!r} is a format {spec.format_version} rdf that {spec.format_note}; "
+                        "convert writes format 0.5, so it cannot add weights to it")
     target = spec.root / TARGETS[to]
     if target.exists():
         raise SpecError(f"{target} exists but the rdf does not list it; remove it first")

@@ -7,6 +7,7 @@ needs them, so importing dlmodel (and the CellProfiler plugin) stays cheap.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import logging
 import os
 import shutil
@@ -377,15 +378,18 @@ class PytorchStateDictEngine(_TorchEngine):
         import torch
 
         self.tdev = self._torch_device()
-        entry = self.spec.weights[self.format]
-        arch = entry.architecture
-        factory = _import_architecture(self.spec, arch, self.gate)
-        kwargs = dict(arch.kwargs or {})
-        module = factory(**kwargs)
+        arch = self.spec.architecture
+        module = _import_architecture(self.spec, arch, self.gate)(**arch.kwargs)
         state = torch.load(str(self.path), map_location=self.tdev, weights_only=True)
         if isinstance(state, dict) and "state_dict" in state and not any(k.endswith("weight") for k in state):
             state = state["state_dict"]
-        module.load_state_dict(state, strict=getattr(entry, "strict", True))
+        load = module.load_state_dict
+        # some architectures (Cellpose's CPnet) override load_state_dict without torch's strict
+        # argument: theirs is called as it is
+        if "strict" in inspect.signature(load).parameters:
+            load(state, strict=arch.strict)
+        else:
+            load(state)
         self.module = module.to(self.tdev).eval()
 
 
@@ -395,8 +399,8 @@ def _import_architecture(spec: ModelSpec, arch: Any, gate: Gate) -> Any:
     from .spec import local_path
 
     name = str(arch.callable)
-    source = getattr(arch, "source", None)
-    if source is None:  # ArchitectureFromLibraryDescr: callable imported from an installed package
+    source = arch.source
+    if source is None:  # from an installed library
         module_name = str(arch.import_from)
         try:
             return getattr(importlib.import_module(module_name), name)
@@ -427,16 +431,12 @@ def _missing_library(spec: ModelSpec, module_name: str, name: str, error: Import
 
 def _environment_packages(spec: ModelSpec) -> List[str]:
     """The pip and conda requirements in the state dict's conda environment file, if any."""
-    entry = spec.weights.get("pytorch_state_dict")
-    deps = getattr(entry, "dependencies", None)
-    if deps is None:
+    if spec.environment_file is None:
         return []
     from ruyaml import YAML
 
-    from .spec import local_path
-
     try:
-        with open(local_path(spec.root, deps.source)) as f:
+        with open(spec.environment_file) as f:
             env = YAML(typ="safe", pure=True).load(f) or {}
     except Exception:  # an unreadable environment file must not hide the real error
         return []

@@ -8,12 +8,17 @@ package's code may run is :mod:`dlmodel.trust`'s.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 from . import sources
 from .errors import SourceError, SpecError
 from .sources import Resolved, confined_path
-from .spec import ModelSpec, local_path, read_description, sha256_file, spec_from_descr
+from .spec import ModelSpec, local_path, read_description, read_description_noted, sha256_file, spec_from_descr
+
+
+class _File(NamedTuple):
+    source: Any
+    sha256: Optional[str]
 
 
 def files_named(descr: Any) -> Dict[str, Any]:
@@ -22,11 +27,17 @@ def files_named(descr: Any) -> Dict[str, Any]:
     from pydantic import BaseModel
 
     found: Dict[str, Any] = {}
+    if str(getattr(descr, "format_version", "")).startswith("0.4"):  # read as 0.4: files named as plain paths too
+        from .spec_v0_4 import files_v0_4
+
+        for source, sha in files_v0_4(descr):
+            found[str(source)] = _File(source, sha)
 
     def walk(node: Any) -> None:
         if isinstance(node, BaseModel):
             if hasattr(node, "source") and hasattr(node, "sha256") and node.source is not None:
-                found.setdefault(str(node.source), node)
+                if getattr(found.get(str(node.source)), "sha256", None) is None:  # a hash wins over none
+                    found[str(node.source)] = node
             for name in type(node).model_fields:
                 walk(getattr(node, name, None))
         elif isinstance(node, (list, tuple)):
@@ -83,13 +94,13 @@ def open_spec(source: Union[str, Path]) -> Tuple[ModelSpec, Resolved]:
     dropped and downloaded again, once; a local one is reported as it is."""
     resolved = resolve(source)
     try:
-        descr = read_description(resolved.rdf, origin=resolved.origin)
+        descr, note = read_description_noted(resolved.rdf, origin=resolved.origin)
         verify_files(descr, resolved.rdf.parent, confined=resolved.confined)
     except (SourceError, SpecError):
         if resolved.local:
             raise
         sources.evict(resolved.rdf.parent)
         resolved = resolve(source)
-        descr = read_description(resolved.rdf, origin=resolved.origin)
+        descr, note = read_description_noted(resolved.rdf, origin=resolved.origin)
         verify_files(descr, resolved.rdf.parent, confined=resolved.confined)
-    return spec_from_descr(descr, resolved.rdf), resolved
+    return spec_from_descr(descr, resolved.rdf, note), resolved

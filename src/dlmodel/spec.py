@@ -1,7 +1,9 @@
 """A small, read-only view of a model's rdf: tensors, axes, sizes, halos, processing, weights.
 
-Everything is read through ``bioimageio.spec`` (format 0.4 packages are converted to 0.5 on
-load); the rest of dlmodel only sees these plain dataclasses.
+Everything is read through ``bioimageio.spec``. Format 0.4 packages are converted to 0.5 on
+load, as bioimageio.spec does; one that it cannot convert (an output with a fixed size and a
+halo, say) is read as 0.4, as bioimageio.core reads it, into the same view. The rest of dlmodel
+only sees these plain dataclasses.
 """
 from __future__ import annotations
 
@@ -128,6 +130,18 @@ class Tolerance:
     output_ids: Tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class Architecture:
+    """Where a ``pytorch_state_dict``'s network comes from: a ``callable`` in a ``.py`` file of
+    the package (``source``), or in an installed library (``import_from``), with ``kwargs``."""
+
+    callable: str
+    kwargs: Dict[str, Any]
+    source: Any = None  # the rdf's source of the file (relative to the package)
+    import_from: Optional[str] = None
+    strict: bool = True  # load_state_dict(strict=...)
+
+
 @dataclass
 class ModelSpec:
     """What dlmodel needs to know about a model package, with every file resolved locally."""
@@ -149,6 +163,10 @@ class ModelSpec:
     tolerances: Tuple[Tolerance, ...] = ()
     tags: Tuple[str, ...] = ()
     config: Dict[str, Any] = field(default_factory=dict)
+    architecture: Optional[Architecture] = None
+    environment_file: Optional[Path] = None  # the state dict's pip/conda environment file, if any
+    format_version: str = ""
+    format_note: str = ""  # why a 0.4 rdf was read as 0.4 (bioimageio.spec's conversion refused it)
 
     @property
     def root(self) -> Path:
@@ -272,8 +290,13 @@ def _tensor_from_descr(t: Any, root: Path, is_input: bool) -> Tensor:
     )
 
 
-def spec_from_descr(descr: Any, rdf_path: Path) -> ModelSpec:
-    """Build the view from a validated v0_5 ``ModelDescr`` whose files lie beside ``rdf_path``."""
+def spec_from_descr(descr: Any, rdf_path: Path, format_note: str = "") -> ModelSpec:
+    """Build the view from a validated ``ModelDescr`` (format 0.5, or 0.4 when bioimageio.spec
+    could not convert it: ``format_note`` says why) whose files lie beside ``rdf_path``."""
+    if str(descr.format_version).startswith("0.4"):
+        from . import spec_v0_4
+
+        return spec_v0_4.spec_from_v0_4(descr, rdf_path, format_note)
     root = rdf_path.parent
     weights: Dict[str, Any] = {}
     paths: Dict[str, Path] = {}
@@ -295,6 +318,16 @@ def spec_from_descr(descr: Any, rdf_path: Path) -> ModelSpec:
             )
         )
     config = descr.config.model_dump(mode="json") if descr.config is not None else {}
+    architecture = environment = None
+    state = weights.get("pytorch_state_dict")
+    if state is not None:
+        arch = state.architecture
+        architecture = Architecture(
+            callable=str(arch.callable), kwargs=dict(arch.kwargs or {}), source=getattr(arch, "source", None),
+            import_from=None if getattr(arch, "import_from", None) is None else str(arch.import_from),
+            strict=bool(getattr(state, "strict", True)))
+        if state.dependencies is not None:
+            environment = local_path(root, state.dependencies.source)
     return ModelSpec(
         descr=descr,
         rdf_path=rdf_path,
@@ -313,6 +346,9 @@ def spec_from_descr(descr: Any, rdf_path: Path) -> ModelSpec:
         tolerances=tuple(tolerances),
         tags=tuple(descr.tags),
         config=config,
+        architecture=architecture,
+        environment_file=environment,
+        format_version=str(descr.format_version),
     )
 
 
@@ -366,7 +402,14 @@ def check_yaml_size(rdf: Path, where: str, max_bytes: int = MAX_RDF_BYTES, max_n
 
 
 def read_description(rdf: Path, origin: Optional[str] = None) -> Any:
-    """Read and validate an rdf with bioimageio.spec, converted to format 0.5.
+    """Read and validate an rdf with bioimageio.spec (see :func:`read_description_noted`)."""
+    return read_description_noted(rdf, origin)[0]
+
+
+def read_description_noted(rdf: Path, origin: Optional[str] = None) -> Tuple[Any, str]:
+    """Read and validate an rdf with bioimageio.spec, converted to format 0.5; a format 0.4 rdf
+    that bioimageio.spec cannot convert, but that is valid 0.4, as 0.4 (as bioimageio.core
+    reads it). Returns the description and, for such a 0.4 rdf, why it was not converted.
 
     No network: file checks are ours (``package.verify_files``), so the spec's own io checks,
     which would try every URL in the rdf, are off. A hostile rdf (too large, alias bombs) is
@@ -384,6 +427,12 @@ def read_description(rdf: Path, origin: Optional[str] = None) -> Any:
         check_yaml_size(Path(rdf), where)
     try:
         descr = load_description(rdf, perform_io_checks=False, format_version="latest")
+        note = ""
+        if isinstance(descr, InvalidDescr) and str(getattr(descr, "format_version", "")).startswith("0.4"):
+            # the conversion to 0.5 refused it: a valid 0.4 rdf is read as it is
+            as_is = load_description(rdf, perform_io_checks=False, format_version="discover")
+            if not isinstance(as_is, InvalidDescr):
+                descr, note = as_is, f"bioimageio.spec cannot convert it to format 0.5 ({_first_error(descr)})"
     except Exception as e:  # broken YAML, unreadable file, ...
         first = one_line(e)
         raise SpecError(f"cannot read rdf {where}: {first}") from e
@@ -391,7 +440,7 @@ def read_description(rdf: Path, origin: Optional[str] = None) -> Any:
         raise SpecError(f"invalid rdf {where}: {_first_error(descr)}")
     if getattr(descr, "type", None) != "model":
         raise SpecError(f"rdf {where} describes a {getattr(descr, 'type', '?')}, not a model")
-    return descr
+    return descr, note
 
 
 def _first_error(descr: Any) -> str:
