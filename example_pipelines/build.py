@@ -162,6 +162,18 @@ def nuclei_3d(instantiate):
     ]
 
 
+def stardist_nuclei(instantiate, model="models/stardist_nuclei"):
+    """Nuclei by a StarDist package: StarDist's own non-maximum suppression makes the objects."""
+    steps = nuclei(instantiate)
+    star = rundlmodel(instantiate, "DNA", "Nuclei",
+                      "Nuclei from a StarDist package (made by StarDist's own bioimage.io export): method Automatic runs "
+                      "StarDist's non-maximum suppression with the thresholds in the package (pip install "
+                      "'dlmodel[stardist]'). The raw output (probability + ray distances) is not kept as an image.",
+                      model=model, **{"Save the output as an image?": "No", "Minimum object size (pixels)": "10",
+                                      "Fill holes in objects?": "No"})
+    return steps[:4] + [star] + steps[5:]
+
+
 def classic_baseline(instantiate):
     """The comparison: CellProfiler's IdentifyPrimaryObjects with its default settings."""
     steps = nuclei(instantiate)
@@ -176,6 +188,7 @@ def main():
     save(nuclei_3d(instantiate), HERE / "nuclei_3d.cppipe")
     save(nuclei(instantiate), HERE / "nuclei.cppipe")
     save(plate_screen(instantiate), HERE / "plate_screen.cppipe")
+    save(stardist_nuclei(instantiate), HERE / "stardist_nuclei.cppipe")
 
 
 if __name__ == "__main__":

@@ -368,10 +368,12 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
             + (f"; halo {_pairs(t['halo'])}" if t["halo"] else "") + "</li>"
             for kind, ts in (("input", info["inputs"]), ("output", info["outputs"])) for t in ts
         )
+        note = f"Format {info['format_version']}, read as 0.4: {_escape(info['format_note'])}<br>" if info["format_note"] else ""
         return (
             f"<b>{_escape(info['name'])}</b><br>{_escape(info['description'])}<br>"
-            f"Authors: {_escape(', '.join(info['authors']))}<br>Licence: {_escape(info['license'])}<br>"
+            f"Authors: {_escape(', '.join(info['authors']))}<br>Licence: {_escape(info['license'])}<br>{note}"
             f"Weights: {', '.join(info['weights'])}<ul>{rows}</ul>"
+            f"Objects (method Automatic): {_escape(info['objects'])}"
         )
 
     def _read_spec(self):
@@ -467,6 +469,10 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
             n = spec.output(oid).n_channels or 1
             if g.channel.value > n:
                 raise ValidationError(f"Output {oid!r} has {n} channel(s)", g.channel)
+            if g.save_image.value and not spec.follows_input(oid):
+                raise ValidationError(
+                    f"Output {oid!r} is not on the input's pixel grid (another size or resolution), so it cannot be "
+                    "saved as a CellProfiler image beside it: do not save it as an image", g.save_image)
             if not (g.save_image.value or g.make_objects.value):
                 raise ValidationError("Save the output as an image, make objects from it, or remove it", g.save_image)
             if g.make_objects.value:

@@ -157,7 +157,7 @@ class _QueuedOnnx(dlmodel.engines.OnnxEngine):
 
 def test_queued_engine_path_gives_the_same_outputs(torch2d):
     model = dlmodel.load(torch2d, engine="onnx")
-    x = RNG.normal(10, 3, (180, 285)).astype(np.float32)
+    x = RNG.normal(10, 3, (190, 290)).astype(np.float32)
     direct = model.predict(x, tile=32)
     model.engine = _QueuedOnnx(model.spec)
     queued = model.predict(x, tile=32)

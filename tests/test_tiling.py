@@ -67,3 +67,18 @@ def test_parameterized_models_get_the_fewest_tiles_and_no_larger_than_needed(len
     assert plan.tile_shape == {"y": size, "x": size}
     inner = size - 2 * 32
     assert len(plan.tiles) <= 1.15 * max(1.0, length * length / inner**2)
+
+
+def test_tiles_start_a_whole_number_of_size_steps_apart():
+    """A size step is the network's down-sampling: tiles in the same phase give the output of
+    one whole-image pass (the StarDist seam test in test_families.py failed without this)."""
+    from dlmodel.package import open_spec
+    from dlmodel.prediction import make_plan
+
+    spec, _ = open_spec(Path(__file__).resolve().parents[1] / "models" / "nuclei_default")
+    step = spec.inputs[0].axis("x").step
+    x = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), (1, 1, 1500, 1100), (0, 0, 0, 0))
+    plan = make_plan(spec, {spec.inputs[0].id: x}, tile=200)
+    for p in plan.axis_plans:
+        assert len(p.tiles) > 2
+        assert {(t.start + p.margin) % step for t in p.tiles} == {0}

@@ -286,8 +286,20 @@ class Model:
     # ------------------------------------------------------------------ objects
     @property
     def instance_recipe(self) -> Optional[Dict[str, Any]]:
-        """The package's own recipe for objects (``config: dlmodel: instances``), if any."""
+        """The package's own recipe for objects (``config: dlmodel: instances``, or its
+        family's: :attr:`dlmodel.spec.ModelSpec.instance_recipe`), if any."""
         return self.spec.instance_recipe
+
+    @property
+    def makes_objects(self) -> bool:
+        """Whether the package's own outputs are only a step towards objects (StarDist's rays,
+        Cellpose's flows, an rdf op that makes labels): then ``dlmodel predict`` writes the
+        objects without being asked (``--labels``)."""
+        from . import families
+
+        recipe = self.instance_recipe or {}
+        return recipe.get("method") in families.METHODS or (
+            recipe.get("method") == "labels" and families.package_recipe(self.spec) is not None)
 
     def labels(self, prediction: "Prediction", method: str = "auto", output: Optional[str] = None,
                channel: Optional[int] = None, **choices: Any) -> np.ndarray:
@@ -353,7 +365,18 @@ def describe(s: ModelSpec) -> Dict[str, Any]:
         "inputs": [_tensor_info(t) for t in s.inputs],
         "outputs": [_tensor_info(t) for t in s.outputs],
         "weights": {f: {"installed": engines.engine_installed(f), "path": str(p)} for f, p in s.weight_paths.items()},
+        "objects": _objects_info(s),
     }
+
+
+def _objects_info(s: ModelSpec) -> str:
+    """How "Automatic" makes objects for this package (the package's own step, or the default)."""
+    from . import instances
+
+    recipe = s.instance_recipe
+    if recipe:
+        return "the package's own step: " + instances.describe_recipe(recipe)
+    return "the default step: " + instances.describe_recipe(instances.DEFAULT_RECIPE)
 
 
 def _tensor_info(t: Tensor) -> Dict[str, Any]:

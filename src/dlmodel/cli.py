@@ -83,8 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch-size", type=_positive, default=None, help="tiles per forward pass")
     sp.add_argument("--format", choices=("tif", "npy"), default="tif", help="output file format")
     batch_args(sp, "images")
-    sp.add_argument("--labels", action="store_true",
-                    help="also write <image>_labels.tif: objects by the package's recipe (else the default watershed split)")
+    sp.add_argument("--labels", action=argparse.BooleanOptionalAction, default=None,
+                    help="also write <image>_labels.tif: objects by the package's own step (else the default watershed "
+                         "split); on by default for packages whose outputs only lead to objects (StarDist, Cellpose)")
 
     sp = sub.add_parser("plate", help="segment a plate and write per-object and per-well CSVs and heatmaps")
     model_args(sp)
@@ -184,6 +185,7 @@ def _info(args: argparse.Namespace) -> int:
                     print(f"    {step}: {' -> '.join(t[step])}")
     for fmt, w in info["weights"].items():
         print(f"  weights {fmt}: {'engine installed' if w['installed'] else 'engine not installed'}")
+    print(f"  objects: {info['objects']}")
     return 0
 
 
@@ -215,7 +217,7 @@ def _predict(args: argparse.Namespace) -> int:
     job = Job(source=str(model.spec.rdf_path) if model.local else args.source, out_dir=args.output,
               output_ids=[o.id for o in model.spec.outputs], engine=model.weights_format, device=args.device,
               threads=args.threads, trust=args.trust, axes=args.axes, tile=args.tile, batch_size=args.batch_size,
-              fmt=args.format, labels=args.labels)
+              fmt=args.format, labels=model.makes_objects if args.labels is None else args.labels)
     tasks = job.tasks(paths)  # inputs whose outputs would overwrite each other: refused before anything runs
     prepare_output(args.output)
     t0 = time.perf_counter()

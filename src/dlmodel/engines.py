@@ -531,12 +531,32 @@ class KerasEngine(Engine):
         # safe_mode stays on as Keras' own second guard
         if keras_lambda_layers(self.path):
             self.gate.require("its Keras model has Lambda layers (Python code)", "its ONNX weights, if any")
-        self.model = keras.models.load_model(str(self.path), compile=False, safe_mode=not self.gate.trusted)
+        try:
+            self.model = keras.models.load_model(str(self.path), compile=False, safe_mode=not self.gate.trusted)
+        except Exception as e:
+            if self.format != "keras_hdf5":
+                raise
+            # an .h5 written by tf.keras 2.x (ZeroCostDL4Mic, deepImageJ-era packages) that Keras 3
+            # cannot rebuild (Conv2DTranspose's 'groups', say): tf_keras is tf.keras 2.x on this TensorFlow
+            self.model = _load_tf_keras(self.path, keras.__version__, e)
 
     def _run(self, inputs: List[np.ndarray]) -> List[np.ndarray]:
         x = inputs[0] if len(inputs) == 1 else inputs
         out = self.model(x, training=False)
         return [np.asarray(o) for o in _as_list(out)]
+
+
+def _load_tf_keras(path: Path, keras_version: str, error: Exception) -> Any:
+    try:
+        import tf_keras
+    except ImportError:
+        raise EngineError(
+            f"Keras {keras_version} cannot read {path.name}, written by tf.keras 2.x ({one_line(error)}); "
+            "pip install --no-deps 'tf_keras==<your TensorFlow version>.*' (tf.keras 2.x for this TensorFlow) and "
+            "dlmodel loads it with that") from error
+    LOGGER.info("dlmodel: %s: Keras %s cannot read it (%s); loaded with tf_keras %s", path.name, keras_version,
+                one_line(error), tf_keras.__version__)
+    return tf_keras.models.load_model(str(path), compile=False)
 
 
 def keras_lambda_layers(path: Any) -> int:

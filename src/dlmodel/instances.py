@@ -133,7 +133,7 @@ def resolve_recipe(
         if output is not None and own is not None and output != own:
             raise _refused("output", f"the package's own recipe makes objects from output {own!r}, not {output!r}: "
                            "choose that output, or another method than automatic")
-        if (channel is not None and recipe.get("method") != "seeded_watershed"
+        if (channel is not None and recipe.get("method", "watershed") in METHODS
                 and int(recipe.get("channel", 0)) != int(channel)):
             raise _refused("channel", f"the package's own recipe makes objects from channel "
                            f"{int(recipe.get('channel', 0)) + 1}, not {int(channel) + 1}: choose that channel, "
@@ -159,11 +159,19 @@ def from_recipe(output: np.ndarray, axes: str, recipe: Mapping[str, Any]) -> np.
          "seeds": 1, "threshold": 0.5, "seed_threshold": 0.5, "min_size": 15}
 
     ``seeded_watershed`` sums the ``foreground`` channels and seeds from the ``seeds``
-    channel; other methods (``watershed``, ``threshold``, ``labels``) use ``channel``."""
+    channel; other methods (``watershed``, ``threshold``, ``labels``) use ``channel``; a
+    family's method (``stardist``, ``cellpose``: :mod:`dlmodel.families`) uses the whole output,
+    and the user's ``min_size``, ``fill_holes`` and ``discard_border`` after it."""
+    from . import families
+
+    method = recipe.get("method", "watershed")
+    if method in families.METHODS:  # StarDist, Cellpose, ...: the family's own step, then the user's finishing
+        labels = families.labels(output, axes, recipe)
+        return _finish(labels, recipe.get("min_size", 0), recipe.get("fill_holes", False),
+                       recipe.get("discard_border", False))
     unknown = set(recipe) - RECIPE_KEYS
     if unknown:
         raise SpecError(f"unknown key(s) in the instance recipe: {', '.join(sorted(unknown))}")
-    method = recipe.get("method", "watershed")
 
     def channel(i: int) -> np.ndarray:
         return np.take(output, int(i), axis=axes.index("c")) if "c" in axes else output
@@ -176,6 +184,34 @@ def from_recipe(output: np.ndarray, axes: str, recipe: Mapping[str, Any]) -> np.
     opts = InstanceOptions(**{k: recipe[k] for k in ("method", "threshold", "diameter", "min_size", "fill_holes",
                                                       "discard_border") if k in recipe})
     return to_labels(channel(recipe.get("channel", 0)), opts)
+
+
+def describe_recipe(recipe: Optional[Mapping[str, Any]]) -> str:
+    """One line on how a recipe makes objects (``dlmodel info``, RunDLModel's model information).
+
+    >>> describe_recipe({"method": "threshold", "threshold": 0.7, "output": "prob"})
+    "threshold 0.7, then connected components, of output 'prob'"
+    """
+    from . import families
+
+    if not recipe:
+        return "no recipe"
+    family = families.describe(recipe)
+    if family:
+        return family
+    method = recipe.get("method", "watershed")
+    of = f" of output {recipe['output']!r}" if recipe.get("output") else ""
+    if method == "seeded_watershed":
+        return (f"seeded watershed{of}: seeds from channel {int(recipe.get('seeds', 0)) + 1}, foreground from channels "
+                f"{', '.join(str(int(c) + 1) for c in recipe.get('foreground', [0]))}")
+    if method == "labels":
+        return f"the output{of} is a label image"
+    channel = f", channel {int(recipe.get('channel', 0)) + 1}" if "channel" in recipe else ""
+    if method == "threshold":
+        return f"threshold {recipe.get('threshold', 0.5):g}, then connected components{of}{channel}"
+    diameter = recipe.get("diameter")
+    return (f"threshold {recipe.get('threshold', 0.5):g}, then a watershed split of touching objects "
+            f"({'diameter ' + format(diameter, 'g') if diameter else 'estimated diameter'}){of}{channel}")
 
 
 def _finish(labels: np.ndarray, min_size: int, fill: bool, discard_border: bool) -> np.ndarray:

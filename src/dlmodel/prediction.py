@@ -102,7 +102,12 @@ def tiled_axes(
             halo = out_ax.halo if use_halo else 0
             align = math.lcm(align, a)
             margin = max(margin, tiling.margin_for(halo, out_ax.offset, f, a))
-        margin += (-margin) % align
+        margin += (-margin) % align  # whole output pixels of context
+        if constraint.step:
+            # a size step is the network's down-sampling (a U-Net's pooling): tiles that start a
+            # whole number of steps apart see the image in the same phase, so they give the same
+            # output as one whole-image pass (no seams)
+            align = math.lcm(align, int(constraint.step))
         if constraint.ref is not None:  # sized by another axis: the whole image in one go
             follows = False
         result.append(TiledAxis(axis_id, length, constraint, margin, align, whole_image or not follows))
@@ -176,7 +181,11 @@ def _tile_sizes(axes: Sequence[TiledAxis], tile: TileArg, max_pixels: int) -> Di
             # do it with half the pixels of 3 of 1024
             big = max(c.largest_valid(int(cap)), c.smallest_valid(2 * a.margin + a.align))
             n = math.ceil(a.length / max(1, big - 2 * a.margin))
-            sizes[a.id] = min(big, c.smallest_valid(math.ceil(a.length / n) + 2 * a.margin + a.align - 1))
+            tight = c.smallest_valid(math.ceil(a.length / n) + 2 * a.margin)
+            if len(tiling.plan_axis(a.id, a.length, tight, a.margin, a.align).tiles) > n:
+                # aligned tile starts can lose up to align-1 pixels of each tile's reach
+                tight = c.smallest_valid(math.ceil(a.length / n) + 2 * a.margin + a.align - 1)
+            sizes[a.id] = min(big, tight)
     return sizes
 
 

@@ -40,8 +40,10 @@ class Fitted:
         return x
 
 
-# Ops whose result depends on a whole tensor (statistics) or on every output (custom code).
-_STAT_OPS = {"zero_mean_unit_variance", "scale_range", "scale_mean_variance", "custom"}
+# Ops whose result depends on a whole tensor (statistics), on every output (custom code), or
+# that make objects from a whole output (a family's step: no object cut at a tile seam).
+_STAT_OPS = {"zero_mean_unit_variance", "scale_range", "scale_mean_variance", "custom", "stardist_postprocessing",
+             "cellpose_flow_dynamics"}
 
 
 def needs_statistics(op: Any) -> bool:
@@ -210,6 +212,10 @@ def fit_op(
 
     if kind == "custom" and custom is not None:
         return _custom(op, custom)
+    if kind in ("stardist_postprocessing", "cellpose_flow_dynamics"):
+        from . import families
+
+        return _with_stats(lambda t: families.op_labels(op, t, list(axis_ids)))
     raise SpecError(
         f"processing op {kind!r} is not supported by dlmodel"
         + (" here (it runs code from the package on whole outputs)" if kind == "custom" else "")

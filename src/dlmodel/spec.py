@@ -174,9 +174,15 @@ class ModelSpec:
 
     @property
     def instance_recipe(self) -> Optional[Dict[str, Any]]:
-        """The package's own recipe for objects (``config: dlmodel: instances``), if any."""
+        """The package's own recipe for objects, if any: ``config: dlmodel: instances`` (written
+        by ``dlmodel package``), else its family's (:mod:`dlmodel.families`: StarDist's NMS,
+        Cellpose's flow dynamics, an rdf op that makes labels)."""
         recipe = (self.config.get("dlmodel") or {}).get("instances")
-        return dict(recipe) if recipe else None
+        if recipe:
+            return dict(recipe)
+        from . import families
+
+        return families.package_recipe(self)
 
     @property
     def input_channels(self) -> int:
@@ -196,6 +202,18 @@ class ModelSpec:
             if t.id == tensor_id:
                 return t
         raise SpecError(f"model {self.name!r} has no tensor {tensor_id!r}")
+
+    def follows_input(self, output_id: str) -> bool:
+        """Whether an output's space axes follow an input one to one (same pixel grid): the
+        output can stand beside its input as an image of the same size."""
+        space = [a for a in self.output(output_id).axes if a.type == "space"]
+        for a in space:
+            if a.ref is None or a.offset:
+                return False
+            ref = self.tensor(a.ref[0]).axis(a.ref[1])
+            if ref is None or ref.scale != a.scale or ref.type != "space":
+                return False
+        return bool(space)
 
     def tolerance(self, weights_format: str, output_id: str) -> Tolerance:
         for tol in self.tolerances:

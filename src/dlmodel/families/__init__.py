@@ -1,0 +1,91 @@
+"""Model families: the step a model's family adds after its network to make objects.
+
+A StarDist network outputs, per pixel, an object probability and ray distances; a Cellpose
+network flows and a cell probability; neither is an image a biologist wants. The family's own
+step (StarDist's non-maximum suppression, Cellpose's flow dynamics, a deepImageJ
+post-processing macro) makes the objects. Each family is one module here with:
+
+- ``recipe(spec)``: the package's instance recipe when its family says how to make objects
+  (StarDist's exporter writes thresholds in ``config.stardist``; deepImageJ lists macros in
+  ``config.deepimagej``), else None;
+- ``labels(output, axes, recipe)``: int32 labels from one whole, stitched output (never per
+  tile: no object is cut or doubled at a tile seam);
+- ``describe(recipe)``: one line for ``dlmodel info`` and RunDLModel's model information;
+- ``op_labels(op, x, axis_ids)`` for the spec 0.5 ops that make labels inside the rdf's own
+  post-processing (``stardist_postprocessing``, ``cellpose_flow_dynamics``).
+
+The families' libraries (``stardist``, ``cellpose``) are optional extras, imported only when a
+step runs; without one, the step fails with one line naming ``pip install 'dlmodel[...]'``.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence
+
+import numpy as np
+
+from ..errors import EngineError
+
+if TYPE_CHECKING:
+    from ..spec import ModelSpec
+
+# recipe method -> family module (relative to this package)
+METHODS = {"stardist": "stardist", "cellpose": "cellpose"}
+
+# spec 0.5 post-processing ops that make labels, and the family that runs each
+LABEL_OPS = {"stardist_postprocessing": "stardist", "cellpose_flow_dynamics": "cellpose"}
+
+
+def _module(name: str) -> Any:
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def package_recipe(spec: "ModelSpec") -> Optional[Dict[str, Any]]:
+    """The family's own instance recipe for a package, or None.
+
+    An output whose rdf post-processing already makes labels (a spec 0.5 StarDist or Cellpose
+    op) is used as it is (method ``labels``); else the first family whose exporter's config is
+    in the package."""
+    for o in spec.outputs:
+        if any(getattr(op, "id", None) in LABEL_OPS for op in o.postprocessing):
+            return {"method": "labels", "output": o.id, "fill_holes": False}
+    for name in dict.fromkeys(METHODS.values()):
+        recipe = _module(name).recipe(spec)
+        if recipe is not None:
+            return recipe
+    return None
+
+
+def labels(output: np.ndarray, axes: str, recipe: Mapping[str, Any]) -> np.ndarray:
+    """Objects from one whole output (axes letters, e.g. ``yxc``) by a family's recipe; axes
+    other than channel and space (``t``, say) are looped over."""
+    family = _module(METHODS[recipe["method"]])
+    own = [i for i, a in enumerate(axes) if a not in "czyx"]
+    if not own:
+        return family.labels(output, axes, recipe)
+    rest = "".join(a for a in axes if a in "czyx")
+    moved = np.moveaxis(output, own, range(len(own)))
+    parts = [family.labels(moved[idx], rest, recipe) for idx in np.ndindex(*moved.shape[: len(own)])]
+    return np.stack(parts).reshape(moved.shape[: len(own)] + parts[0].shape)
+
+
+def describe(recipe: Optional[Mapping[str, Any]]) -> Optional[str]:
+    """One line on a family's instance step, or None for a recipe that is not a family's."""
+    if not recipe or recipe.get("method") not in METHODS:
+        return None
+    return _module(METHODS[recipe["method"]]).describe(recipe)
+
+
+def op_labels(op: Any, x: np.ndarray, axis_ids: Sequence[str]) -> np.ndarray:
+    """A spec 0.5 label-making post-processing op on a whole output tensor (its own axis ids,
+    batch included): labels with the same axes, one channel."""
+    return _module(LABEL_OPS[op.id]).op_labels(op, x, axis_ids)
+
+
+def require(module: str, extra: str, what: str) -> Any:
+    """Import a family's library, or fail in one line saying what to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise EngineError(f"{what} needs the {extra!r} package, which is not installed here: "
+                          f"pip install 'dlmodel[{extra}]'") from e

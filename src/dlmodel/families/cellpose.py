@@ -1,0 +1,83 @@
+"""Cellpose: cells from flows and a cell probability, by Cellpose's own flow dynamics.
+
+A Cellpose network outputs, per pixel, flows (the gradient of a diffusion from each cell's
+centre; y and x in 2D, z, y and x in 3D) and a cell probability (logit). Pixels above
+``cellprob_threshold`` follow the flows to where they converge, each sink one cell; cells whose
+flows disagree with the network's by more than ``flow_threshold`` are dropped, holes filled and
+cells under ``min_size`` pixels removed. dlmodel runs Cellpose's own ``compute_masks`` and
+``fill_holes_and_remove_small_masks`` (``pip install 'dlmodel[cellpose]'``) on the whole
+stitched output, as bioimageio.core 0.11 computes the spec 0.5 ``cellpose_flow_dynamics`` op.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence
+
+import numpy as np
+
+from ..errors import SpecError
+
+if TYPE_CHECKING:
+    from ..spec import ModelSpec
+
+# Cellpose's own defaults
+DEFAULTS = {"cellprob_threshold": 0.0, "flow_threshold": 0.4, "min_size": 15}
+
+
+def recipe(spec: "ModelSpec") -> Optional[Dict[str, Any]]:
+    """The instance recipe of a package written by Cellpose's exporter, or None."""
+    return None
+
+
+def labels(output: np.ndarray, axes: str, recipe: Mapping[str, Any]) -> np.ndarray:
+    """Cells from a whole output whose channels are the flows then the cell probability."""
+    space = "".join(a for a in axes if a in "zyx")
+    if "c" not in axes:
+        raise SpecError(f"a Cellpose output needs a channel axis (flows + cell probability); this one has axes {axes!r}")
+    x = np.moveaxis(np.asarray(output), [axes.index(a) for a in "c" + space], range(len(space) + 1))
+    return _masks(x[:-1], x[-1], recipe)
+
+
+def _masks(flows: np.ndarray, cellprob: np.ndarray, recipe: Mapping[str, Any]) -> np.ndarray:
+    from . import require
+
+    require("cellpose", "cellpose", "Cellpose's flow dynamics")
+    from cellpose.dynamics import compute_masks
+    from cellpose.utils import fill_holes_and_remove_small_masks
+
+    do_3d = bool(recipe.get("do_3D", cellprob.ndim == 3))
+    if flows.shape[0] != cellprob.ndim:
+        raise SpecError(f"a {cellprob.ndim}D Cellpose output needs {cellprob.ndim} flow channels and a cell probability; "
+                        f"this one has {flows.shape[0] + 1} channels")
+    masks = compute_masks(np.asarray(flows, np.float32), np.asarray(cellprob, np.float32),
+                          cellprob_threshold=float(recipe.get("cellprob_threshold", DEFAULTS["cellprob_threshold"])),
+                          flow_threshold=float(recipe.get("flow_threshold", DEFAULTS["flow_threshold"])), do_3D=do_3d)
+    if isinstance(masks, tuple):  # older Cellpose returns (masks, p)
+        masks = masks[0]
+    masks = fill_holes_and_remove_small_masks(masks, min_size=int(recipe.get("min_size", DEFAULTS["min_size"])))
+    return np.asarray(masks, dtype=np.int32)
+
+
+def op_labels(op: Any, x: np.ndarray, axis_ids: Sequence[str]) -> np.ndarray:
+    """spec 0.5 ``cellpose_flow_dynamics`` on a whole output (batch, channel, space axes):
+    labels with the tensor's axes, one channel, in the op's ``output_dtype``."""
+    kw = op.kwargs
+    if "channel" not in axis_ids:
+        raise SpecError("cellpose_flow_dynamics: the output has no channel axis (flows + cell probability)")
+    space = [a for a in axis_ids if a in ("z", "y", "x")]
+    recipe = {"cellprob_threshold": kw.cellprob_threshold, "flow_threshold": kw.flow_threshold, "do_3D": kw.do_3D,
+              "min_size": kw.min_size}
+    order = ["batch"] if "batch" in axis_ids else []
+    moved = np.moveaxis(x, [axis_ids.index(a) for a in order + ["channel"] + space], range(len(order) + 1 + len(space)))
+    batch = moved if order else moved[None]
+    stacked = np.stack([_masks(s[:-1], s[-1], recipe)[None] for s in batch])  # (b, 1, *space)
+    if not order:
+        stacked = stacked[0]
+    back = order + ["channel"] + space
+    return np.moveaxis(stacked, range(len(back)), [axis_ids.index(a) for a in back]).astype(np.dtype(kw.output_dtype))
+
+
+def describe(recipe: Mapping[str, Any]) -> str:
+    values = {k: recipe.get(k, v) for k, v in DEFAULTS.items()}
+    return (f"Cellpose: flow dynamics of output {recipe.get('output')!r}, cell probability threshold "
+            f"{values['cellprob_threshold']:g}, flow threshold {values['flow_threshold']:g}, minimum size "
+            f"{values['min_size']} ({recipe.get('from', 'the package')}); needs pip install 'dlmodel[cellpose]'")
