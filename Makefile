@@ -18,6 +18,9 @@ $(VENV)/.installed: setup.py constraints.txt
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[all]"
 	$(BIN)/python -m pip install -q --no-deps -c constraints.txt cellprofiler-nightly
+	# tf.keras 2.x for .h5 files Keras 3 cannot read; its metadata asks for the GPU `tensorflow`
+	# distribution, which would land beside tensorflow-cpu: the same version, without its deps
+	$(BIN)/python -m pip install -q --no-deps "tf_keras==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("tensorflow-cpu").rsplit(".", 1)[0])').*"
 	$(BIN)/cellprofiler --version
 	touch $@
 

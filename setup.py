@@ -9,6 +9,10 @@ ENGINES = {
 EXTRAS = {
     **ENGINES,
     "distributed": ["dask[distributed]>=2024.1"],
+    # model families' own steps (dlmodel.families): StarDist's NMS, Cellpose's flow dynamics.
+    # Cellpose 4 imports torchvision, whose PyPI build does not load beside the CPU torch here.
+    "stardist": ["stardist>=0.9"],
+    "cellpose": ["cellpose>=3.1,<4"],
     # The bioimageio.core reference implementation: tests compare our outputs with it.
     "reference": ["bioimageio.core==0.11.*"],
     # onnx: the tests export tiny torch models to ONNX

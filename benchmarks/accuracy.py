@@ -1,5 +1,5 @@
 """F1 at IoU 0.5 (pooled) on ../shared/data/dsb2018_nuclei_val for: the default nuclei model
-with its own recipe, the shared zoo U-Net with our watershed step (and with threshold +
+with its own recipe, the StarDist nuclei model (when models/stardist_nuclei is there), the shared zoo U-Net with our watershed step (and with threshold +
 connected components), and CellProfiler's IdentifyPrimaryObjects with default settings.
 
     .venv/bin/python benchmarks/accuracy.py [--skip-cellprofiler]
@@ -39,6 +39,13 @@ def main() -> int:
     default = dlmodel.load(ROOT / "models" / "nuclei_default")
     preds = [default.labels(default.predict(tifffile.imread(p))) for p in images]
     rows.append(("default nuclei model, its recipe (seeded watershed)", pooled(zip(preds, truths))))
+
+    stardist = ROOT / "models" / "stardist_nuclei"
+    if stardist.exists():  # trained by scripts/train_stardist_model.py
+        sd = dlmodel.load(stardist)
+        preds = [sd.labels(sd.predict(tifffile.imread(p))) for p in images]
+        rows.append(("StarDist nuclei model (`models/stardist_nuclei`), StarDist's NMS with its thresholds",
+                     pooled(zip(preds, truths))))
 
     zoo = dlmodel.load(ZOO)
     zoo_preds = [zoo.predict(tifffile.imread(p)) for p in images]

@@ -57,7 +57,7 @@ def save(modules, path):
     q = Pipeline()
     q.load(io.StringIO(path.read_text()))
     assert [m.module_name for m in q.modules()] == [m.module_name for m in modules]
-    print(f"wrote {path.relative_to(ROOT)}")
+    print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
 
 
 def rundlmodel(instantiate, image, objects, notes, model="models/nuclei_default", **kw):

@@ -368,12 +368,13 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
             + (f"; halo {_pairs(t['halo'])}" if t["halo"] else "") + "</li>"
             for kind, ts in (("input", info["inputs"]), ("output", info["outputs"])) for t in ts
         )
-        note = f"Format {info['format_version']}, read as 0.4: {_escape(info['format_note'])}<br>" if info["format_note"] else ""
+        note = f"Format {info['format_version']}: {_escape(info['format_note'])}<br>" if info["format_note"] else ""
         return (
             f"<b>{_escape(info['name'])}</b><br>{_escape(info['description'])}<br>"
             f"Authors: {_escape(', '.join(info['authors']))}<br>Licence: {_escape(info['license'])}<br>{note}"
             f"Weights: {', '.join(info['weights'])}<ul>{rows}</ul>"
             f"Objects (method Automatic): {_escape(info['objects'])}"
+            + "".join(f"<br>Note: {_escape(n)}" for n in info["notes"])
         )
 
     def _read_spec(self):

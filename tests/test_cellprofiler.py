@@ -360,3 +360,78 @@ def test_rundlmodel_asks_the_core_which_objects(cp, nuclei_model):
     g.make_objects.value = True
     g.output_id.value = "prediction"
     _validate(m)
+
+
+# ----------------------------------------------------------------------------- model families (issue 16)
+FIXTURES = ROOT / "tests" / "fixtures"
+
+
+def _pipeline_with_model(tmp_path, pipeline, model):
+    """An example pipeline with its RunDLModel pointed at another model package."""
+    text = (ROOT / "example_pipelines" / pipeline).read_text()
+    old = next(line.split(":", 1)[1] for line in text.splitlines() if line.strip().startswith("Model:"))
+    path = tmp_path / pipeline
+    path.write_text(text.replace(f"Model:{old}", f"Model:{model}"))
+    return path
+
+
+def test_a_stardist_package_makes_cellprofiler_objects(tmp_path):
+    """StarDist's own export (tests/fixtures/stardist2d_tiny): method Automatic runs StarDist's
+    non-maximum suppression; CellProfiler gets the objects and measures them."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for p in sorted((DSB_VAL / "images").glob("*.tif"))[:3]:
+        shutil.copy(p, folder)
+    pipeline = _pipeline_with_model(tmp_path, "stardist_nuclei.cppipe", FIXTURES / "stardist2d_tiny" / "stardist2d_tiny.zip")
+    res = run_cellprofiler(pipeline, folder, tmp_path / "out")
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = read_csv(tmp_path / "out" / "Image.csv")
+    assert len(rows) == 3 and {r["DLModel_Name_Nuclei"] for r in rows} == {"stardist2d_tiny"}
+    nuclei = read_csv(tmp_path / "out" / "Nuclei.csv")
+    assert len(nuclei) == sum(int(float(r["Count_Nuclei"])) for r in rows) > 0
+    import dlmodel
+
+    model = dlmodel.load(FIXTURES / "stardist2d_tiny" / "stardist2d_tiny.zip")
+    for r in rows:  # the objects StarDist makes in Python, minimum size 10 as the pipeline says
+        image = tifffile.imread(folder / r["FileName_DNA"])
+        labels = model.labels(model.predict(image, axes="yx"), min_size=10, fill_holes=False)
+        saved = tifffile.imread(tmp_path / "out" / f"{Path(r['FileName_DNA']).stem}_nuclei.tiff")
+        assert int(float(r["Count_Nuclei"])) == labels.max() == len(np.unique(saved)) - 1
+        np.testing.assert_array_equal(saved > 0, labels > 0)
+
+
+def test_a_denoising_model_gives_cellprofiler_an_image_of_its_own_intensities(tmp_path, cp):
+    """A Noise2Void package (n2v's own export): RunDLModel saves the restored image (float, the
+    model's intensities), IdentifyPrimaryObjects finds nuclei on it and MeasureImageIntensity
+    measures it."""
+    import importlib.util
+
+    import dlmodel
+
+    spec = importlib.util.spec_from_file_location("build_pipelines", ROOT / "example_pipelines" / "build.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    instantiate = cp  # CellProfiler's modules, this plugin's among them, filled once per test module
+    model_path = FIXTURES / "n2v_tiny" / "n2v_tiny.bioimage.io.zip"
+    steps = build.nuclei(instantiate)[:4] + [
+        build.rundlmodel(instantiate, "DNA", "Unused", "Denoise with Noise2Void; no objects.", model=str(model_path),
+                         probability="Denoised", **{"Make objects from the output?": "No"}),
+        build.module(instantiate, "IdentifyPrimaryObjects", "Nuclei on the denoised image.",
+                     {"Select the input image": "Denoised", "Name the primary objects to be identified": "Nuclei"}),
+        build.module(instantiate, "MeasureImageIntensity", "The denoised image's intensity.",
+                     {"Select images to measure": "Denoised"}),
+        build.module(instantiate, "ExportToSpreadsheet", "Image.csv.",
+                     {"Add a prefix to file names?": "No", "Overwrite existing files without warning?": "Yes"}),
+    ]
+    build.save(steps, tmp_path / "denoise.cppipe")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    first = sorted((DSB_VAL / "images").glob("*.tif"))[0]
+    shutil.copy(first, folder)
+    res = run_cellprofiler(tmp_path / "denoise.cppipe", folder, tmp_path / "out")
+    assert res.returncode == 0, res.stderr[-3000:]
+    row = read_csv(tmp_path / "out" / "Image.csv")[0]
+    assert int(float(row["Count_Nuclei"])) > 0
+    denoised = dlmodel.load(model_path).predict(tifffile.imread(first), axes="yx")["output0"]
+    assert denoised.max() > 2  # the model's own intensities (the image's scale), not 0-1
+    assert float(row["Intensity_MeanIntensity_Denoised"]) == pytest.approx(float(denoised.mean()), rel=1e-5)

@@ -14,3 +14,4 @@ def test_examples_run(page, nuclei_model, monkeypatch, capsys):
     exec(compile(code, page, "exec"), {})
     out = capsys.readouterr().out
     assert "(700, 300) float32 yx" in out and "(2, 700, 300)" in out and "wants 1 channel" in out
+    assert "stardist int32" in out

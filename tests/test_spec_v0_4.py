@@ -38,7 +38,7 @@ def test_an_unconvertible_0_4_rdf_is_read_as_0_4_and_passes_its_test(fixed_with_
     rdf, _ = fixed_with_halo
     model = dlmodel.load(rdf)
     assert model.spec.format_version.startswith("0.4")
-    assert "halo and fixed size" in model.spec.format_note
+    assert "read as format 0.4" in model.spec.format_note and "halo and fixed size" in model.spec.format_note
     pre = model.spec.inputs[0].preprocessing[0]
     assert pre.id == "zero_mean_unit_variance" and [str(a) for a in pre.kwargs.axes] == ["channel", "y", "x"]
     report = model.test()

@@ -36,6 +36,17 @@ ARCH_SOURCE = textwrap.dedent(
             return self.up(y) if self.up is not None else y
 
 
+    class Passthrough(torch.nn.Module):
+        """Output = input (a stand-in for a network whose outputs the test computes itself)."""
+
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            return x * self.scale
+
+
     class TwoInTwoOut(torch.nn.Module):
         """Inputs a (1 channel) and b (2 channels); outputs sum (1 channel) and pair (2 channels)."""
 
@@ -150,6 +161,8 @@ def build(
     test_inputs: Dict[str, np.ndarray],
     reference: Optional[Callable[[Dict[str, np.ndarray]], Dict[str, np.ndarray]]] = None,
     reference_format: Optional[str] = None,
+    config: Optional[dict] = None,
+    attachments: Sequence[str] = (),
 ) -> Path:
     """Write test tensors, compute test outputs, and write a validated bioimageio.yaml.
 
@@ -176,6 +189,8 @@ def build(
                 inputs=make_inputs(test_file),
                 outputs=make_outputs(test_file),
                 weights=WeightsDescr(**weights),
+                config=config or {},
+                **({"attachments": [file_descr(folder, a) for a in attachments]} if attachments else {}),
             )
 
     # placeholders so the first descr validates; replaced by the reference outputs below

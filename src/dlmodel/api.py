@@ -107,6 +107,10 @@ class Model:
         self.threads = threads
         self._engines: Dict[str, engines.Engine] = {}
         self._engine_lock = threading.Lock()
+        from .families import deepimagej
+
+        self.left_out = deepimagej.unrecognised(spec)  # package steps dlmodel does not run: warned once
+        self._warned = False
         self._engine(self.weights_format)  # load now: a broken package fails here, not at the first image
 
     @property
@@ -183,7 +187,10 @@ class Model:
         """
         check_options(tile, batch_size, pad_mode)
         self._check_axes_arg(axes)
-        layouts, loop, has_channel = self._layouts(self._as_inputs(image), axes, name)
+        if self.left_out and not self._warned:
+            self._warned = True
+            LOGGER.warning("dlmodel: model %r: not run (not recognised): %s", self.spec.name, "; ".join(self.left_out))
+        layouts, loop, given = self._layouts(self._as_inputs(image), axes, name)
         loop_shape = next(iter(layouts.values())).shape[: len(loop)]
         results: Dict[str, List[np.ndarray]] = {o.id: [] for o in self.spec.outputs}
         plan = None
@@ -195,39 +202,38 @@ class Model:
             )
             for oid, arr in outs.items():
                 results[oid].append(arr)
-        final, out_axes = self._restack(results, loop, loop_shape, has_channel)
+        final, out_axes = self._restack(results, loop, loop_shape, given)
         return Prediction(final, out_axes, plan)
 
     def _layouts(self, arrays: Mapping[str, np.ndarray], axes: Any, name: str
-                 ) -> "tuple[Dict[str, np.ndarray], str, Dict[str, bool]]":
+                 ) -> "tuple[Dict[str, np.ndarray], str, Dict[str, str]]":
         """Each input mapped onto its tensor's axes (views), the loop axes they share, and
-        whether each was given with a channel axis (then its outputs keep theirs)."""
+        the axes each was given with (its outputs keep a single channel or z only if given)."""
         layouts: Dict[str, np.ndarray] = {}
         loop: Optional[str] = None
-        has_channel: Dict[str, bool] = {}
+        given: Dict[str, str] = {}
         for t in self.spec.inputs:
             arr = _check_values(np.asarray(arrays[t.id]), name)
             ax = axes.get(t.id) if isinstance(axes, Mapping) else axes
             what = name if len(self.spec.inputs) == 1 else f"{name} (input {t.id!r})"
             ax = ax or axes_mod.guess_axes(arr.ndim, t, what)
-            has_channel[t.id] = "c" in ax.lower()
+            given[t.id] = ax.lower()
             layout, t_loop = axes_mod.to_model_layout(arr, ax, t, what)
             if loop is not None and (t_loop != loop or layout.shape[: len(loop)] != next(iter(layouts.values())).shape[: len(loop)]):
                 raise InputError(f"{name}: inputs have different extra axes ({loop!r} vs {t_loop!r})")
             loop = t_loop
             layouts[t.id] = layout
-        return layouts, loop or "", has_channel
+        return layouts, loop or "", given
 
     def _restack(self, results: Mapping[str, List[np.ndarray]], loop: str, loop_shape: tuple,
-                 has_channel: Mapping[str, bool]) -> "tuple[Dict[str, np.ndarray], Dict[str, str]]":
+                 given: Mapping[str, str]) -> "tuple[Dict[str, np.ndarray], Dict[str, str]]":
         """The per-slice outputs stacked back along the loop axes, batch (and a single channel
-        for inputs given without one) squeezed; and each output's axes letters."""
+        or z axis the input was given without) squeezed; and each output's axes letters."""
         final: Dict[str, np.ndarray] = {}
         out_axes: Dict[str, str] = {}
         for o in self.spec.outputs:
             follows = next((a.ref[0] for a in o.axes if a.ref is not None), None)
-            keep = has_channel.get(follows, any(has_channel.values()))
-            letters, squeeze = axes_mod.output_axes(o, loop, keep)
+            letters, squeeze = axes_mod.output_axes(o, loop, given.get(follows, "".join(given.values())))
             parts = [np.squeeze(a, axis=tuple(squeeze)) if squeeze else a for a in results[o.id]]
             final[o.id] = parts[0] if not loop else np.stack(parts).reshape(loop_shape + parts[0].shape)
             out_axes[o.id] = letters
@@ -362,8 +368,9 @@ def describe(s: ModelSpec) -> Dict[str, Any]:
         "rdf_sha256": s.rdf_sha256,
         "format_version": s.format_version,
         "format_note": s.format_note,
-        "inputs": [_tensor_info(t) for t in s.inputs],
-        "outputs": [_tensor_info(t) for t in s.outputs],
+        "notes": list(s.notes),
+        "inputs": [_tensor_info(t, s) for t in s.inputs],
+        "outputs": [_tensor_info(t, s) for t in s.outputs],
         "weights": {f: {"installed": engines.engine_installed(f), "path": str(p)} for f, p in s.weight_paths.items()},
         "objects": _objects_info(s),
     }
@@ -379,18 +386,35 @@ def _objects_info(s: ModelSpec) -> str:
     return "the default step: " + instances.describe_recipe(instances.DEFAULT_RECIPE)
 
 
-def _tensor_info(t: Tensor) -> Dict[str, Any]:
+def _tensor_info(t: Tensor, s: ModelSpec) -> Dict[str, Any]:
     return {
         "id": t.id,
         "description": t.description,
         "axes": t.letters,
-        "shape": {a.id: a.describe_size() for a in t.axes},
+        "shape": {a.id: _size(a, s) for a in t.axes},
         "halo": {a.id: a.halo for a in t.axes if a.halo},
         "dtype": t.dtype,
         "channel_names": next((list(a.channel_names) for a in t.axes if a.type == "channel"), []),
         "preprocessing": [processing.describe(p) for p in t.preprocessing],
         "postprocessing": [processing.describe(p) for p in t.postprocessing],
     }
+
+
+def _size(a: Any, s: ModelSpec) -> str:
+    """An axis' size as ``describe_size`` says it, with the factor of a referenced axis
+    (``raw.y/2`` for an output at half the input's resolution)."""
+    from fractions import Fraction
+
+    text = a.describe_size()
+    if a.ref is None:
+        return text
+    ref = s.tensor(a.ref[0]).axis(a.ref[1])
+    factor = Fraction(ref.scale / a.scale).limit_denominator(64) if ref is not None else Fraction(1)
+    if factor == 1:
+        return text
+    scaled = f"{a.ref[0]}.{a.ref[1]}" + (f"*{factor.numerator}" if factor.numerator != 1 else "") + (
+        f"/{factor.denominator}" if factor.denominator != 1 else "")
+    return text.replace(f"{a.ref[0]}.{a.ref[1]}", scaled, 1)
 
 
 def compare(actual: np.ndarray, expected: np.ndarray, tol: Any, name: str) -> OutputCheck:

@@ -76,21 +76,24 @@ def _missing_axis(tensor: Tensor, axes: str, letter: str, what: str) -> str:
     return f"{what}: model input {tensor.id!r} needs {kind} (axes {model!r}); the image has axes {axes!r}"
 
 
-def output_axes(tensor: Tensor, loop: str, keep_channel: bool) -> Tuple[str, List[int]]:
+def output_axes(tensor: Tensor, loop: str, given: str) -> Tuple[str, List[int]]:
     """Axes letters of an output as returned to the user, and which model dims to squeeze.
 
-    Batch is always dropped; a single channel is dropped when the input had no channel axis."""
+    ``given``: the axes the user gave for the input this output follows. Batch is always
+    dropped; so are a single channel and a z axis the user's input did not have (a 2D image
+    through a model whose tensors have a z axis of 1, as Cellpose's exports do): ``yx`` in,
+    ``yx`` out.
+    """
     squeeze = [i for i, a in enumerate(tensor.axes) if a.type == "batch"]
     letters = []
     for i, a in enumerate(tensor.axes):
         if a.type == "batch":
             continue
-        if a.type == "channel" and not keep_channel and a.size == 1:
+        if a.letter not in given and ((a.type == "channel" and a.size == 1) or (a.id == "z" and a.ref is not None)):
             squeeze.append(i)
             continue
         letters.append(a.letter)
     return loop + "".join(letters), sorted(squeeze)
-
 
 
 def assign_images(

@@ -172,7 +172,7 @@ def _info(args: argparse.Namespace) -> int:
     print(f"  {info['description']}")
     print(f"  authors: {', '.join(info['authors'])}; license: {info['license']}")
     if info["format_note"]:
-        print(f"  format {info['format_version']}, read as 0.4: {info['format_note']}")
+        print(f"  format {info['format_version']}: {info['format_note']}")
     for c in info["cite"]:
         print(f"  cite: {c}")
     for kind in ("inputs", "outputs"):
@@ -186,6 +186,8 @@ def _info(args: argparse.Namespace) -> int:
     for fmt, w in info["weights"].items():
         print(f"  weights {fmt}: {'engine installed' if w['installed'] else 'engine not installed'}")
     print(f"  objects: {info['objects']}")
+    for note in info["notes"]:
+        print(f"  note: {note}")
     return 0
 
 
@@ -203,6 +205,8 @@ def _test(args: argparse.Namespace) -> int:
         report = model.test(fmt)
         print(report.summary())
         ok &= report.ok
+    for step in model.left_out:
+        print(f"note: not run by dlmodel (not recognised): {step}")
     print(f"{model.spec.name}: {'passed' if ok else 'FAILED'} ({', '.join(formats)})")
     return 0 if ok else 1
 

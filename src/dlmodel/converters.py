@@ -77,8 +77,8 @@ def convert(source: Union[str, os.PathLike], to: str, trust: Optional[bool] = No
         raise SourceError(f"convert needs a package folder you can write to; {source} is not one (unpack it first)")
     if to in spec.weights:
         raise SpecError(f"{spec.name!r} already has {to} weights")
-    if spec.format_note:
-        raise SpecError(f"{spec.name!r} is a format {spec.format_version} rdf that {spec.format_note}; "
+    if spec.format_version.startswith("0.4"):
+        raise SpecError(f"{spec.name!r} is a format {spec.format_version} rdf ({spec.format_note}); "
                         "convert writes format 0.5, so it cannot add weights to it")
     target = spec.root / TARGETS[to]
     if target.exists():
@@ -94,9 +94,10 @@ def convert(source: Union[str, os.PathLike], to: str, trust: Optional[bool] = No
             new_weights = spec.descr.weights.model_copy(update={to: entry(TARGETS[to], target)})
         save_bioimageio_yaml_only(spec.descr.model_copy(update={"weights": new_weights}), trial)
         # the new weights go through the whole pipeline before the rdf says they exist
-        from .spec import read_description, spec_from_descr
+        from .package import view
+        from .spec import read_description
 
-        checked = spec_from_descr(read_description(trial), spec.rdf_path)
+        checked = view(read_description(trial), spec.rdf_path)
         report = api.Model(checked, engine=to, device="cpu").test()
         if not report.ok:
             raise EngineError(f"{to} weights do not reproduce the test outputs; package unchanged: {report.summary()}")

@@ -14,6 +14,7 @@ from . import sources
 from .errors import SourceError, SpecError
 from .sources import Resolved, confined_path
 from .spec import ModelSpec, local_path, read_description, read_description_noted, sha256_file, spec_from_descr
+from .spec_v0_4 import files_v0_4, spec_from_v0_4
 
 
 class _File(NamedTuple):
@@ -28,8 +29,6 @@ def files_named(descr: Any) -> Dict[str, Any]:
 
     found: Dict[str, Any] = {}
     if str(getattr(descr, "format_version", "")).startswith("0.4"):  # read as 0.4: files named as plain paths too
-        from .spec_v0_4 import files_v0_4
-
         for source, sha in files_v0_4(descr):
             found[str(source)] = _File(source, sha)
 
@@ -103,4 +102,15 @@ def open_spec(source: Union[str, Path]) -> Tuple[ModelSpec, Resolved]:
         resolved = resolve(source)
         descr, note = read_description_noted(resolved.rdf, origin=resolved.origin)
         verify_files(descr, resolved.rdf.parent, confined=resolved.confined)
-    return spec_from_descr(descr, resolved.rdf, note), resolved
+    return view(descr, resolved.rdf, note), resolved
+
+
+def view(descr: Any, rdf: Path, note: str = "") -> ModelSpec:
+    """The whole view of a validated description whose files lie beside ``rdf``: format 0.5,
+    or 0.4 read as 0.4 (``note`` says how bioimageio.spec came to read it), with the parts its
+    model family adds (:func:`dlmodel.families.complete`)."""
+    from . import families
+
+    if str(descr.format_version).startswith("0.4"):
+        return families.complete(spec_from_v0_4(descr, rdf, note))
+    return families.complete(spec_from_descr(descr, rdf, note))

@@ -242,13 +242,13 @@ def _assemble(work: Path, kind: str, weights: Any, sample: np.ndarray, about: Ab
     descr = build(with_cover=False)  # bad metadata fails here, before anything is kept
     from .api import Model
     from .prediction import run_sample
-    from .spec import spec_from_descr
+    from .package import view
 
     rdf = work / "bioimageio.yaml"
     from bioimageio.spec import save_bioimageio_yaml_only
 
     save_bioimageio_yaml_only(descr, rdf)
-    spec = spec_from_descr(descr, rdf)
+    spec = view(descr, rdf)
     try:
         model = Model(spec, engine=next(iter(weight_entries)), device="cpu")
         outs, _ = run_sample(spec, model.engine, {input_id: batch}, tile=False, use_halo=False, gate=model.gate)

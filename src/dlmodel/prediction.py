@@ -159,6 +159,9 @@ def _tile_sizes(axes: Sequence[TiledAxis], tile: TileArg, max_pixels: int) -> Di
         c = a.constraint
         if a.whole:
             sizes[a.id] = c.smallest_valid(need)
+            if sizes[a.id] < a.length:  # a fixed input whose outputs cannot be stitched from tiles
+                raise InputError(f"the model takes at most {sizes[a.id]} pixels along {a.id!r} in one piece and its "
+                                 f"outputs cannot be tiled along it; the image has {a.length}: crop it")
         elif a.id in user:
             sizes[a.id] = c.smallest_valid(max(user[a.id], 2 * a.margin + a.align))
         elif c.size is not None:
@@ -167,25 +170,28 @@ def _tile_sizes(axes: Sequence[TiledAxis], tile: TileArg, max_pixels: int) -> Di
             free.append(a)
             continue
         fixed_pixels *= sizes[a.id]
-    if free:
+    # axes short enough to take whole (a z of 1, say) first; the budget is shared by the others
+    while free:
         cap = max(1.0, max_pixels / fixed_pixels) ** (1.0 / len(free))
-        for a in free:
-            c = a.constraint
-            need = a.length + 2 * a.margin
-            whole = c.smallest_valid(need)
-            if whole <= cap:
-                sizes[a.id] = whole
-                continue
-            # fewest tiles the budget allows, then the smallest valid tile that keeps that
-            # count: 2048 px with 1024-px tiles and a margin of 32 needs 3 tiles, and 3 of 752
-            # do it with half the pixels of 3 of 1024
-            big = max(c.largest_valid(int(cap)), c.smallest_valid(2 * a.margin + a.align))
-            n = math.ceil(a.length / max(1, big - 2 * a.margin))
-            tight = c.smallest_valid(math.ceil(a.length / n) + 2 * a.margin)
-            if len(tiling.plan_axis(a.id, a.length, tight, a.margin, a.align).tiles) > n:
-                # aligned tile starts can lose up to align-1 pixels of each tile's reach
-                tight = c.smallest_valid(math.ceil(a.length / n) + 2 * a.margin + a.align - 1)
-            sizes[a.id] = min(big, tight)
+        short = [a for a in free if a.constraint.smallest_valid(a.length + 2 * a.margin) <= cap]
+        if not short:
+            break
+        for a in short:
+            sizes[a.id] = a.constraint.smallest_valid(a.length + 2 * a.margin)
+            fixed_pixels *= sizes[a.id]
+        free = [a for a in free if a not in short]
+    for a in free:
+        c = a.constraint
+        # fewest tiles the budget allows, then the smallest valid tile that keeps that
+        # count: 2048 px with 1024-px tiles and a margin of 32 needs 3 tiles, and 3 of 752
+        # do it with half the pixels of 3 of 1024
+        big = max(c.largest_valid(int(cap)), c.smallest_valid(2 * a.margin + a.align))
+        n = math.ceil(a.length / max(1, big - 2 * a.margin))
+        tight = c.smallest_valid(math.ceil(a.length / n) + 2 * a.margin)
+        if len(tiling.plan_axis(a.id, a.length, tight, a.margin, a.align).tiles) > n:
+            # aligned tile starts can lose up to align-1 pixels of each tile's reach
+            tight = c.smallest_valid(math.ceil(a.length / n) + 2 * a.margin + a.align - 1)
+        sizes[a.id] = min(big, tight)
     return sizes
 
 
@@ -392,7 +398,8 @@ def run_sample(
     plan = plan_checked(spec, inputs, tile, GPU_BATCH if gpu_default else batch_size, max_tile_pixels, use_halo,
                         name, retry_one=gpu_default)
     prepared, pre = fit_preprocessing(spec, inputs, [a.id for a in plan.axes])
-    per_tile = all(not any(processing.needs_statistics(op) for op in o.postprocessing) for o in spec.outputs)
+    per_tile = not any(m.stage == "postprocess" for m in spec.macros) and all(
+        not any(processing.needs_statistics(op) for op in o.postprocessing) for o in spec.outputs)
     post = {o.id: processing.fit(o.postprocessing, np.zeros((1,) * len(o.axes), np.float32), o.axis_ids)
             for o in spec.outputs} if per_tile else {}
     outputs = run_tiles(spec, engine, plan, prepared, pre, post, pad_mode)
@@ -411,6 +418,9 @@ def fit_preprocessing(
     pre: Dict[str, processing.Fitted] = {}
     for t in spec.inputs:
         arr = inputs[t.id]
+        if t is spec.inputs[0]:  # deepImageJ macros the rdf's ops do not do: on the whole image, first
+            for macro in (m for m in spec.macros if m.stage == "preprocess"):
+                arr = macro.apply(arr, t.letters)
         fitted = processing.fit(t.preprocessing, arr, t.axis_ids, inputs, tiled_ids)
         if not fitted.tile_safe:
             arr = fitted(arr.astype(np.float32, copy=False))
@@ -481,6 +491,9 @@ def whole_postprocessing(spec: ModelSpec, outputs: Dict[str, np.ndarray], inputs
     for o in spec.outputs:
         fitted = processing.fit(o.postprocessing, outputs[o.id], o.axis_ids, {**inputs, **outputs}, custom=gate)
         outputs[o.id] = fitted(outputs[o.id])
+    first = spec.outputs[0]
+    for macro in (m for m in spec.macros if m.stage == "postprocess"):  # deepImageJ's, after the rdf's ops
+        outputs[first.id] = macro.apply(outputs[first.id], first.letters)
     return outputs
 
 

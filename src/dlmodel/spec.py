@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .errors import SpecError, one_line
 
@@ -166,7 +167,10 @@ class ModelSpec:
     architecture: Optional[Architecture] = None
     environment_file: Optional[Path] = None  # the state dict's pip/conda environment file, if any
     format_version: str = ""
-    format_note: str = ""  # why a 0.4 rdf was read as 0.4 (bioimageio.spec's conversion refused it)
+    format_note: str = ""  # how an rdf bioimageio.spec refuses as it is was read (as 0.4; float64 inputs)
+    notes: Tuple[str, ...] = ()  # what dlmodel adds to or leaves out of the rdf, and why (info shows them)
+    macros: Tuple[Any, ...] = ()  # deepImageJ macro steps dlmodel runs (families.deepimagej.MacroStep)
+    family_recipe: Optional[Dict[str, Any]] = None  # the family's own step for objects (families.package_recipe)
 
     @property
     def root(self) -> Path:
@@ -177,12 +181,8 @@ class ModelSpec:
         """The package's own recipe for objects, if any: ``config: dlmodel: instances`` (written
         by ``dlmodel package``), else its family's (:mod:`dlmodel.families`: StarDist's NMS,
         Cellpose's flow dynamics, an rdf op that makes labels)."""
-        recipe = (self.config.get("dlmodel") or {}).get("instances")
-        if recipe:
-            return dict(recipe)
-        from . import families
-
-        return families.package_recipe(self)
+        recipe = (self.config.get("dlmodel") or {}).get("instances") or self.family_recipe
+        return dict(recipe) if recipe else None
 
     @property
     def input_channels(self) -> int:
@@ -309,12 +309,33 @@ def _tensor_from_descr(t: Any, root: Path, is_input: bool) -> Tensor:
 
 
 def spec_from_descr(descr: Any, rdf_path: Path, format_note: str = "") -> ModelSpec:
-    """Build the view from a validated ``ModelDescr`` (format 0.5, or 0.4 when bioimageio.spec
-    could not convert it: ``format_note`` says why) whose files lie beside ``rdf_path``."""
-    if str(descr.format_version).startswith("0.4"):
-        from . import spec_v0_4
+    """Build the view from a validated format 0.5 ``ModelDescr`` whose files lie beside
+    ``rdf_path`` (``format_note``: how bioimageio.spec came to read it). The whole view of any
+    package, 0.4 read as 0.4 and its family's steps included, is :func:`dlmodel.package.view`."""
+    return dataclasses.replace(_spec_from_v0_5(descr, rdf_path), format_note=format_note)
 
-        return spec_v0_4.spec_from_v0_4(descr, rdf_path, format_note)
+
+def follow_fixed_inputs(inputs: Sequence[Tensor], outputs: Sequence[Tensor]) -> Tuple[Tensor, ...]:
+    """Outputs whose space axes have a fixed size equal to an input's fixed size along the same
+    axis, made to follow that input one to one (what deepImageJ-era and n2v packages mean by a
+    fixed output as large as their fixed input, and what a fixed size with a halo means): they
+    are then tiled like any output that follows its input, so any image size works."""
+    fixed: Dict[Tuple[str, int], List[str]] = {}
+    for t in inputs:
+        for a in t.axes:
+            if a.type == "space" and a.size is not None:
+                fixed.setdefault((a.id, a.size), []).append(t.id)
+    result = []
+    for o in outputs:
+        axes = []
+        for a in o.axes:
+            same = fixed.get((a.id, a.size), []) if a.type == "space" and a.size is not None else []
+            axes.append(dataclasses.replace(a, size=None, ref=(same[0], a.id)) if len(same) == 1 else a)
+        result.append(dataclasses.replace(o, axes=tuple(axes)))
+    return tuple(result)
+
+
+def _spec_from_v0_5(descr: Any, rdf_path: Path) -> ModelSpec:
     root = rdf_path.parent
     weights: Dict[str, Any] = {}
     paths: Dict[str, Path] = {}
@@ -336,6 +357,7 @@ def spec_from_descr(descr: Any, rdf_path: Path, format_note: str = "") -> ModelS
             )
         )
     config = descr.config.model_dump(mode="json") if descr.config is not None else {}
+    inputs = tuple(_tensor_from_descr(t, root, True) for t in descr.inputs)
     architecture = environment = None
     state = weights.get("pytorch_state_dict")
     if state is not None:
@@ -357,8 +379,8 @@ def spec_from_descr(descr: Any, rdf_path: Path, format_note: str = "") -> ModelS
         authors=tuple(a.name for a in descr.authors),
         license=str(descr.license or ""),
         cite=tuple(c.text for c in descr.cite),
-        inputs=tuple(_tensor_from_descr(t, root, True) for t in descr.inputs),
-        outputs=tuple(_tensor_from_descr(t, root, False) for t in descr.outputs),
+        inputs=inputs,
+        outputs=follow_fixed_inputs(inputs, [_tensor_from_descr(t, root, False) for t in descr.outputs]),
         weights=weights,
         weight_paths=paths,
         tolerances=tuple(tolerances),
@@ -450,7 +472,9 @@ def read_description_noted(rdf: Path, origin: Optional[str] = None) -> Tuple[Any
             # the conversion to 0.5 refused it: a valid 0.4 rdf is read as it is
             as_is = load_description(rdf, perform_io_checks=False, format_version="discover")
             if not isinstance(as_is, InvalidDescr):
-                descr, note = as_is, f"bioimageio.spec cannot convert it to format 0.5 ({_first_error(descr)})"
+                descr, note = as_is, f"read as format 0.4: bioimageio.spec cannot convert it to 0.5 ({_first_error(descr)})"
+            elif _float64_inputs_only(as_is):
+                descr, note = _read_float64_inputs_as_float32(rdf, as_is)
     except Exception as e:  # broken YAML, unreadable file, ...
         first = one_line(e)
         raise SpecError(f"cannot read rdf {where}: {first}") from e
@@ -459,6 +483,37 @@ def read_description_noted(rdf: Path, origin: Optional[str] = None) -> Tuple[Any
     if getattr(descr, "type", None) != "model":
         raise SpecError(f"rdf {where} describes a {getattr(descr, 'type', '?')}, not a model")
     return descr, note
+
+
+def _float64_inputs_only(descr: Any) -> bool:
+    """Whether an rdf is invalid only because its inputs declare float64, as n2v's exporter
+    (0.3.x, format 0.4.9) writes them and format 0.4.10 refuses."""
+    errors = [e for d in descr.validation_summary.details for e in d.errors]
+    return bool(errors) and all(len(e.loc) >= 3 and e.loc[0] == "inputs" and e.loc[-1] == "data_type" for e in errors)
+
+
+def _read_float64_inputs_as_float32(rdf: Path, invalid: Any) -> Tuple[Any, str]:
+    """The rdf read with its float64 inputs as float32 (the engine casts each input to what the
+    weights take), through bioimageio.spec's own reader and validation."""
+    from bioimageio.spec import build_description
+    from bioimageio.spec._internal.io_utils import open_bioimageio_yaml
+    from bioimageio.spec._internal.validation_context import get_validation_context
+    from bioimageio.spec.common import InvalidDescr
+
+    opened = open_bioimageio_yaml(rdf)
+    content = dict(opened.content)
+    inputs = [dict(t) for t in content.get("inputs", [])]
+    if not any(t.get("data_type") == "float64" for t in inputs):
+        return invalid, ""
+    content["inputs"] = [{**t, "data_type": "float32"} if t.get("data_type") == "float64" else t for t in inputs]
+    context = get_validation_context().replace(root=opened.original_root, file_name=opened.original_file_name,
+                                               perform_io_checks=False)
+    for version in ("latest", "discover"):
+        descr = build_description(content, context=context, format_version=version)
+        if not isinstance(descr, InvalidDescr):
+            return descr, ("its inputs declare data_type float64, which format 0.4.10 refuses (n2v's exporter writes "
+                           "it); read as float32, and the engine gives the weights the float64 they take")
+    return invalid, ""
 
 
 def _first_error(descr: Any) -> str:

@@ -8,7 +8,7 @@ runs them as 0.4; so does dlmodel, through this translation of the 0.4 descripti
 - axes are letters (``bcyx``); a 0.4 shape is a list (fixed), ``min``/``step`` (``step`` 0: fixed)
   or ``reference_tensor``/``scale``/``offset`` (``out = ref * scale + 2 * offset``, axis by axis);
 - an output of fixed size equal, along a space axis, to an input's fixed size follows that input
-  one to one (what a fixed size with a halo means), so it is tiled like a 0.5 output;
+  one to one (what a fixed size with a halo means; ``spec.follow_fixed_inputs``, as for 0.5);
 - processing ops are converted with bioimageio.spec's own op conversion, with axis letters made
   0.5 axis ids (``c`` -> ``channel``) and a ``scale_range`` reference tensor kept;
 - the state dict's architecture (``file.py:Class`` or ``module.Class``) and its kwargs.
@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .errors import SpecError
-from .spec import LETTER_TO_AXIS, Architecture, Axis, ENGINE_EXTRA, ModelSpec, Tensor, local_path, sha256_file
+from .spec import (LETTER_TO_AXIS, Architecture, Axis, ENGINE_EXTRA, ModelSpec, Tensor, follow_fixed_inputs, local_path,
+                   sha256_file)
 
 _TYPE = {"b": "batch", "c": "channel", "t": "time", "i": "index", "x": "space", "y": "space", "z": "space"}
 
@@ -27,9 +28,9 @@ _TYPE = {"b": "batch", "c": "channel", "t": "time", "i": "index", "x": "space", 
 def spec_from_v0_4(descr: Any, rdf_path: Path, note: str = "") -> ModelSpec:
     """The view of a validated v0_4 ``ModelDescr`` whose files lie beside ``rdf_path``."""
     root = rdf_path.parent
-    fixed_inputs = {t.name: dict(zip(t.axes, t.shape)) for t in descr.inputs if isinstance(t.shape, list)}
-    inputs = tuple(_tensor(t, True, root, test, fixed_inputs, descr) for t, test in zip(descr.inputs, descr.test_inputs))
-    outputs = tuple(_tensor(t, False, root, test, fixed_inputs, descr) for t, test in zip(descr.outputs, descr.test_outputs))
+    inputs = tuple(_tensor(t, True, root, test, descr) for t, test in zip(descr.inputs, descr.test_inputs))
+    outputs = follow_fixed_inputs(inputs, [_tensor(t, False, root, test, descr)
+                                           for t, test in zip(descr.outputs, descr.test_outputs)])
     weights: Dict[str, Any] = {}
     paths: Dict[str, Path] = {}
     for fmt in ENGINE_EXTRA:
@@ -76,12 +77,12 @@ def _architecture(entry: Any) -> Architecture:
     return Architecture(callable=str(arch.callable_name), kwargs=kwargs, import_from=str(arch.module_name))
 
 
-def _tensor(t: Any, is_input: bool, root: Path, test: Any, fixed_inputs: Dict[str, Dict[str, int]], descr: Any) -> Tensor:
+def _tensor(t: Any, is_input: bool, root: Path, test: Any, descr: Any) -> Tensor:
     letters = str(t.axes)
     ops = t.preprocessing if is_input else t.postprocessing
     return Tensor(
         id=str(t.name),
-        axes=tuple(_axes(t, letters, is_input, fixed_inputs, descr)),
+        axes=tuple(_axes(t, letters, descr)),
         dtype=str(t.data_type),
         description=t.description or "",
         preprocessing=tuple(_op(p, letters) for p in ops or ()) if is_input else (),
@@ -90,7 +91,7 @@ def _tensor(t: Any, is_input: bool, root: Path, test: Any, fixed_inputs: Dict[st
     )
 
 
-def _axes(t: Any, letters: str, is_input: bool, fixed_inputs: Dict[str, Dict[str, int]], descr: Any) -> List[Axis]:
+def _axes(t: Any, letters: str, descr: Any) -> List[Axis]:
     shape = t.shape
     halo = list(getattr(t, "halo", None) or [0] * len(letters))
     axes = []
@@ -99,13 +100,8 @@ def _axes(t: Any, letters: str, is_input: bool, fixed_inputs: Dict[str, Dict[str
         if kind is None:
             raise SpecError(f"tensor {t.name!r}: unknown axis {letter!r} in {letters!r}")
         common = dict(id=LETTER_TO_AXIS.get(letter, letter), type=kind, halo=int(halo[i]))
-        if isinstance(shape, list):  # fixed
-            size = int(shape[i])
-            follows = _follows_input(letter, size, kind, is_input, fixed_inputs)
-            if follows is not None:
-                axes.append(Axis(ref=(follows, common["id"]), **common))
-            else:
-                axes.append(_sized(size, letter, common))
+        if isinstance(shape, list):  # fixed (an output as large as a fixed input follows it: spec.follow_fixed_inputs)
+            axes.append(_sized(int(shape[i]), letter, common))
         elif hasattr(shape, "step"):  # min/step
             lo, step = int(shape.min[i]), int(shape.step[i])
             axes.append(_sized(lo, letter, common) if step == 0 else Axis(min=lo, step=step, **common))
@@ -127,15 +123,6 @@ def _sized(size: int, letter: str, common: Dict[str, Any]) -> Axis:
     if letter == "c":
         return Axis(size=size, channel_names=tuple(f"channel{k}" for k in range(size)), **common)
     return Axis(size=size, **common)
-
-
-def _follows_input(letter: str, size: int, kind: str, is_input: bool, fixed_inputs: Dict[str, Dict[str, int]]) -> Optional[str]:
-    """The input a fixed-size output axis follows one to one: the only input of that fixed size
-    along that space axis."""
-    if is_input or kind != "space":
-        return None
-    same = [name for name, sizes in fixed_inputs.items() if sizes.get(letter) == size]
-    return same[0] if len(same) == 1 else None
 
 
 def _op(p: Any, letters: str) -> Any:

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from ..spec import ModelSpec
 
 # recipe method -> family module (relative to this package)
-METHODS = {"stardist": "stardist", "cellpose": "cellpose"}
+METHODS = {"stardist": "stardist", "cellpose": "cellpose", "deepimagej": "deepimagej"}
 
 # spec 0.5 post-processing ops that make labels, and the family that runs each
 LABEL_OPS = {"stardist_postprocessing": "stardist", "cellpose_flow_dynamics": "cellpose"}
@@ -54,6 +54,17 @@ def package_recipe(spec: "ModelSpec") -> Optional[Dict[str, Any]]:
         if recipe is not None:
             return recipe
     return None
+
+
+def complete(spec: "ModelSpec") -> "ModelSpec":
+    """The view with its family's parts: the family's own step for objects
+    (``spec.family_recipe``), the deepImageJ macros dlmodel runs (``spec.macros``), and a note
+    for each thing dlmodel adds to or leaves out of the rdf (``spec.notes``)."""
+    import dataclasses
+
+    for name in dict.fromkeys(METHODS.values()):
+        spec = _module(name).complete(spec)
+    return dataclasses.replace(spec, family_recipe=package_recipe(spec))
 
 
 def labels(output: np.ndarray, axes: str, recipe: Mapping[str, Any]) -> np.ndarray:

@@ -23,9 +23,44 @@ if TYPE_CHECKING:
 DEFAULTS = {"cellprob_threshold": 0.0, "flow_threshold": 0.4, "min_size": 15}
 
 
-def recipe(spec: "ModelSpec") -> Optional[Dict[str, Any]]:
-    """The instance recipe of a package written by Cellpose's exporter, or None."""
+def is_export(spec: "ModelSpec") -> bool:
+    """Whether a package was written by Cellpose's own exporter (``python -m cellpose.export``):
+    a CPnet architecture or a "cellpose" tag, and its ``flow`` output (flows + cell probability)."""
+    arch = spec.architecture.callable if spec.architecture is not None else ""
+    cellpose = arch.startswith("CPnet") or "cellpose" in {t.lower() for t in spec.tags}
+    return cellpose and _flow_output(spec) is not None
+
+
+def _flow_output(spec: "ModelSpec") -> Any:
+    for o in spec.outputs:
+        space = sum(a.type == "space" and a.id != "z" for a in o.axes)
+        if o.id == "flow" and o.n_channels == space + 1:
+            return o
     return None
+
+
+def recipe(spec: "ModelSpec") -> Optional[Dict[str, Any]]:
+    """The instance recipe of a package written by Cellpose's exporter (it states no
+    thresholds: Cellpose's own defaults), or None."""
+    if not is_export(spec):
+        return None
+    return {"method": "cellpose", "output": _flow_output(spec).id, **DEFAULTS, "from": "Cellpose's defaults"}
+
+
+def complete(spec: "ModelSpec") -> "ModelSpec":
+    """A Cellpose export without pre-processing gets a note: Cellpose normalises each channel of
+    each plane to its 1st..99th percentiles before its network (``normalize99``), and its
+    exporter leaves that out of the rdf. dlmodel runs what the rdf says (its test input was
+    normalised and then zero-padded, so adding the normalisation would break the package's own
+    test); the note tells the user to give normalised images."""
+    import dataclasses
+
+    if not is_export(spec) or any(op.id != "ensure_dtype" for t in spec.inputs for op in t.preprocessing):
+        return spec
+    note = ("Cellpose export: its rdf has no pre-processing, but Cellpose's network expects each channel normalised "
+            "to its 1st..99th percentiles (Cellpose's normalize99); dlmodel runs the rdf as it is, so give it images "
+            "normalised that way")
+    return dataclasses.replace(spec, notes=spec.notes + (note,))
 
 
 def labels(output: np.ndarray, axes: str, recipe: Mapping[str, Any]) -> np.ndarray:
@@ -34,6 +69,8 @@ def labels(output: np.ndarray, axes: str, recipe: Mapping[str, Any]) -> np.ndarr
     if "c" not in axes:
         raise SpecError(f"a Cellpose output needs a channel axis (flows + cell probability); this one has axes {axes!r}")
     x = np.moveaxis(np.asarray(output), [axes.index(a) for a in "c" + space], range(len(space) + 1))
+    if space.startswith("z") and x.shape[1] == 1 and x.shape[0] == 3:  # a 2D output with a z of 1
+        return _masks(x[:-1, 0], x[-1, 0], recipe)[None]
     return _masks(x[:-1], x[-1], recipe)
 
 

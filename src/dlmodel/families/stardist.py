@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ..errors import SpecError
+from ..errors import EngineError, SpecError, one_line
 
 if TYPE_CHECKING:
     from ..spec import ModelSpec
@@ -64,6 +64,11 @@ def recipe(spec: "ModelSpec") -> Optional[Dict[str, Any]]:
         if anisotropy is not None:
             found["anisotropy"] = [float(a) for a in anisotropy]
     return found
+
+
+def complete(spec: "ModelSpec") -> "ModelSpec":
+    """StarDist's exporter writes its normalisation into the rdf: nothing to add."""
+    return spec
 
 
 def _raw_output(spec: "ModelSpec") -> Any:
@@ -112,16 +117,21 @@ def _labels(prob: np.ndarray, dist: np.ndarray, recipe: Mapping[str, Any]) -> np
     b = _border(recipe.get("b", DEFAULT_B))
     shape = tuple(s * g for s, g in zip(prob.shape, grid))
     prob = np.ascontiguousarray(prob, dtype=np.float32)
-    dist = np.ascontiguousarray(dist, dtype=np.float32)
+    # as StarDist's own predict does: no distance below 1e-3 (its polygon code needs them positive)
+    dist = np.maximum(np.float32(1e-3), np.asarray(dist, dtype=np.float32))
     kwargs = dict(grid=grid, b=b, prob_thresh=float(recipe["prob_threshold"]), nms_thresh=float(recipe["nms_threshold"]))
-    if ndim == 2:
-        points, probi, disti = sd.non_maximum_suppression(dist, prob, **kwargs)
-        result = sd.polygons_to_label(disti, points, prob=probi, shape=shape)
-    else:
-        rays = _rays(sd, recipe, dist.shape[-1])
-        points, probi, disti = sd.non_maximum_suppression_3d(dist, prob, rays, **kwargs)
-        result = sd.polyhedron_to_label(disti, points, rays=rays, prob=probi, shape=shape,
-                                        overlap_label=recipe.get("overlap_label"), verbose=False)
+    rays = _rays(sd, recipe, dist.shape[-1]) if ndim == 3 else None
+    try:
+        if ndim == 2:
+            points, probi, disti = sd.non_maximum_suppression(dist, prob, **kwargs)
+            result = sd.polygons_to_label(disti, points, prob=probi, shape=shape)
+        else:
+            points, probi, disti = sd.non_maximum_suppression_3d(dist, prob, rays, **kwargs)
+            result = sd.polyhedron_to_label(disti, points, rays=rays, prob=probi, shape=shape,
+                                            overlap_label=recipe.get("overlap_label"), verbose=False)
+    except Exception as e:
+        raise EngineError(f"StarDist's non-maximum suppression failed on an output of shape {prob.shape}: "
+                          f"{one_line(e)}") from e
     return np.asarray(result, dtype=np.int32)
 
 
