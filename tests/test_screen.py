@@ -1,0 +1,134 @@
+"""Screen statistics (Z', one-tailed Z', V, dose-response): hand-computed cases."""
+import doctest
+import math
+
+import numpy as np
+import pytest
+
+from dlmodel import screen
+from dlmodel.screen import ScreenError
+
+
+@pytest.mark.parametrize("module", [screen])
+def test_docstring_examples(module):
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0
+
+
+# --- hand-computed cases -----------------------------------------------------------------------
+
+def test_z_factors_by_hand():
+    # neg 1, 2, 3: mean 2, population SD sqrt(2/3); pos 7, 8, 9: mean 8, the same SD
+    assert screen.z_factor([1, 2, 3], [7, 8, 9]) == pytest.approx(1 - 6 * math.sqrt(2 / 3) / 6, rel=1e-12)
+    # one-tailed: neg wells in [2, 8] are 2, 3 (RMS distance to 2: sqrt(1/2)); pos 7, 8 likewise
+    assert screen.one_tailed_z_factor([1, 2, 3], [7, 8, 9]) == pytest.approx(1 - 3 * 2 * math.sqrt(0.5) / 6, rel=1e-12)
+    # the controls' order does not matter to us (it does to CellProfiler's one-tailed Z': docs/screen.md)
+    assert screen.one_tailed_z_factor([7, 8, 9], [1, 2, 3]) == screen.one_tailed_z_factor([1, 2, 3], [7, 8, 9])
+    # V: per-dose SDs 0.1, 0.1, 0.1; dose means 0.1, 1.1, 2.1
+    assert screen.v_factor([0, 0, 1, 1, 2, 2], [0, 0.2, 1, 1.2, 2, 2.2]) == pytest.approx(1 - 6 * 0.1 / 2, rel=1e-12)
+    # with only the two control doses V is Z'
+    assert screen.v_factor([0, 0, 0, 5, 5, 5], [1, 2, 3, 7, 8, 9]) == pytest.approx(screen.z_factor([1, 2, 3], [7, 8, 9]))
+
+
+def test_perfect_separation():
+    assert screen.z_factor([0, 0, 0], [10, 10, 10]) == 1.0
+    assert screen.one_tailed_z_factor([0, 0, 0], [10, 10, 10]) == 1.0
+    assert screen.v_factor([0, 0, 1, 1], [0, 0, 10, 10]) == 1.0
+    wells = [{"controls": c, "x": v} for c, v in [(-1, 0), (-1, 0), (0, 5), (1, 10), (1, 10)]]
+    (s,) = screen.screen(wells, ["x"])
+    assert s.z == screen.Stat(1.0) and s.v.note.startswith("the well table has no column naming the doses")
+    # a single well per control has no spread: 1 as CellProfiler says, with a caveat
+    (s,) = screen.screen([{"controls": -1, "x": 0}, {"controls": 1, "x": 10}], ["x"])
+    assert s.z.value == 1.0 and "one negative-control well" in s.z.note
+
+
+def test_no_separation_is_said_not_a_sentinel():
+    with pytest.raises(ScreenError, match=r"no separation: the negative and positive controls have the same mean \(2\)"):
+        screen.z_factor([1, 2, 3], [3, 2, 1])
+    wells = [{"controls": c, "x": v} for c, v in [(-1, 1), (-1, 3), (1, 2), (1, 2)]]
+    (s,) = screen.screen(wells, ["x"])
+    assert math.isnan(s.z.value) and s.z.note.startswith("no separation")  # CellProfiler: -2999999
+    # overlapping controls are a number, below 0
+    assert screen.z_factor([1, 2, 3], [2, 3, 4]) < 0 and screen.verdict(screen.z_factor([1, 2, 3], [2, 3, 4])) == "controls overlap"
+
+
+def test_one_control_missing():
+    wells = [{"SBS_Controls": c, "SBS_Doses": d, "x": v} for c, d, v in [(-1, 0, 1.0), (-1, 0, 1.1), (0, 1, 2.0), (0, 2, 3.0)]]
+    (s,) = screen.screen(wells, ["x"])
+    for stat in (s.z, s.one_tailed_z):
+        assert math.isnan(stat.value)
+        assert stat.note == "SBS_Controls: no positive-control wells: no well is marked 1 (the column holds -1, 0)"
+    assert not math.isnan(s.v.value)  # V needs doses, not controls
+    assert s.ec50.note == "a 4-parameter dose-response fit needs at least 4 different doses; the wells have 3"
+    with pytest.raises(ScreenError, match="no negative-control wells"):
+        screen.z_factor([], [1, 2])
+
+
+def test_constant_readout():
+    wells = [{"controls": c, "dose": d, "x": 5.0} for c, d in [(-1, 0), (-1, 0), (0, 1), (0, 2), (0, 4), (1, 8), (1, 8)]]
+    (s,) = screen.screen(wells, ["x"])
+    assert s.z.note == s.one_tailed_z.note == "the readout is 5 in every control well: it does not separate the controls"
+    assert s.v.note == "the readout's mean is 5 at every dose: the V-factor is undefined"
+    assert s.ec50.note == "the readout is 5 in every well: no dose response to fit"
+    assert all(math.isnan(x.value) for x in (s.z, s.one_tailed_z, s.v, s.ec50))
+
+
+def test_no_nan_in_silence():
+    with pytest.raises(ValueError):
+        screen.Stat(float("nan"))  # a NaN statistic cannot be made without its reason
+    with pytest.raises(ScreenError, match="1 of the 3 negative-control values are NaN"):
+        screen.z_factor([1, float("nan"), 2], [5, 6])
+    # a well without a value is left out of that readout, and the note says so
+    wells = [{"controls": c, "x": v} for c, v in [(-1, 1.0), (-1, ""), (-1, 1.2), (1, 5.0), (1, 5.2), (0, "nan")]]
+    (s,) = screen.screen(wells, ["x"])
+    assert s.z.value == pytest.approx(screen.z_factor([1.0, 1.2], [5.0, 5.2]))
+    assert s.notes == ("2 of 6 wells have no value and are left out",)
+    row = s.row()
+    for key in ("z_factor", "one_tailed_z_factor", "v_factor", "ec50"):
+        assert not math.isnan(row[key]) or row[f"{key}_note"]
+
+
+def test_control_labels_and_columns():
+    assert screen.control_labels([-1, 0, 1, 1]) == (-1.0, 1.0)
+    assert screen.control_labels([0, 1, 2, 2]) == (0.0, 2.0)  # CellProfiler's rule: lowest and highest
+    assert screen.control_labels([0, 1, 2, 3], negative=1, positive=3) == (1.0, 3.0)
+    with pytest.raises(ScreenError, match="both marked 1"):
+        screen.control_labels([1, 2], negative=1, positive=1)
+    with pytest.raises(ScreenError, match=r"2 columns \(Control_A, control_b\) naming the controls"):
+        screen.find_column(["Control_A", "control_b", "Dose"], "control")
+    with pytest.raises(ScreenError, match="wells.csv has no column 'Treatment'"):
+        screen.find_column(["Control", "Dose"], "dose", given="Treatment", table="wells.csv")
+    assert screen.find_column(["row", "Concentration_uM"], "dose") == "Concentration_uM"
+
+
+def _logistic_wells(bottom, top, ec50, hill, noise, seed=0):
+    rng = np.random.default_rng(seed)
+    doses = np.repeat([0, 0.1, 0.3, 1, 3, 10, 30, 100], 3).astype(float)
+    with np.errstate(over="ignore", divide="ignore"):
+        y = bottom + (top - bottom) / (1 + (ec50 / doses) ** hill)  # dose 0: bottom
+    return doses, y + rng.normal(0, noise, y.size)
+
+
+@pytest.mark.parametrize("bottom, top, ec50, hill", [(10, 100, 2.0, 1.2), (80, 5, 7.0, 2.5), (0.2, 0.9, 0.5, 0.8)])
+def test_dose_response_recovers_a_known_curve(bottom, top, ec50, hill):
+    doses, y = _logistic_wells(bottom, top, ec50, hill, noise=0.01 * abs(top - bottom))
+    fit = screen.fit_dose_response(doses, y)
+    assert fit.ec50 == pytest.approx(ec50, rel=0.08) and fit.hill == pytest.approx(hill, rel=0.15)
+    assert fit.bottom == pytest.approx(bottom, abs=0.03 * abs(top - bottom))
+    assert fit.top == pytest.approx(top, abs=0.03 * abs(top - bottom))
+    assert fit.p_flat < 1e-6 and fit.notes == ()
+    # exact data: the fit is exact
+    exact = screen.fit_dose_response(*_logistic_wells(bottom, top, ec50, hill, noise=0))
+    assert exact.ec50 == pytest.approx(ec50, rel=1e-6)
+
+
+def test_dose_response_says_when_there_is_no_ec50():
+    doses = np.repeat([0, 1, 2, 3, 4, 5], 2).astype(float)
+    with pytest.raises(ScreenError, match="did not converge .* may not level out within the tested doses; no EC50"):
+        screen.fit_dose_response(doses, doses * 2.0)  # a straight line: never levels out
+    with pytest.raises(ScreenError, match="dose -1 is negative"):
+        screen.fit_dose_response([-1, 0, 1, 2], [1, 2, 3, 4])
+    flat = screen.fit_dose_response(doses, np.random.default_rng(1).normal(5, 1, doses.size))
+    assert any("no better than a flat line" in n for n in flat.notes)
+    step = screen.fit_dose_response(doses, np.where(doses >= 3, 10.0, 1.0))
+    assert 2 <= step.ec50 <= 3 and any("Hill slope at its limit" in n for n in step.notes)
