@@ -1,15 +1,20 @@
-"""Screen statistics (Z', one-tailed Z', V, dose-response): hand-computed cases."""
+"""Screen statistics (Z', one-tailed Z', V, dose-response) and well QC: hand-computed cases."""
 import doctest
 import math
 
 import numpy as np
 import pytest
+import tifffile
 
-from dlmodel import screen
+from conftest import SHARED
+
+from dlmodel import platerun, qc, screen
 from dlmodel.screen import ScreenError
 
+SBS = SHARED / "data" / "ExampleSBSImages"
 
-@pytest.mark.parametrize("module", [screen])
+
+@pytest.mark.parametrize("module", [screen, qc, platerun])
 def test_docstring_examples(module):
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
@@ -132,3 +137,36 @@ def test_dose_response_says_when_there_is_no_ec50():
     assert any("no better than a flat line" in n for n in flat.notes)
     step = screen.fit_dose_response(doses, np.where(doses >= 3, 10.0, 1.0))
     assert 2 <= step.ec50 <= 3 and any("Hill slope at its limit" in n for n in step.notes)
+
+
+# --- QC -----------------------------------------------------------------------------------------
+
+def test_qc_flags_a_blurred_a_saturated_and_an_empty_well():
+    from scipy.ndimage import gaussian_filter
+
+    images = [tifffile.imread(p) for p in sorted(SBS.glob("Channel2-*.tif"))[:12]]
+    wells = {i: {"count": 200 + i, **qc.image_measures({"2": img})} for i, img in enumerate(images)}
+    wells[3].update(qc.image_measures({"2": gaussian_filter(images[3], 3)}))
+    clipped = images[5].copy()
+    clipped[clipped > np.percentile(clipped, 97)] = 255
+    wells[5].update(qc.image_measures({"2": clipped}))
+    wells[7]["count"] = 0
+    found = qc.flags(wells)
+    assert [k for k, f in found.items() if f] == [3, 5, 7]
+    assert found[3][0].startswith("blurred (channel 2, z = -")
+    assert found[5][0].startswith("saturated (channel 2, ") and found[5][0].endswith(" %)")
+    assert found[7] == ["no objects", found[7][1]] and found[7][1].startswith("count outlier (z = -")
+    assert "out of focus" in qc.explain(found[3][0]) and "channel 2" in qc.explain(found[3][0])
+    assert qc.saturation(images[0]) < 0.005 and qc.saturation(np.zeros((4, 4), np.uint8)) == 0.0
+
+
+def test_ring_measure_by_hand():
+    labels = np.zeros((9, 9), dtype=np.int32)
+    labels[3:6, 3:6] = 1
+    img = np.zeros((9, 9))
+    img[3:6, 3:6] = 8.0  # inside: 8
+    img[2, 2:7] = img[6, 2:7] = img[2:7, 2] = img[2:7, 6] = 2.0  # the 1-pixel ring: 2
+    m = platerun.measure(labels, {"1": img}, ring=1)
+    assert m["mean_intensity_1"][0] == 8.0 and m["ring_mean_intensity_1"][0] == 2.0 and m["ring_ratio_1"][0] == 4.0
+    assert "ring_ratio_1" not in platerun.measure(labels, {"1": img})
+    assert labels.sum() == 9  # not changed
