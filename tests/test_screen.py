@@ -1,20 +1,31 @@
-"""Screen statistics (Z', one-tailed Z', V, dose-response) and well QC: hand-computed cases."""
+"""Screen statistics (Z', one-tailed Z', V, dose-response), well QC and the plate report:
+hand-computed cases, and the whole `dlmodel plate --report` on real plate images."""
+import csv
 import doctest
 import math
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tifffile
 
-from conftest import SHARED
+from conftest import ROOT, SHARED
 
-from dlmodel import platerun, qc, screen
+from dlmodel import platerun, qc, report, screen
 from dlmodel.screen import ScreenError
 
 SBS = SHARED / "data" / "ExampleSBSImages"
+MODEL = ROOT / "models" / "nuclei_default"
 
 
-@pytest.mark.parametrize("module", [screen, qc, platerun])
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("module", [screen, qc, report, platerun])
 def test_docstring_examples(module):
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
@@ -170,3 +181,88 @@ def test_ring_measure_by_hand():
     assert m["mean_intensity_1"][0] == 8.0 and m["ring_mean_intensity_1"][0] == 2.0 and m["ring_ratio_1"][0] == 4.0
     assert "ring_ratio_1" not in platerun.measure(labels, {"1": img})
     assert labels.sum() == 9  # not changed
+
+
+# --- the report -----------------------------------------------------------------------------------
+
+def _wells_csv(path, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def test_report_is_one_self_contained_page(tmp_path):
+    meta = {(r["Row"], int(r["Column"])): r for r in read_csv(SBS / "1049_Metadata.csv")}
+    rng = np.random.default_rng(0)
+    rows = []
+    for (row, col), m in sorted(meta.items()):
+        dose, ctrl = float(m["SBS_Doses"]), m["SBS_Controls"]
+        gfp = 1 + 2 / (1 + (3 / dose) ** 2) if dose > 0 else 1.0
+        rows.append({"plate": "plate", "row": row, "column": col, "count": 150 + int(rng.integers(0, 20)),
+                     "mean_area": 300.0, "mean_intensity_1": gfp + rng.normal(0, 0.05), "constant": 7.0,
+                     "flags": "blurred (channel 2, z = -5.0)" if (row, col) == ("C", 4) else "",
+                     "meta_SBS_Doses": m["SBS_Doses"], "meta_SBS_Controls": ctrl})
+    rows[0]["count"] = 0
+    rows[0]["flags"] = "no objects"
+    table = _wells_csv(tmp_path / "wells.csv", rows)
+    paths = report.plate_report(table, tmp_path, readouts=["count", "mean_intensity_1", "constant"],
+                                about={"model": "test wells"})
+    page = paths["report"].read_text()
+    assert page.count('src="data:image/png;base64,') == 4  # 3 readouts + QC, inside the page
+    assert "<script" not in page and "http" not in page  # nothing to fetch
+    assert {p.name for p in (tmp_path / "report").glob("*.png")} == {"count.png", "mean_intensity_1.png", "constant.png", "qc.png"}
+    stats = {r["readout"]: r for r in read_csv(paths["screen"])}
+    assert float(stats["mean_intensity_1"]["z_factor"]) > 0.5 and float(stats["mean_intensity_1"]["ec50"]) == pytest.approx(3, rel=0.1)
+    assert stats["constant"]["z_factor"] == "nan" and "does not separate the controls" in stats["constant"]["z_factor_note"]
+    assert "the readout is 7 in every control well" in page  # the reason is on the page, not just a NaN
+    assert "meta_SBS_Controls" in page and "negative = -1 (16 wells), positive = 1 (8 wells)" in page
+    assert "A01" in page and "no objects" in page and "out of focus" in page  # flagged wells, each flag explained
+    for name in qc.FLAGS:
+        assert f"<dt>{name}</dt>" in page
+
+
+def test_report_without_controls_and_with_two_plates(tmp_path):
+    rows = [{"plate": "p", "row": "A", "column": c, "count": 10 + c, "flags": ""} for c in range(1, 7)]
+    paths = report.plate_report(_wells_csv(tmp_path / "wells.csv", rows), tmp_path)
+    page = paths["report"].read_text()
+    assert "no statistics</b>: " in page and "no column naming the controls" in page and "screen" not in paths
+    rows[0]["plate"] = "q"
+    with pytest.raises(Exception, match="holds 2 plates"):
+        report.plate_report(_wells_csv(tmp_path / "two.csv", rows), tmp_path / "two")
+
+
+# --- the whole command: segment, measure, QC, statistics, report ---------------------------------
+
+def test_plate_command_writes_the_report(tmp_path):
+    from scipy.ndimage import gaussian_filter
+
+    folder = tmp_path / "plate"
+    folder.mkdir()
+    wells = ["A-01", "A-02", "A-03", "A-05", "A-07", "A-09", "A-11", "A-12", "B-12", "E-01", "B-01"]
+    for p in SBS.glob("Channel*.tif"):
+        if p.stem.split("-", 2)[2] in wells:
+            shutil.copy(p, folder)
+    blurred = next(folder.glob("Channel2-*-A-05.tif"))
+    tifffile.imwrite(blurred, gaussian_filter(tifffile.imread(blurred), 4))
+    shutil.copy(SBS / "1049_Metadata.csv", folder)
+    cmd = [sys.executable, "-m", "dlmodel.cli", "plate", str(MODEL), str(folder), "-o", str(tmp_path / "out"),
+           "--metadata", str(folder / "1049_Metadata.csv"), "--ring", "6", "--threads", "1"]
+    refused = subprocess.run(cmd + ["--controls", "SBS_Controls"], capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "add --report" in refused.stderr
+    res = subprocess.run(cmd + ["--report", "--controls", "SBS_Controls"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert "report written" in res.stdout
+    rows = {f"{w['row']}{int(w['column']):02d}": w for w in read_csv(tmp_path / "out" / "wells.csv")}
+    assert len(rows) == 11 and {"sharpness_2", "saturation_1", "flags", "ring_ratio_1"} <= set(rows["A01"])
+    assert rows["A05"]["flags"].startswith("blurred (channel 2")
+    assert [w for w, r in rows.items() if "blurred" in r["flags"]] == ["A05"]
+    stats = {r["readout"]: r for r in read_csv(tmp_path / "out" / "screen.csv")}
+    assert {"count", "mean_intensity_1", "ring_ratio_1"} <= set(stats)
+    assert int(stats["ring_ratio_1"]["n_negative"]) == 3 and int(stats["ring_ratio_1"]["n_positive"]) == 3
+    for r in stats.values():
+        for key in ("z_factor", "v_factor", "ec50"):
+            assert r[key] != "nan" or r[f"{key}_note"], (r["readout"], key)
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "ring_ratio_1" in page and "blurred" in page and page.count("data:image/png;base64,") == len(stats) + 1

@@ -446,8 +446,8 @@ def verdict(z: float) -> str:
     """How a screener reads a Z'-factor.
 
     >>> verdict(0.7), verdict(0.2), verdict(-1.0)
-    ('excellent', 'screenable', 'controls overlap')
+    ('excellent', 'marginal', 'controls overlap')
     """
     if math.isnan(z):
         return "no Z'"
-    return "excellent" if z >= 0.5 else "screenable" if z > 0 else "controls overlap"
+    return "excellent" if z >= 0.5 else "marginal" if z > 0 else "controls overlap"
