@@ -1,5 +1,6 @@
 """Screen statistics (Z', one-tailed Z', V, dose-response), well QC and the plate report:
-hand-computed cases, and the whole `dlmodel plate --report` on real plate images."""
+hand-computed cases, and CellProfiler's own CalculateStatistics on the same wells (a real
+headless `cellprofiler` run of example_pipelines/plate_screen.cppipe)."""
 import csv
 import doctest
 import math
@@ -266,3 +267,78 @@ def test_plate_command_writes_the_report(tmp_path):
             assert r[key] != "nan" or r[f"{key}_note"], (r["readout"], key)
     page = (tmp_path / "out" / "report.html").read_text()
     assert "ring_ratio_1" in page and "blurred" in page and page.count("data:image/png;base64,") == len(stats) + 1
+
+
+# --- CellProfiler's CalculateStatistics on the same wells ----------------------------------------
+
+# rows A and E of the example plate: 4 negative and 2 positive control wells, doses 0-10
+CP_WELLS = [f"{r}-{c:02d}" for r in "AE" for c in range(1, 13)]
+
+
+@pytest.fixture(scope="module")
+def cp_run(tmp_path_factory):
+    from test_cellprofiler import CELLPROFILER, _plate_subset, run_cellprofiler
+
+    if not CELLPROFILER.exists():
+        pytest.skip("cellprofiler is not installed")
+    tmp = tmp_path_factory.mktemp("calcstats")
+    res = run_cellprofiler("plate_screen.cppipe", _plate_subset(tmp, CP_WELLS), tmp / "out")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Failed to complete post_run" not in res.stderr
+    rows = read_csv(tmp / "out" / "Image.csv")
+    with open(tmp / "out" / "Experiment.csv", newline="") as f:
+        experiment = dict(csv.reader(f))
+    return rows, experiment
+
+
+def _cp_statistics(experiment):
+    """{Image.csv column: {statistic: CellProfiler's value}} from Experiment.csv."""
+    out = {}
+    for key, value in experiment.items():
+        for stat in ("Zfactor", "OneTailedZfactor", "Vfactor", "EC50"):
+            if key.startswith(stat + "_"):
+                obj, feature = key[len(stat) + 1:].split("_", 1)
+                out.setdefault(feature if obj == "Image" else f"Mean_{obj}_{feature}", {})[stat] = float(value)
+    return out
+
+
+def test_plate_screen_pipeline_ends_with_statistics_of_rundlmodel_objects(cp_run):
+    rows, experiment = cp_run
+    assert len(rows) == 24
+    for key in ("Zfactor_Image_Count_Nuclei", "Vfactor_Nuclei_Intensity_MeanIntensity_GFP",
+                "EC50_Cytoplasm_Intensity_MeanIntensity_GFP", "OneTailedZfactor_Cells_AreaShape_Area"):
+        assert math.isfinite(float(experiment[key]))
+
+
+def test_statistics_match_cellprofilers_calculatestatistics(cp_run):
+    """Z' and V to 1e-6 relative on every feature CellProfiler scores; one-tailed Z' where the
+    negative controls have the lower mean (docs/screen.md: CellProfiler's slip otherwise);
+    CellProfiler's stand-in values (-2999999, -5999999, -100000) are ours NaN with the reason."""
+    rows, experiment = cp_run
+    cp = _cp_statistics(experiment)
+    columns = [c for c in cp if c in rows[0]]
+    # ExportToSpreadsheet writes no per-image mean of the object numbers; every other feature is there
+    assert set(cp) - set(columns) == {f"Mean_{o}_Number_Object_Number" for o in ("Cells", "Cytoplasm", "Nuclei")}
+    assert len(columns) > 100
+    ours = {s.readout: s for s in screen.screen(rows, columns, controls="Metadata_SBS_Controls", doses="Metadata_SBS_Doses")}
+    compared = {"Zfactor": 0, "Vfactor": 0, "OneTailedZfactor": 0}
+    sentinels = {"Zfactor": -2999999.0, "Vfactor": -5999999.0, "OneTailedZfactor": -100000.0}
+    for col in columns:
+        s = ours[col]
+        rising = np.mean(s.negative) <= np.mean(s.positive)
+        for stat, mine in (("Zfactor", s.z), ("Vfactor", s.v), ("OneTailedZfactor", s.one_tailed_z)):
+            theirs = cp[col][stat]
+            if theirs == sentinels[stat]:
+                assert math.isnan(mine.value) and mine.note, (col, stat)
+                continue
+            assert not math.isnan(mine.value), (col, stat, mine.note)
+            if stat == "OneTailedZfactor" and not rising:
+                continue
+            assert mine.value == pytest.approx(theirs, rel=1e-6, abs=1e-12), (col, stat)
+            compared[stat] += 1
+    assert compared["Zfactor"] > 100 and compared["Vfactor"] > 100 and compared["OneTailedZfactor"] > 30
+    # EC50: the same curve fitted another way (docs/screen.md); where ours is a clean fit of a clear
+    # response, CellProfiler's Nelder-Mead lands on the same EC50 within its tolerance
+    clean = [c for c in columns if ours[c].fit is not None and not ours[c].ec50.note and ours[c].fit.p_flat < 0.01]
+    close = [c for c in clean if ours[c].ec50.value == pytest.approx(cp[c]["EC50"], rel=1e-3)]
+    assert len(clean) > 20 and len(close) >= 0.9 * len(clean)
