@@ -10,7 +10,7 @@ below, applied to copies in the output folder, each printed.
     .venv/bin/python benchmarks/examplesbs_swap.py [--images ../shared/data/ExampleSBSImages] [--out out/examplesbs]
     .venv/bin/python benchmarks/examplesbs_swap.py --last 12     # a quick try: the first 12 image sets
 
-Takes about an hour on 2 cores (MeasureTexture with Gabor features is most of it).
+Takes about 45 minutes on 2 cores (MeasureTexture with Gabor features is most of it).
 """
 from __future__ import annotations
 
