@@ -34,6 +34,7 @@ demo: setup
 	$(BIN)/dlmodel heatmap $(OUT)/Image.csv -o $(OUT)/plate_heatmap.png \
 		--measure Count_Nuclei --measure Mean_Nuclei_Intensity_MeanIntensity_GFP
 	@echo "per-image (per-well) CSV: $(OUT)/Image.csv; per-object CSVs: $(OUT)/Nuclei.csv $(OUT)/Cells.csv $(OUT)/Cytoplasm.csv"
+	@echo "CalculateStatistics (Z', V, EC50 of every measurement): $(OUT)/Experiment.csv"
 	@echo "plate heatmap (nuclei count, mean GFP per well): $(OUT)/plate_heatmap.png"
 
 # make gui-test: the real CellProfiler window on a virtual display (Xvfb), driven by

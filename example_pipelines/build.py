@@ -96,6 +96,7 @@ def nuclei(instantiate):
     ]
 
 
+SBS_TYPES = '{"SBS_Controls": "integer", "SBS_Doses": "float", "Row": "text", "Column": "text", "ChannelNumber": "text", "ImageNumber": "text"}'
 SBS_REGEX = r"^Channel(?P<ChannelNumber>[12])-(?P<ImageNumber>[0-9]{2})-(?P<Row>[A-H])-(?P<Column>[0-9]{2})"
 
 
@@ -108,7 +109,9 @@ def plate_screen(instantiate):
         module(instantiate, "Metadata",
                "Well row and column from the file names; dose and controls per well from 1049_Metadata.csv in the same folder.",
                {"Extract metadata?": "Yes", "Extraction method count": "2",
-                "Regular expression to extract from file name": SBS_REGEX},
+                "Regular expression to extract from file name": SBS_REGEX,
+                # numbers, not text: CalculateStatistics groups wells by them
+                "Metadata data type": "Choose for each", "Metadata types": SBS_TYPES},
                # second extraction method: the per-well CSV, joined on Row and Column
                extra=["Import from file", "File name", SBS_REGEX, "(?P<Date>[0-9]{4}_[0-9]{2}_[0-9]{2})$", "All images",
                       'and (file does contain "")', "Default Input Folder|", csv_join, "No", "1049_Metadata.csv"]),
@@ -132,10 +135,22 @@ def plate_screen(instantiate):
         module(instantiate, "MeasureObjectIntensity", "GFP and DNA intensity in nuclei, cytoplasm and cells.",
                {"Select images to measure": "DNA, GFP", "Select objects to measure": "Nuclei, Cytoplasm, Cells"}),
         module(instantiate, "ExportToSpreadsheet",
-               "Image.csv (one row per well, with dose and controls, and per-image means of object measurements) and one CSV per object type.",
+               "Image.csv (one row per well, with dose and controls, and per-image means of object measurements) and one CSV per object type, "
+               "written before CalculateStatistics runs, so that a run whose statistics fail (a -f/-l slice with one "
+               "control kind or one dose) still has its tables.",
                {"Add image metadata columns to your object data file?": "Yes",
                 "Add image file and folder names to your object data file?": "Yes",
                 "Calculate the per-image mean values for object measurements?": "Yes",
+                "Add a prefix to file names?": "No", "Overwrite existing files without warning?": "Yes"}),
+        module(instantiate, "CalculateStatistics",
+               "Z'-factor and V-factor of every per-well measurement from the control wells (SBS_Controls: -1 negative, "
+               "1 positive) and the doses (SBS_Doses), and EC50 from CellProfiler's dose-response fit: computed when the "
+               "run ends; the next module writes them to Experiment.csv.",
+               {"Select the image measurement describing the positive and negative control status": "Metadata_SBS_Controls",
+                "Select the image measurement describing the treatment dose": "Metadata_SBS_Doses"}),
+        module(instantiate, "ExportToSpreadsheet",
+               "Experiment.csv: CalculateStatistics' Zfactor_, OneTailedZfactor_, Vfactor_ and EC50_ of each measurement.",
+               {"Export all measurement types?": "No", "Data to export": "Experiment", "File name": "Experiment.csv",
                 "Add a prefix to file names?": "No", "Overwrite existing files without warning?": "Yes"}),
     ]
 

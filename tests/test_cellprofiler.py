@@ -95,7 +95,9 @@ def test_plate_pipeline_on_a_subset_of_wells(tmp_path):
     meta = {f"{r['Row']}-{r['Column']}": r for r in read_csv(SBS / "1049_Metadata.csv")}
     for r in rows:
         well = f"{r['Metadata_Row']}-{r['Metadata_Column']}"
-        assert r["Metadata_SBS_Doses"] == meta[well]["SBS_Doses"]
+        # typed in the Metadata module (float dose, integer control) for CalculateStatistics
+        assert float(r["Metadata_SBS_Doses"]) == float(meta[well]["SBS_Doses"])
+        assert int(r["Metadata_SBS_Controls"]) == int(meta[well]["SBS_Controls"])
         assert r["FileName_DNA"].startswith("Channel2") and r["FileName_GFP"].startswith("Channel1")
         assert 100 <= int(float(r["Count_Nuclei"])) <= 400  # measured on the full plate: 130..318
         assert float(r["Count_Cells"]) == float(r["Count_Nuclei"])

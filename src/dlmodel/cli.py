@@ -47,6 +47,17 @@ def _positive(text: str) -> int:
     return n
 
 
+def _nonnegative(text: str) -> int:
+    """A whole number >= 0 (ring width)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: use a number >= 0")
+    return n
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dlmodel", description="Run BioImage Model Zoo models on your images.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -97,6 +108,15 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--model-channel", default="2", help="the channel the model segments (default 2: Hoechst in ExampleSBS)")
     sp.add_argument("--measure-channel", action="append", default=None, help="channels measured in the objects; repeat")
     sp.add_argument("--metadata", type=Path, default=None, help="per-well CSV with Row and Column columns to join")
+    sp.add_argument("--ring", type=_nonnegative, default=0,
+                    help="also measure a ring this many pixels wide around each object, and inside/ring ratios (0: off)")
+    sp.add_argument("--report", action="store_true",
+                    help="also write report.html (Z', dose-response, heatmaps, QC flags), screen.csv and report/*.png")
+    sp.add_argument("--controls", default=None, help="the metadata column marking controls (default: the one naming 'control')")
+    sp.add_argument("--doses", default=None, help="the metadata column with doses (default: the one naming 'dose' or 'conc')")
+    sp.add_argument("--negative", type=float, default=None, help="the control column's value for negative controls (default -1)")
+    sp.add_argument("--positive", type=float, default=None, help="the control column's value for positive controls (default 1)")
+    sp.add_argument("--readout", action="append", default=None, help="a wells.csv column to report on; repeat (default: all)")
     batch_args(sp, "sites")
 
     sp = sub.add_parser("heatmap", help="plate heatmaps of per-well means from a per-image CSV (e.g. Image.csv)")
@@ -254,11 +274,14 @@ def _plate(args: argparse.Namespace) -> int:
     folder = Path(args.images)
     if not folder.is_dir():
         raise DLModelError(f"{folder} is not a folder")
+    if not args.report and any(v is not None for v in (args.controls, args.doses, args.negative, args.positive, args.readout)):
+        raise DLModelError("--controls, --doses, --negative, --positive and --readout choose what --report shows: add --report")
     sites = platerun.parse_layout(io.find_images([str(folder)]), args.layout)
     model = _load(args)
     job = platerun.PlateJob(source=str(model.spec.rdf_path) if model.local else args.source, engine=model.weights_format,
                             device=args.device, threads=args.threads, trust=args.trust, out_dir=args.output,
-                            model_channel=args.model_channel, measure_channels=tuple(args.measure_channel or ["1", "2"]))
+                            model_channel=args.model_channel, measure_channels=tuple(args.measure_channel or ["1", "2"]),
+                            ring=args.ring)
     tasks = job.tasks(sites)
     prepare_output(args.output)
     t0 = time.perf_counter()
@@ -268,6 +291,15 @@ def _plate(args: argparse.Namespace) -> int:
           + (f"({summary.skipped} already done) " if summary.skipped else "")
           + f"{_where(args, model)} in {time.perf_counter() - t0:.1f} s; {len(summary.failures)} failed")
     print(f"dlmodel: plate written: {paths['wells']} (per well), {paths['objects']} (per object), heatmaps in {args.output}")
+    if args.report:
+        from .report import plate_report
+
+        about = {"model": f"{model.spec.name} ({model.weights_format} on {model.device})", "images": str(folder)}
+        if args.metadata:
+            about["well metadata"] = str(args.metadata)
+        report = plate_report(paths["wells"], args.output, readouts=args.readout, controls=args.controls, doses=args.doses,
+                              negative=args.negative, positive=args.positive, about=about, title=folder.resolve().name)
+        print(f"dlmodel: report written: {report['report']}" + (f" (statistics: {report['screen']})" if "screen" in report else ""))
     _failures(summary.failures)
     return 1 if summary.failures else 0
 

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import io, plates
+from . import io, plates, qc
 from .errors import DLModelError
 from .runs import ModelJob, Task
 
@@ -48,8 +48,12 @@ def parse_layout(paths: Sequence[Path], layout: str) -> Dict[Site, Dict[str, Pat
     return dict(sites)
 
 
-def measure(labels: np.ndarray, channels: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    """Per object 1..N: area (pixels), centroid and mean intensity of each channel."""
+def measure(labels: np.ndarray, channels: Dict[str, np.ndarray], ring: int = 0) -> Dict[str, np.ndarray]:
+    """Per object 1..N: area (pixels), centroid and mean intensity of each channel; with
+    ``ring`` > 0 also the mean intensity in a ring ``ring`` pixels wide around each object
+    (grown into the background, never into another object: CellProfiler's Distance-N
+    cytoplasm) and the ratio inside / ring (``ring_ratio_<channel>``: a translocation readout,
+    NaN for an object with no ring)."""
     from .instances import centers
 
     n = int(labels.max())
@@ -57,10 +61,42 @@ def measure(labels: np.ndarray, channels: Dict[str, np.ndarray]) -> Dict[str, np
     area = np.bincount(flat, minlength=n + 1)[1:].astype(np.float64)
     c = centers(labels)
     out = {"object": np.arange(1, n + 1), "area": area, "center_y": c[:, -2] if n else c[:, 0], "center_x": c[:, -1] if n else c[:, 0]}
+    rings = ring_labels(labels, ring).ravel() if ring > 0 else None
+    ring_area = np.bincount(rings, minlength=n + 1)[1:].astype(np.float64) if rings is not None else None
     for name, img in channels.items():
-        sums = np.bincount(flat, weights=img.ravel().astype(np.float64), minlength=n + 1)[1:]
+        values = img.ravel().astype(np.float64)
+        sums = np.bincount(flat, weights=values, minlength=n + 1)[1:]
         out[f"mean_intensity_{name}"] = sums / np.maximum(area, 1)
+        if rings is not None:
+            ring_sums = np.bincount(rings, weights=values, minlength=n + 1)[1:]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ring_mean = np.where(ring_area > 0, ring_sums / np.maximum(ring_area, 1), np.nan)
+                out[f"ring_mean_intensity_{name}"] = ring_mean
+                out[f"ring_ratio_{name}"] = np.where(ring_mean > 0, out[f"mean_intensity_{name}"] / ring_mean, np.nan)
     return out
+
+
+def ring_labels(labels: np.ndarray, width: int) -> np.ndarray:
+    """Each object's ring: background pixels within ``width`` pixels of it, given to the
+    nearest object (a new array; ``labels`` is not changed).
+
+    >>> lab = np.zeros((1, 7), dtype=np.int32); lab[0, 3] = 1
+    >>> ring_labels(lab, 2).tolist()
+    [[0, 1, 1, 0, 1, 1, 0]]
+    """
+    from skimage.segmentation import expand_labels
+
+    grown = expand_labels(labels, distance=width)
+    grown[labels > 0] = 0
+    return grown
+
+
+def measure_columns(channels: Sequence[str], ring: int = 0) -> List[str]:
+    """The per-object measurement columns :func:`measure` makes for ``channels`` (averaged per well)."""
+    cols = [f"mean_intensity_{c}" for c in channels]
+    if ring > 0:
+        cols += [f"ring_mean_intensity_{c}" for c in channels] + [f"ring_ratio_{c}" for c in channels]
+    return cols
 
 
 @dataclass(frozen=True)
@@ -73,13 +109,15 @@ class PlateJob(ModelJob):
     out_dir: Path = Path("out")
     model_channel: str = "2"
     measure_channels: Tuple[str, ...] = ("1", "2")
+    ring: int = 0
 
     def tasks(self, sites: Dict[Site, Dict[str, Path]]) -> List[Task]:
         tasks = []
         for (plate, row, col, site), files in sorted(sites.items()):
-            channels = tuple(c for c in (self.model_channel, *self.measure_channels) if c in files)
-            out = self.out_dir / "sites" / f"{plate}_{row}{col:02d}_s{site}.csv"
-            tasks.append(Task(f"{plate} {row}{col:02d} site {site}", tuple(files[c] for c in channels), (out,),
+            channels = tuple(dict.fromkeys(c for c in (self.model_channel, *self.measure_channels) if c in files))
+            stem = self.out_dir / "sites" / f"{plate}_{row}{col:02d}_s{site}"
+            outputs = (stem.with_name(stem.name + ".csv"), stem.with_name(stem.name + "_image.csv"))
+            tasks.append(Task(f"{plate} {row}{col:02d} site {site}", tuple(files[c] for c in channels), outputs,
                               key=(plate, row, col, site, channels)))
         return tasks
 
@@ -91,44 +129,52 @@ class PlateJob(ModelJob):
         model = model or self.model()
         image, axes = io.read_image(files[self.model_channel])
         labels = model.labels(model.predict(image, axes=axes, name=str(files[self.model_channel])))
-        chans = {ch: io.read_image(files[ch])[0] for ch in self.measure_channels if ch in files}
-        values = measure(labels, chans)
-        rows = [{"plate": plate, "row": row, "column": col, "site": site,
-                 **{k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in values.items()}}
+        images = {ch: image if ch == self.model_channel else io.read_image(files[ch])[0] for ch in files}
+        values = measure(labels, {ch: images[ch] for ch in self.measure_channels if ch in images}, self.ring)
+        where = {"plate": plate, "row": row, "column": col, "site": site}
+        rows = [{**where, **{k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in values.items()}}
                 for i in range(len(values["object"]))]
-        _write_csv(task.outputs[0], rows, fields=OBJECT_FIELDS + [f"mean_intensity_{c}" for c in self.measure_channels])
-        return 1
+        _write_csv(task.outputs[0], rows, fields=OBJECT_FIELDS + measure_columns(self.measure_channels, self.ring))
+        _write_csv(task.outputs[1], [{**where, **qc.image_measures(images)}])
+        return 2
 
 
 OBJECT_FIELDS = ["plate", "row", "column", "site", "object", "area", "center_y", "center_x"]
 
 
-def collect(job: PlateJob, tasks: Sequence[Task], metadata: Optional[Path] = None) -> Dict[str, Path]:
+def collect(job: PlateJob, tasks: Sequence[Task], metadata: Optional[Path] = None,
+            thresholds: qc.Thresholds = qc.Thresholds()) -> Dict[str, Path]:
     """The plate's ``objects.csv`` (every object of every site done), ``wells.csv`` (count, mean
-    area and mean intensities per well, joined with a per-well metadata CSV) and one heatmap per
-    per-well measurement, from the sites' tables."""
+    area and mean measurements per well, the image quality measures, the well's QC flags, and a
+    per-well metadata CSV's columns) and one heatmap per per-well measurement, from the sites'
+    tables."""
     object_rows: List[dict] = []
+    image_rows: List[dict] = []
     for t in tasks:
         if t.done():
             with open(t.outputs[0], newline="") as f:
                 object_rows += [_numbers(r) for r in csv.DictReader(f)]
-    intensity_cols = [f"mean_intensity_{ch}" for ch in job.measure_channels]
-    wells = well_table(object_rows, sorted({t.key[:3] for t in tasks}), intensity_cols)
+            with open(t.outputs[1], newline="") as f:
+                image_rows += [_numbers(r) for r in csv.DictReader(f)]
+    measured = measure_columns(job.measure_channels, job.ring)
+    wells = well_table(object_rows, sorted({t.key[:3] for t in tasks}), measured)
+    _add_quality(wells, image_rows, thresholds)
     if metadata is not None:
         _join(wells, Path(metadata))
     out = job.out_dir
-    paths = {"objects": _write_csv(out / "objects.csv", object_rows, OBJECT_FIELDS + intensity_cols),
+    paths = {"objects": _write_csv(out / "objects.csv", object_rows, OBJECT_FIELDS + measured),
              "wells": _write_csv(out / "wells.csv", list(wells.values()))}
-    values = {(r, c): {m: w[m] for m in w if m in ("count", "mean_area", *intensity_cols)} for (_, r, c), w in wells.items()}
-    for m in ("count", "mean_area", *intensity_cols):
+    values = {(r, c): {m: w[m] for m in w if m in ("count", "mean_area", *measured)} for (_, r, c), w in wells.items()}
+    for m in ("count", "mean_area", *measured):
         paths[f"heatmap_{m}"] = plates.heatmaps(values, [m], out / f"plate_{m}.png", title=f"{m} per well")
     return paths
 
 
 def well_table(object_rows: Sequence[dict], wells: Sequence[Tuple[str, str, int]],
-               intensity_cols: Sequence[str]) -> Dict[Tuple[str, str, int], dict]:
-    """Per well (plate, row, column): object count, mean area and mean of each intensity column;
-    NaN where a well has no objects. The one place per-well means are made."""
+               measure_cols: Sequence[str]) -> Dict[Tuple[str, str, int], dict]:
+    """Per well (plate, row, column): object count, mean area and the mean of each measurement
+    column over the objects that have a value (as CellProfiler's per-image means); NaN where no
+    object has one. The one place per-well means are made."""
     by_well: Dict[Tuple[str, str, int], List[dict]] = defaultdict(list)
     for o in object_rows:  # one pass over the objects, not one per well
         by_well[(o["plate"], o["row"], int(o["column"]))].append(o)
@@ -136,10 +182,28 @@ def well_table(object_rows: Sequence[dict], wells: Sequence[Tuple[str, str, int]
     for key in wells:
         objs = by_well[key]
         table[key] = {"plate": key[0], "row": key[1], "column": key[2], "count": len(objs),
-                      "mean_area": float(np.mean([o["area"] for o in objs])) if objs else float("nan"),
-                      **{c: float(np.mean([o[c] for o in objs])) if objs else float("nan")
-                         for c in intensity_cols if not objs or c in objs[0]}}
+                      "mean_area": _finite_mean([o["area"] for o in objs]),
+                      **{c: _finite_mean([o[c] for o in objs]) for c in measure_cols if not objs or c in objs[0]}}
     return table
+
+
+def _finite_mean(values: Sequence[Any]) -> float:
+    a = np.asarray(values, dtype=np.float64)
+    a = a[np.isfinite(a)]
+    return float(a.mean()) if a.size else float("nan")
+
+
+def _add_quality(wells: Dict[Tuple[str, str, int], dict], image_rows: Sequence[dict], thresholds: qc.Thresholds) -> None:
+    """Each well's image quality (mean sharpness, highest saturation over its sites) and its QC flags."""
+    by_well: Dict[Tuple[str, str, int], List[dict]] = defaultdict(list)
+    for r in image_rows:
+        by_well[(r["plate"], r["row"], int(r["column"]))].append(r)
+    for key, w in wells.items():
+        for col in sorted({c for r in by_well[key] for c in r if c.startswith(("sharpness_", "saturation_"))}):
+            vals = [r[col] for r in by_well[key] if col in r]
+            w[col] = _finite_mean(vals) if col.startswith("sharpness_") else float(np.nanmax(np.asarray(vals, dtype=np.float64)))
+    for key, found in qc.flags(wells, thresholds=thresholds).items():
+        wells[key]["flags"] = "; ".join(found)
 
 
 def _numbers(row: dict) -> dict:
