@@ -68,6 +68,29 @@ def augmenter(x, y):
     return np.ascontiguousarray(x), np.ascontiguousarray(y)
 
 
+def train(conf, X_trn, Y_trn, X_thr, Y_thr, minutes: float):
+    """StarDist's own training within a time budget, then its threshold optimisation on held-out train images."""
+    import tensorflow as tf
+    from stardist.models import StarDist2D
+
+    model = StarDist2D(conf, name="stardist_nuclei", basedir="models")
+    model.prepare_for_training()
+    deadline = time.time() + minutes * 60
+
+    class TimeLimit(tf.keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            print(f"epoch {epoch + 1}: {logs}", flush=True)
+            if time.time() > deadline:
+                self.model.stop_training = True
+
+    model.callbacks.append(TimeLimit())
+    t0 = time.time()
+    model.train(X_trn, Y_trn, validation_data=(X_thr, Y_thr), augmenter=augmenter)
+    print(f"trained {(time.time() - t0) / 60:.1f} min", flush=True)
+    model.optimize_thresholds(X_thr, Y_thr)
+    return model
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--minutes", type=float, default=60, help="training time budget (thresholds and export come after)")
@@ -76,6 +99,10 @@ def main() -> int:
     p.add_argument("--macros", type=Path, help="local copy of deepimagej/imagej-macros (or tests/fixtures/deepimagej_macros)")
     p.add_argument("--stardist-src", type=Path, help="local checkout of stardist/stardist (its cover image)")
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--test-size", type=int, default=208,
+                   help="side of the test image crop: the smallest the rdf allows (208 = 2 x halo 96 + 16) keeps the 33-channel test output small")
+    p.add_argument("--from-model", type=Path,
+                   help="a StarDist model folder trained before (config.json, thresholds.json, weights_best.h5): export only")
     a = p.parse_args()
 
     import numpy as np
@@ -111,26 +138,15 @@ def main() -> int:
     os.environ["BIOIMAGEIO_CACHE_PATH"] = str(work / "bioimageio_cache")
     os.chdir(work)
     try:
-        model = StarDist2D(conf, name="stardist_nuclei", basedir="models")
-        model.prepare_for_training()
-        deadline = time.time() + a.minutes * 60
-
-        class TimeLimit(tf.keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                print(f"epoch {epoch + 1}: {logs}", flush=True)
-                if time.time() > deadline:
-                    self.model.stop_training = True
-
-        model.callbacks.append(TimeLimit())
-        t0 = time.time()
-        model.train(X_trn, Y_trn, validation_data=(X_thr, Y_thr), augmenter=augmenter)
-        print(f"trained {(time.time() - t0) / 60:.1f} min", flush=True)
-        model.optimize_thresholds(X_thr, Y_thr)
+        if a.from_model:  # re-export a model trained before, e.g. with a smaller test crop
+            model = StarDist2D(None, name=a.from_model.resolve().name, basedir=str(a.from_model.resolve().parent))
+        else:
+            model = train(conf, X_trn, Y_trn, X_thr, Y_thr, minutes=a.minutes)
         print("thresholds:", model.thresholds, flush=True)
         print("tile overlap:", model._axes_tile_overlap("YX"))  # before the export's graph mode
         import tifffile
 
-        test_input = tifffile.imread(files[int(order[0])])[:256, :256]  # a held-out train image, raw
+        test_input = tifffile.imread(files[int(order[0])])[: a.test_size, : a.test_size]  # a held-out train image, raw
         zip_path = Path("export") / "stardist_nuclei.zip"
         export_bioimageio(model, zip_path, test_input=test_input, test_input_axes="YX", name="RunDLModel StarDist nuclei")
         if a.out.exists():
