@@ -113,9 +113,7 @@ def choose_format(spec: ModelSpec, engine: str = "auto", device: str = "cpu") ->
             )
         fmt = candidates[0]
         if not engine_installed(fmt):
-            raise EngineError(
-                f"engine for {fmt} weights is not installed; pip install 'dlmodel[{ENGINE_EXTRA[fmt]}]'"
-            )
+            raise _not_installed(f"engine for {fmt} weights is not installed; pip install 'dlmodel[{ENGINE_EXTRA[fmt]}]'")
         return fmt
     order = AUTO_ORDER["cuda" if device.startswith("cuda") else "cpu"]
     for fmt in order:
@@ -126,10 +124,18 @@ def choose_format(spec: ModelSpec, engine: str = "auto", device: str = "cpu") ->
         raise EngineError(
             f"model {spec.name!r} has no weights dlmodel can run (it has: {', '.join(available) or 'none'})"
         )
-    raise EngineError(
+    raise _not_installed(
         f"no engine installed for model {spec.name!r} (weights: {', '.join(available)}); "
         f"pip install 'dlmodel[{extras[0]}]'" + (f" (or {', '.join(extras[1:])})" if len(extras) > 1 else "")
     )
+
+
+def _not_installed(message: str) -> EngineError:
+    """The refusal for an engine this environment lacks (the package has its weights):
+    ``.choice`` is ``"environment"``, so an adapter points at where the model runs, not at the engine."""
+    error = EngineError(message)
+    error.choice = "environment"  # type: ignore[attr-defined]
+    return error
 
 
 def default_threads() -> int:
