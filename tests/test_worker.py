@@ -218,3 +218,8 @@ def test_the_command_line_runs_the_model_in_another_environment(tmp_path):
     res = subprocess.run([sys.executable, "-m", "dlmodel.cli", "info", str(DEFAULT_MODEL), "--python", PYTHON],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and "RunDLModel default nuclei" in res.stdout
+    # the flag reaches the worker: a Python that is not there is what the run stops on
+    res = subprocess.run([sys.executable, "-m", "dlmodel.cli", "predict", str(DEFAULT_MODEL), str(images), "-o",
+                          str(tmp_path / "nowhere"), "--python", str(tmp_path / "no" / "python")],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "no such Python" in res.stderr

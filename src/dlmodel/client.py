@@ -28,7 +28,6 @@ import subprocess
 import sys
 import threading
 import time
-import weakref
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Deque, Dict, List, Mapping, Optional, Tuple, Union
@@ -85,6 +84,7 @@ class Worker:
         self.pid: Optional[int] = None
         self._messages: "queue.Queue[Optional[Dict[str, Any]]]" = queue.Queue()
         self._stderr: Deque[str] = collections.deque(maxlen=20)
+        self.pool = wire.Pool()  # the shared buffers, this side's, lent again from image set to image set
 
     @property
     def alive(self) -> bool:
@@ -100,6 +100,7 @@ class Worker:
             raise WorkerError(f"{self.python}: cannot start it ({e.strerror or e})") from e
         self.proc, self.pid = proc, proc.pid
         self.generation += 1
+        self.pool.take_dropped()  # a new process has mapped none of them
         self._messages = messages = queue.Queue()
         self._stderr.clear()
         threading.Thread(target=_read_messages, args=(proc.stdout, messages), daemon=True,
@@ -118,9 +119,9 @@ class Worker:
         LOGGER.info("dlmodel: started a worker in %s (Python %s, pid %s)", self.python, hello.get("python"), proc.pid)
 
     def request(self, message: Mapping[str, Any], timeout: float, what: str
-                ) -> Tuple[Any, Optional[Any]]:
-        """Send a request and wait for its answer: ``(result, segment)``, where ``segment`` holds
-        the arrays the result refers to (made here when the worker says how much it needs)."""
+                ) -> Tuple[Any, Optional[memoryview]]:
+        """Send a request and wait for its answer: ``(result, buffer)``, where ``buffer`` holds
+        the arrays the result refers to (lent here when the worker says how much it needs)."""
         with self.lock:
             if not self.alive:
                 if self.proc is not None and self.proc.returncode not in (None, 0):
@@ -128,24 +129,22 @@ class Worker:
                                    "starting a fresh one", self.python, self.proc.returncode)
                 self._start()
             try:
-                wire.send(self.proc.stdin, message)  # type: ignore[union-attr]
+                wire.send(self.proc.stdin, {**message, "forget": self.pool.take_dropped()})  # type: ignore[union-attr]
             except (BrokenPipeError, OSError):
                 self._died(what)
-            segment = None
+            buf = None
             try:
                 while True:
                     reply = self._next(timeout, what)
                     if "need" in reply:
-                        segment = wire.create(reply["need"])
-                        wire.send(self.proc.stdin, {"buffer": segment.name})  # type: ignore[union-attr]
+                        name, buf = self.pool.lease(reply["need"])
+                        wire.send(self.proc.stdin, {"buffer": name})  # type: ignore[union-attr]
                     elif "error" in reply:
                         raise _error(reply["error"])
                     else:
-                        return reply["ok"], segment
-            except BaseException:
-                if segment is not None:
-                    wire.release(segment)
-                raise
+                        return reply["ok"], buf
+            finally:
+                self.pool.settle()
 
     def _next(self, timeout: float, what: str) -> Dict[str, Any]:
         try:
@@ -160,7 +159,11 @@ class Worker:
 
     def _died(self, what: str) -> None:
         proc = self.proc
-        code = proc.wait(timeout=CLOSE_TIMEOUT_S) if proc is not None else None
+        try:
+            code = proc.wait(timeout=CLOSE_TIMEOUT_S) if proc is not None else None
+        except subprocess.TimeoutExpired:  # it closed its output but lives on: stop it
+            self.kill()
+            code = proc.returncode if proc is not None else None
         time.sleep(0.05)  # let the last lines of its stderr arrive
         last = next((line for line in reversed(self._stderr) if line.strip()), "")
         how = f"was killed (signal {-code})" if code is not None and code < 0 else f"exited (code {code})"
@@ -201,6 +204,7 @@ class Worker:
                     pass
             self.kill()
             self.proc = None
+            self.pool.close()
 
 
 def _read_messages(stream: Any, messages: "queue.Queue[Optional[Dict[str, Any]]]") -> None:
@@ -330,19 +334,16 @@ class RemoteModel:
         inputs = self._as_inputs(image)
         ids = list(inputs)
         arrays = [_sendable(inputs[k], name) for k in ids]
-        segment = wire.create(wire.layout(arrays)[1])
-        try:
-            refs = dict(zip(ids, wire.put(arrays, segment)))
-            del arrays
+        with self.worker.lock:  # the lent input buffer is this request's until it is answered
+            segment, buf = self.worker.pool.lease(wire.layout(arrays)[1])
+            refs = dict(zip(ids, wire.put(arrays, segment, buf)))
+            del arrays, buf
             result, out = self._call({"op": "predict", "inputs": refs, "axes": axes, "tile": tile, "batch_size": batch_size,
                                       "pad_mode": pad_mode, "max_tile_pixels": max_tile_pixels, "name": name}, "running")
-        finally:
-            wire.release(segment)
         self.worker_seconds = result["seconds"]  # the model's own time in the worker (benchmarks/worker.py)
+        # views on the lent buffer: it stays lent (and its name valid for labels()) while any lives
         pred = Prediction({k: wire.view(r, out) for k, r in result["arrays"].items()}, result["axes"], None)
         pred._refs = result["arrays"]  # type: ignore[attr-defined]
-        # the segment's name lives as long as the prediction (labels() hands it back to the worker)
-        weakref.finalize(pred, wire.release, out)
         return pred
 
     def _as_inputs(self, image: Union[np.ndarray, Mapping[str, np.ndarray]]) -> Dict[str, np.ndarray]:
@@ -356,24 +357,19 @@ class RemoteModel:
     def labels(self, prediction: Prediction, method: str = "auto", output: Optional[str] = None,
                channel: Optional[int] = None, **choices: Any) -> np.ndarray:
         """As :meth:`dlmodel.api.Model.labels`, made in the worker from the prediction's shared buffer."""
-        refs = getattr(prediction, "_refs", None)
-        segment = None
-        if refs is None:  # a prediction made elsewhere: into a shared buffer first
-            ids = list(prediction)
-            arrays = [_sendable(prediction[k], "prediction") for k in ids]
-            segment = wire.create(wire.layout(arrays)[1])
-            refs = dict(zip(ids, wire.put(arrays, segment)))
-        try:
+        with self.worker.lock:
+            refs = getattr(prediction, "_refs", None)
+            if refs is None:  # a prediction made elsewhere: into a shared buffer first
+                ids = list(prediction)
+                arrays = [_sendable(prediction[k], "prediction") for k in ids]
+                segment, buf = self.worker.pool.lease(wire.layout(arrays)[1])
+                refs = dict(zip(ids, wire.put(arrays, segment, buf)))
+                del arrays, buf
             result, out = self._call({"op": "labels", "prediction": refs, "axes": prediction.axes,
                                       "choices": {"method": method, "output": output, "channel": channel, **choices}},
                                      "making objects with")
-        finally:
-            if segment is not None:
-                wire.release(segment)
         self.worker_seconds = result["seconds"]
-        labels = wire.view(result["arrays"]["labels"], out)
-        wire.release(out)  # unlinked now; the array keeps the mapping
-        return labels
+        return wire.view(result["arrays"]["labels"], out)
 
     # ------------------------------------------------------------------ the rest of Model's interface
     def test(self, weights_format: Optional[str] = None) -> TestReport:

@@ -31,6 +31,7 @@ class Server:
         self.models: Dict[int, Any] = {}
         self.specs: Dict[str, Any] = {}
         self.next_handle = 1
+        self.mapped: Dict[str, Any] = {}  # the client's segments, kept mapped until it says forget
 
     # ------------------------------------------------------------------ loop
     def serve(self) -> None:
@@ -40,6 +41,9 @@ class Server:
             msg = wire.recv(self.inp)
             if msg is None or msg.get("op") == "close":
                 break
+            for name in msg.get("forget", ()):
+                if name in self.mapped:
+                    wire.release(self.mapped.pop(name), unlink=False)
             try:
                 result = self.OPS[msg["op"]](self, msg)
             except DLModelError as e:
@@ -64,12 +68,14 @@ class Server:
         answer = wire.recv(self.inp)
         if answer is None or "buffer" not in answer:
             raise SystemExit(0)  # the client went away mid-answer
-        segment = wire.attach(answer["buffer"])
-        try:
-            refs = wire.put(values, segment)
-        finally:
-            wire.release(segment, unlink=False)
+        refs = wire.put(values, answer["buffer"], self.segment(answer["buffer"]))
         wire.send(self.out, {"ok": {**meta, "arrays": dict(zip(names, refs))}})
+
+    def segment(self, name: str) -> Any:
+        """One of the client's segments, mapped once."""
+        if name not in self.mapped:
+            self.mapped[name] = wire.attach(name)
+        return self.mapped[name]
 
     # ------------------------------------------------------------------ ops
     def _spec(self, source: str) -> Any:
@@ -112,40 +118,24 @@ class Server:
 
     def op_predict(self, msg: Mapping[str, Any]) -> None:
         model = self._model(msg)
-        segments = {}
-        try:
-            inputs = {}
-            for tid, r in msg["inputs"].items():
-                if r["shm"] not in segments:
-                    segments[r["shm"]] = wire.attach(r["shm"])
-                inputs[tid] = wire.view(r, segments[r["shm"]])
-            t0 = time.perf_counter()
-            pred = model.predict(inputs, axes=msg.get("axes"), tile=_tile(msg.get("tile")), batch_size=msg.get("batch_size"),
-                                 pad_mode=msg.get("pad_mode"), name=msg.get("name", "image"),
-                                 **({"max_tile_pixels": msg["max_tile_pixels"]} if msg.get("max_tile_pixels") else {}))
-            seconds = time.perf_counter() - t0
-            del inputs
-        finally:
-            _close(segments)
+        inputs = {tid: wire.view(r, self.segment(r["shm"])) for tid, r in msg["inputs"].items()}
+        t0 = time.perf_counter()
+        pred = model.predict(inputs, axes=msg.get("axes"), tile=_tile(msg.get("tile")), batch_size=msg.get("batch_size"),
+                             pad_mode=msg.get("pad_mode"), name=msg.get("name", "image"),
+                             **({"max_tile_pixels": msg["max_tile_pixels"]} if msg.get("max_tile_pixels") else {}))
+        seconds = time.perf_counter() - t0
+        del inputs
         self.reply_arrays(pred, {"axes": pred.axes, "seconds": seconds})
 
     def op_labels(self, msg: Mapping[str, Any]) -> None:
         from .api import Prediction
 
         model = self._model(msg)
-        segments = {}
-        try:
-            arrays = {}
-            for oid, r in msg["prediction"].items():
-                if r["shm"] not in segments:
-                    segments[r["shm"]] = wire.attach(r["shm"])
-                arrays[oid] = wire.view(r, segments[r["shm"]])
-            t0 = time.perf_counter()
-            labels = model.labels(Prediction(arrays, msg["axes"], None), **msg["choices"])
-            seconds = time.perf_counter() - t0
-            del arrays
-        finally:
-            _close(segments)
+        arrays = {oid: wire.view(r, self.segment(r["shm"])) for oid, r in msg["prediction"].items()}
+        t0 = time.perf_counter()
+        labels = model.labels(Prediction(arrays, msg["axes"], None), **msg["choices"])
+        seconds = time.perf_counter() - t0
+        del arrays
         self.reply_arrays({"labels": labels}, {"seconds": seconds})
 
     def op_test(self, msg: Mapping[str, Any]) -> Dict[str, Any]:
@@ -204,11 +194,6 @@ def _tile(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-def _close(segments: Mapping[str, Any]) -> None:
-    for segment in segments.values():
-        wire.release(segment, unlink=False)  # the client's: mapped here, never unlinked here
-
-
 def main() -> None:
     # the protocol gets its own copy of stdout; fd 1 (what libraries print) goes to stderr
     out = os.fdopen(os.dup(1), "wb")
@@ -216,6 +201,8 @@ def main() -> None:
     sys.stdout = sys.stderr
     logging.basicConfig(level=os.environ.get("DLMODEL_WORKER_LOG", "WARNING"), stream=sys.stderr,
                         format="dlmodel worker: %(message)s")
+    # between requests the engine waits for the client: its threads sleep rather than spin
+    os.environ.setdefault("DLMODEL_ORT_SPINNING", "0")
     Server(sys.stdin.buffer, out).serve()
 
 
