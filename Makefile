@@ -9,7 +9,7 @@ OUT ?= out/demo
 # offline: CellProfiler's Bio-Formats reader would download Java jars from Maven first
 READERS := --enable-readers imageio_reader imageio_reader_v3
 
-.PHONY: setup test demo clean gui-setup gui-test
+.PHONY: setup test demo clean gui-setup gui-test cp4-setup test-cp4
 
 setup: $(VENV)/.installed
 
@@ -66,5 +66,42 @@ gui-test: gui-setup
 	mkdir -p docs/images
 	cp out/gui-shots/add_module_dialog.png out/gui-shots/settings_panel.png out/gui-shots/display_window.png docs/images/
 
+# make test-cp4: the CellProfiler tests against CellProfiler 4.2.8.1 (Python 3.9, headless), the
+# release most biologists run. .venv-cp4 holds CellProfiler and its needs only: no engine, no
+# bioimageio.spec, as in the app from the website; RunDLModel runs its models in .venv (Python 3.11)
+# through its setting "Python environment for the model" (docs/cellprofiler.md).
+CP4_VENV := .venv-cp4
+# Python 3.9 from pyenv where there is one, else from PATH
+PY39 ?= $(shell p=$$(pyenv prefix 3.9 2>/dev/null) && echo $$p/bin/python3.9 || command -v python3.9)
+# the JDK python-javabridge compiles against: $JAVA_HOME, else Debian's openjdk-17-jdk-headless
+CP4_JAVA_HOME = $(or $(JAVA_HOME),$(firstword $(wildcard /usr/lib/jvm/java-17-openjdk-*)))
+CP4_NEEDS := "scipy==1.9.0" "scikit-image==0.18.3" "centrosome>=1.2.3,<1.3" "docutils==0.15.2" "h5py>=3.6,<3.8" \
+	imageio "inflect<7" Jinja2 joblib mahotas "matplotlib<3.8" Pillow "prokaryote==2.4.4" "pyzmq~=22.3" \
+	"sentry-sdk==0.18.0" requests "scikit-learn<1" six "tifffile<2022.4.22" boto3 psutil \
+	"python-bioformats>=4.0.7,<5" pytest
+
+cp4-setup: $(CP4_VENV)/.installed
+
+$(CP4_VENV)/.installed:
+	@[ -x "$(PY39)" ] || { echo "cp4-setup needs Python 3.9 (pyenv install 3.9, or python3.9 on PATH)"; exit 1; }
+	@[ -f "$(CP4_JAVA_HOME)/include/jni.h" ] || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq openjdk-17-jdk-headless; }
+	$(PY39) -m venv $(CP4_VENV)
+	$(CP4_VENV)/bin/python -m pip install -q "numpy<1.25" cython wheel "setuptools<70"
+	# with build isolation javabridge compiles against numpy 2 and fails
+	JAVA_HOME=$(CP4_JAVA_HOME) \
+		$(CP4_VENV)/bin/python -m pip install -q --no-build-isolation python-javabridge==4.0.3
+	# --no-deps: CellProfiler declares wxPython and mysqlclient, which headless runs do not need
+	$(CP4_VENV)/bin/python -m pip install -q --no-deps cellprofiler==4.2.8.1 cellprofiler-core==4.2.8.1
+	$(CP4_VENV)/bin/python -m pip install -q "numpy<1.25" $(CP4_NEEDS)
+	$(CP4_VENV)/bin/cellprofiler --version
+	touch $@
+
+# the CellProfiler tests in CellProfiler 4.2.8.1; models run in .venv (Python 3.11) through the
+# module's "Python environment for the model"
+test-cp4: setup cp4-setup
+	DLMODEL_ENGINE_PYTHON=$(abspath $(BIN)/python) PYTHONPATH=$(abspath src) \
+		$(CP4_VENV)/bin/python -m pytest -p no:cacheprovider tests/test_cellprofiler.py
+
 clean:
-	rm -rf $(VENV) $(GUI_VENV) out .pytest_cache .hypothesis
+	rm -rf $(VENV) $(GUI_VENV) $(CP4_VENV) out .pytest_cache .hypothesis

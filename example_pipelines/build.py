@@ -6,6 +6,12 @@ back through cellprofiler_core and saved again, so what lands in the .cppipe is 
 CellProfiler reads and writes.
 
     .venv/bin/python example_pipelines/build.py
+    .venv-cp4/bin/python example_pipelines/build.py    # CellProfiler 4.2.8's own files, in cellprofiler4/
+
+CellProfiler 4.2.8 reads a file saved by 5.0 without refusing newer module revisions: it reads
+5.0's Metadata (revision 7) as its revision 6, and a second extraction group (plate_screen's CSV
+import) comes out shifted and lost. So 4.2.8 gets its own files, written by 4.2.8 (they load in
+5.0 as they are: tests/test_cellprofiler.py).
 """
 import io
 import sys
@@ -24,6 +30,17 @@ def _cp():
 
     fill_modules()
     return instantiate_module
+
+
+def _version():
+    from importlib import metadata
+
+    for dist in ("cellprofiler-core", "cellprofiler-core-nightly"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return ""
 
 
 def module(instantiate, name, notes, values=(), extra=()):
@@ -104,6 +121,11 @@ def plate_screen(instantiate):
     """CellProfiler's 96-well example plate: Hoechst (Channel2) and GFP (Channel1) per well."""
     csv_join = "[{'CSV Metadata': 'Row', 'Image Metadata': 'Row'}, {'CSV Metadata': 'Column', 'Image Metadata': 'Column'}]"
     image_join = "[{'DNA': 'Row', 'GFP': 'Row'}, {'DNA': 'Column', 'GFP': 'Column'}]"
+    csv_group = ["Import from file", "File name", SBS_REGEX, "(?P<Date>[0-9]{4}_[0-9]{2}_[0-9]{2})$", "All images",
+                 'and (file does contain "")', "Default Input Folder|", csv_join, "No", "1049_Metadata.csv"]
+    # an extraction group has more settings in 4.2.8 (its revision 6) than in 5.0: those at their defaults
+    fresh = [s.unicode_value for s in instantiate("Metadata").settings()]
+    csv_group += fresh[4 + len(csv_group):]
     return [
         module(instantiate, "Images", "The plate's images: the folder given with -i."),
         module(instantiate, "Metadata",
@@ -113,8 +135,7 @@ def plate_screen(instantiate):
                 # numbers, not text: CalculateStatistics groups wells by them
                 "Metadata data type": "Choose for each", "Metadata types": SBS_TYPES},
                # second extraction method: the per-well CSV, joined on Row and Column
-               extra=["Import from file", "File name", SBS_REGEX, "(?P<Date>[0-9]{4}_[0-9]{2}_[0-9]{2})$", "All images",
-                      'and (file does contain "")', "Default Input Folder|", csv_join, "No", "1049_Metadata.csv"]),
+               extra=csv_group),
         module(instantiate, "NamesAndTypes", "Channel2 is Hoechst (DNA), Channel1 is GFP; matched by well.",
                {"Assign a name to": "Images matching rules", ("Name to assign these images", 1): "DNA",
                 "Match metadata": image_join, "Image set matching method": "Metadata",
@@ -199,6 +220,13 @@ def classic_baseline(instantiate):
 
 def main():
     instantiate = _cp()
+    if _version().startswith("4."):
+        out = HERE / "cellprofiler4"
+        out.mkdir(exist_ok=True)
+        for name, build in (("nuclei", nuclei), ("plate_screen", plate_screen), ("nuclei_3d", nuclei_3d),
+                            ("stardist_nuclei", stardist_nuclei)):
+            save(build(instantiate), out / f"{name}.cppipe")
+        return 0
     save(classic_baseline(instantiate), ROOT / "benchmarks" / "identify_primary_baseline.cppipe")
     save(nuclei_3d(instantiate), HERE / "nuclei_3d.cppipe")
     save(nuclei(instantiate), HERE / "nuclei.cppipe")

@@ -18,7 +18,10 @@ whole image. Intensities reach the model as stored in the file (CellProfiler's 0
 undone), as the model's authors saw them.
 
 The model is loaded once per process and reused for every image set and by every RunDLModel
-module using the same model, engine and device.
+module using the same model, engine and device. **Python environment for the model** runs it in
+another Python environment (one with the engines and bioimageio.spec installed, e.g. made by
+``dlmodel env create``): one worker process per CellProfiler process, images and outputs passed
+through shared memory; this CellProfiler then needs only numpy.
 
 ============ ============ ===============
 Supports 2D? Supports 3D? Respects masks?
@@ -37,7 +40,9 @@ package), *DLModel_Engine*, *DLModel_Device* and *DLModel_InferenceSeconds*; *Co
 *Number_Object_Number*.
 """
 # Importing this file must stay cheap: no engine (torch, TensorFlow, onnxruntime) is imported
-# until a model is loaded, so CellProfiler starts fast and lists the module without them.
+# until a model is loaded, so CellProfiler starts fast and lists the module without them. With a
+# "Python environment for the model" this side needs only numpy and the standard library
+# (dlmodel.client), so it runs in CellProfiler 4.2.8 (Python 3.9): keep the syntax 3.9's.
 import logging
 import os
 import sys
@@ -96,8 +101,16 @@ def _worker_threads():
 
 
 def _dlmodel():
-    import dlmodel
-
+    try:
+        import dlmodel
+    except ModuleNotFoundError as e:
+        # not installed in this CellProfiler (the app from the website, say): the copy in the
+        # project this plugin comes from
+        src = PROJECT_ROOT / "src"
+        if e.name != "dlmodel" or not (src / "dlmodel").is_dir():
+            raise
+        sys.path.append(str(src))
+        import dlmodel
     return dlmodel
 
 
@@ -114,13 +127,14 @@ def resolve_source(text):
 _SPECS = {}
 
 
-def _spec(source):
-    """The model's description (no engine), cached per source and rdf modification time."""
+def _spec(source, python=""):
+    """The model's description (no engine), read here or by the model's environment; cached per
+    source, rdf modification time and environment."""
     dl = _dlmodel()
     path = Path(source)
-    key = (source, path.stat().st_mtime if path.exists() else None)
+    key = (source, path.stat().st_mtime if path.exists() else None, python)
     if key not in _SPECS:
-        _SPECS[key] = dl.package.open_spec(source)[0]
+        _SPECS[key] = dl.client.read_spec(source, python or None)
     return _SPECS[key]
 
 
@@ -174,7 +188,7 @@ def _mtime(source):
 class RunDLModel(Module):
     module_name = "RunDLModel"
     category = "Object Processing"
-    variable_revision_number = 3
+    variable_revision_number = 4
     doi = {"BioImage Model Zoo": "https://doi.org/10.1101/2022.06.07.495102"}
 
     def create_settings(self):
@@ -201,6 +215,16 @@ The framework that runs the model's weights. *Automatic* picks, among the weight
 package has and whose engine is installed, the fastest (ONNX on CPU).""",
         )
         self.device = Choice("Device", DEVICES, DEVICES[0], doc="*Automatic* uses a GPU when one is usable, else the CPU.")
+        self.python = Text(
+            "Python environment for the model", "",
+            doc="""\
+Empty: the model runs in CellProfiler's own Python, which then needs dlmodel and the engine
+installed. Or the path of another environment's Python (e.g. *~/dlmodel-env/bin/python*, or the
+environment's folder), one with dlmodel, its engines and bioimageio.spec installed (``dlmodel env
+create ~/dlmodel-env``): the model then runs in one worker process of that environment per
+CellProfiler process, loaded once; images and outputs pass through shared memory. This is how
+CellProfiler 4.2.8, or an app you cannot install packages into, runs models.""",
+        )
         self.tile_mode = Choice(
             "Tile size", [TILE_AUTO, TILE_CUSTOM], TILE_AUTO,
             doc="""\
@@ -285,7 +309,7 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
         for g in self.outputs:
             result += [g.output_id, g.channel, g.save_image, g.image_name, g.make_objects, g.objects_name,
                        g.method, g.threshold, g.diameter, g.min_size, g.fill_holes, g.discard_border]
-        result.append(self.trust)
+        result += [self.trust, self.python]
         return result
 
     def prepare_settings(self, setting_values):
@@ -313,10 +337,13 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
         if variable_revision_number == 2:
             # Revision 3 added "Trust code from the model package?" (default: No), at the end.
             setting_values, variable_revision_number = list(setting_values) + ["No"], 3
+        if variable_revision_number == 3:
+            # Revision 4 added "Python environment for the model" (default: this process), at the end.
+            setting_values, variable_revision_number = list(setting_values) + [""], 4
         return setting_values, variable_revision_number
 
     def visible_settings(self):
-        result = [self.model_source, self.model_info, self.check_model, self.engine, self.device, self.tile_mode]
+        result = [self.model_source, self.model_info, self.check_model, self.engine, self.device, self.python, self.tile_mode]
         if self.tile_mode.value == TILE_CUSTOM:
             result.append(self.tile_size)
         result += [self.batch_size, self.trust]
@@ -342,7 +369,7 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
         return result
 
     def help_settings(self):
-        return [self.model_source, self.engine, self.device, self.tile_mode, self.tile_size, self.batch_size,
+        return [self.model_source, self.engine, self.device, self.python, self.tile_mode, self.tile_size, self.batch_size,
                 self.trust, self.inputs[0].image_name] + [s for s in self.outputs[0].settings if s not in (self.outputs[0].divider,)]
 
     def volumetric(self):
@@ -352,6 +379,10 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
     def _source(self):
         return resolve_source(self.model_source.value)
 
+    def _python(self):
+        """The model's environment ('' for this process)."""
+        return self.python.value.strip()
+
     def _info_html(self):
         if not self.model_source.value.strip():
             return "<i>Choose a model package.</i>"
@@ -359,7 +390,7 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
             spec = self._read_spec()
             if spec is None:
                 return f"<i>{READING}. Select the module again in a moment to see it.</i>"
-            info = _dlmodel().api.describe(spec)
+            info = _dlmodel().client.describe(spec)
         except Exception as e:  # shown in the panel, not raised: the user is still typing
             return f"<b>Cannot read the model:</b> {_escape(str(e))}"
         rows = "".join(
@@ -380,10 +411,10 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
     def _read_spec(self):
         """The model's description; in the GUI None while it is still being read or downloaded
         (on a background thread: the window never waits more than GUI_WAIT_S for it)."""
-        source = self._source()
+        source, python = self._source(), self._python()
         if not _in_gui():
-            return _spec(source)
-        job = _in_background(("spec", source, _mtime(source)), lambda: _spec(source))
+            return _spec(source, python)
+        job = _in_background(("spec", source, _mtime(source), python), lambda: _spec(source, python))
         try:
             spec = job.result(timeout=GUI_WAIT_S)
         except FutureTimeout:
@@ -392,14 +423,15 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
             _forget_failed()
             raise
         # and start its engine now, so that the first test-mode step does not wait for it
-        _in_background(("engine", source, self.engine.value, self.device.value, self.trust.value), self._model)
+        _in_background(("engine", source, self.engine.value, self.device.value, self.trust.value, python), self._model)
         return spec
 
     def _model(self):
-        # one model per (source, engine, device) per process, shared by every RunDLModel module
-        return _dlmodel().load_cached(self._source(), engine=ENGINE_ARG[self.engine.value],
-                                      device=DEVICE_ARG[self.device.value], threads=_worker_threads(),
-                                      trust=bool(self.trust.value))
+        # one model per (source, engine, device, environment) per process, shared by every
+        # RunDLModel module; in another environment, one worker per environment per process
+        return _dlmodel().client.load_cached(self._source(), engine=ENGINE_ARG[self.engine.value],
+                                             device=DEVICE_ARG[self.device.value], threads=_worker_threads(),
+                                             trust=bool(self.trust.value), python=self._python() or None)
 
     def prepare_run(self, workspace):
         # Runs in the GUI process just before "Analyze Images" starts its worker processes,
@@ -445,15 +477,32 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
         if not self.model_source.value.strip():
             raise ValidationError("Choose a model package (folder, bioimageio.yaml, .zip, URL or zoo id)", self.model_source)
         dl = _dlmodel()
+        python = self._python()
+        if python:
+            try:
+                dl.client.find_python(python)
+            except dl.DLModelError as e:
+                raise ValidationError(str(e), self.python)
+        elif dl.client.missing_here():  # CellProfiler 4.2.8's app, say: the model needs an environment
+            raise ValidationError(f"This CellProfiler's Python lacks {', '.join(dl.client.missing_here())}: set a Python "
+                                  "environment for the model (dlmodel env create), or install dlmodel with an engine here",
+                                  self.python)
         try:
             spec = self._read_spec()
+        except dl.WorkerError as e:  # the environment cannot start, or lacks dlmodel
+            raise ValidationError(str(e), self.python)
         except dl.DLModelError as e:
             raise ValidationError(str(e), self.model_source)
         if spec is None:
             raise ValidationError(READING, self.model_source)
         try:
-            dl.engines.choose_format(spec, ENGINE_ARG[self.engine.value], "cpu")
+            dl.client.choose_format(spec, ENGINE_ARG[self.engine.value], "cpu", python or None)
         except dl.DLModelError as e:
+            # the package has weights for it, the environment lacks the engine: where the model runs is at fault
+            if isinstance(e, dl.WorkerError):
+                raise ValidationError(str(e), self.python)
+            if python and getattr(e, "choice", None) == "environment":
+                raise ValidationError(f"{python}: {e}", self.python)
             raise ValidationError(str(e), self.engine)
         channels = spec.input_channels
         if len(self.inputs) < len(spec.inputs) or len(self.inputs) > channels:
@@ -478,7 +527,9 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
                 raise ValidationError("Save the output as an image, make objects from it, or remove it", g.save_image)
             if g.make_objects.value:
                 try:  # the core's answer to "which objects", asked before the run
-                    dl.instances.resolve_recipe(spec.instance_recipe, **self._object_choices(g, spec))
+                    dl.client.resolve_recipe(spec.instance_recipe, python or None, **self._object_choices(g, spec))
+                except dl.WorkerError as e:
+                    raise ValidationError(str(e), self.python)
                 except dl.DLModelError as e:
                     setting = {"channel": g.channel, "method": g.method}.get(getattr(e, "choice", None), g.output_id)
                     raise ValidationError(str(e), setting)
@@ -556,7 +607,8 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
         add_object_location_measurements(measurements, name, labels, n)
 
     def post_run(self, workspace):
-        _dlmodel().clear_cache()  # the run is over: give the engines' memory back
+        # the run is over: give the engines' memory back (GPU included); workers exit
+        _dlmodel().clear_cache()
         for key in [k for k in _JOBS if k[0] == "engine"]:  # so the GUI starts them again when needed
             del _JOBS[key]
 

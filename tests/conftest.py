@@ -33,6 +33,23 @@ def nuclei_model() -> Path:
     return NUCLEI_MODEL / "bioimageio.yaml"
 
 
+def make_environment(folder: Path, base_python: str, block=()) -> Path:
+    """A real venv (made by ``base_python``) that sees ``base_python``'s packages and this
+    project's src through a .pth file, with the modules in ``block`` not importable in it (as
+    if not installed): an engine environment that lacks an engine, say."""
+    import subprocess
+
+    subprocess.run([base_python, "-m", "venv", "--without-pip", str(folder)], check=True, timeout=120)
+    sites = subprocess.run([base_python, "-c", "import site; print('\\n'.join(site.getsitepackages()))"],
+                           check=True, capture_output=True, text=True, timeout=120).stdout.split()
+    lines = [str(ROOT / "src"), *sites]
+    if block:
+        lines.append("import sys; sys.modules.update({m: None for m in %r})" % (list(block),))
+    site_dir = next((folder / "lib").glob("python*/site-packages"))
+    (site_dir / "_dlmodel_test.pth").write_text("\n".join(lines) + "\n")
+    return folder / "bin" / "python"
+
+
 def _rng(seed: int = 0):
     return np.random.default_rng(seed)
 

@@ -1,9 +1,21 @@
-"""The RunDLModel CellProfiler module, run by a real headless `cellprofiler` (no mocks)."""
+"""The RunDLModel CellProfiler module, run by a real headless `cellprofiler` (no mocks).
+
+The CellProfiler tested is the one of the Python that runs pytest: CellProfiler 5 in .venv
+(`make test`), CellProfiler 4.2.8.1 in .venv-cp4 (`make test-cp4`). With DLMODEL_ENGINE_PYTHON
+set (the CellProfiler 4.2.8 leg: no engine, no bioimageio.spec there), every RunDLModel module runs
+its model in that Python environment ("Python environment for the model").
+"""
 import csv
+import importlib.util
 import io
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -17,16 +29,69 @@ from dlmodel.instances import f1_at_iou
 CELLPROFILER = Path(sys.executable).parent / "cellprofiler"
 SBS = SHARED / "data" / "ExampleSBSImages"
 VOLUME = SHARED / "data" / "nuclei3d_synthetic"
+# where RunDLModel runs its models: "" = in CellProfiler's own process
+ENGINE_PYTHON = os.environ.get("DLMODEL_ENGINE_PYTHON", "")
+HAS_ENGINES = importlib.util.find_spec("torch") is not None and importlib.util.find_spec("bioimageio") is not None
+
+
+def _cellprofiler_version():
+    for dist in ("cellprofiler-core", "cellprofiler-core-nightly"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+CP_VERSION = _cellprofiler_version()
+CP4 = bool(CP_VERSION) and CP_VERSION.startswith("4.")
 
 pytestmark = pytest.mark.skipif(not CELLPROFILER.exists(), reason="cellprofiler (cellprofiler-nightly) is not installed")
+# tests that build their model packages here (torch, bioimageio.spec): not in CellProfiler 4.2.8's environment
+builds_packages = pytest.mark.skipif(not HAS_ENGINES, reason="builds its test package with torch and bioimageio.spec, "
+                                                             "which this CellProfiler's environment lacks")
 
 
-def run_cellprofiler(pipeline, images, out, *extra, timeout=900):
-    cmd = [str(CELLPROFILER), "-c", "-r", "-p", str(ROOT / "example_pipelines" / pipeline),
-           "--plugins-directory", str(ROOT / "plugins"), "-i", str(images), "-o", str(out),
-           # offline: CellProfiler's Bio-Formats reader would fetch Java jars from Maven
-           "--enable-readers", "imageio_reader", "imageio_reader_v3", "-L", "INFO", *extra]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+def with_environment(pipeline_text, python):
+    """A pipeline whose RunDLModel modules run their models in ``python`` (revision 4's last
+    setting; a revision 3 module gets it added)."""
+    setting = "    Python environment for the model:"
+    out, in_module = [], False
+    for line in pipeline_text.splitlines() + [""]:
+        if line.startswith("RunDLModel:["):
+            in_module = True
+            line = line.replace("variable_revision_number:3|", "variable_revision_number:4|")
+        elif in_module and line.startswith(setting):
+            line, in_module = setting + python, False
+        elif in_module and not line.strip():
+            out.append(setting + python)
+            in_module = False
+        out.append(line)
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def pipeline_file(pipeline, cp4=CP4):
+    """An example pipeline as saved by this CellProfiler: 4.2.8 has its own files (it misreads
+    5.0's Metadata module: test_pipelines_saved_by_one_version_load_in_the_other)."""
+    return ROOT / "example_pipelines" / ("cellprofiler4" if cp4 else "") / pipeline
+
+
+def run_cellprofiler(pipeline, images, out, *extra, timeout=900, python=None, cellprofiler=None, env=None):
+    """A headless run of an example pipeline; its RunDLModel modules run their models in
+    ``python`` (default: DLMODEL_ENGINE_PYTHON, "" for CellProfiler's own process)."""
+    python = ENGINE_PYTHON if python is None else python
+    cp4 = CP4 and cellprofiler is None  # the only other CellProfiler these tests run is 5
+    path = pipeline_file(pipeline, cp4)
+    if python:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        path = Path(out) / f"_{Path(pipeline).name}"
+        path.write_text(with_environment(pipeline_file(pipeline, cp4).read_text(), python))
+    # offline: CellProfiler 5's Bio-Formats reader would fetch Java jars from Maven (4.2.8 has no
+    # reader choice: its Bio-Formats jars come with it)
+    readers = [] if cp4 else ["--enable-readers", "imageio_reader", "imageio_reader_v3"]
+    cmd = [str(cellprofiler or CELLPROFILER), "-c", "-r", "-p", str(path), "--plugins-directory", str(ROOT / "plugins"),
+           "-i", str(images), "-o", str(out), *readers, "-L", "INFO", *extra]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def read_csv(path):
@@ -114,18 +179,26 @@ def test_always_continue_keeps_the_other_image_sets(tmp_path):
         shutil.copy(p, folder)
     data = good[0].read_bytes()
     (folder / "zz_corrupted.tif").write_bytes(data[: len(data) // 3])  # a truncated TIFF
+    nan = np.zeros((64, 64), np.float32)
+    nan[10:20, 10:20] = np.nan
+    tifffile.imwrite(folder / "zz_nan.tif", nan)  # NaN pixels: refused by RunDLModel where the reader keeps them
     res = run_cellprofiler("nuclei.cppipe", folder, tmp_path / "out", "--always-continue")
     rows = read_csv(tmp_path / "out" / "Image.csv")
     done = {r["FileName_DNA"]: r for r in rows if r.get("Count_Nuclei")}
-    assert set(done) == {p.name for p in good}
+    # 5.0's reader refuses the truncated TIFF (and hands NaN on as numbers); 4.2.8's Bio-Formats reads
+    # what the truncated TIFF has, and hands the NaN on, which RunDLModel refuses
+    refused = {"zz_nan.tif": "zz_nan.tif has 100 NaN or infinite pixel(s)"} if CP4 else \
+        {"zz_corrupted.tif": "Error detected during run of module NamesAndTypes"}
+    assert {p.name for p in good} <= set(done) and not set(done) & set(refused)
     for p in good:
         assert int(float(done[p.name]["Count_Nuclei"])) > 0
     nuclei = read_csv(tmp_path / "out" / "Nuclei.csv")
-    assert len(nuclei) == sum(int(float(done[p.name]["Count_Nuclei"])) for p in good)
+    assert len(nuclei) == sum(int(float(r["Count_Nuclei"])) for r in done.values())
     # the bad one is reported: an error in the log, and its row with no results
-    assert "Error detected during run of module NamesAndTypes" in res.stderr
-    (bad,) = [r for r in rows if r["FileName_DNA"] == "zz_corrupted.tif"]
-    assert bad["Count_Nuclei"] == ""
+    for name, message in refused.items():
+        assert message in res.stderr
+        (bad,) = [r for r in rows if r["FileName_DNA"] == name]
+        assert bad["Count_Nuclei"] == ""
 
 
 def test_3d_pipeline(tmp_path):
@@ -149,7 +222,14 @@ def cp():
     from cellprofiler_core.utilities.core.modules import fill_modules, instantiate_module
 
     fill_modules()
-    return instantiate_module
+
+    def make(name):
+        module = instantiate_module(name)
+        if name == "RunDLModel" and ENGINE_PYTHON:
+            module.python.value = ENGINE_PYTHON
+        return module
+
+    return make
 
 
 def test_import_is_cheap():
@@ -190,9 +270,10 @@ def test_settings_roundtrip_through_a_saved_pipeline(cp):
     m.outputs[1].image_name.value = "Prob2"
     m.outputs[0].min_size.value = 12
     m.outputs[0].discard_border.value = True
+    m.python.value = "/opt/dlmodel-env/bin/python"
     loaded, text = _roundtrip(m)
     assert [s.unicode_value for s in loaded.settings()] == [s.unicode_value for s in m.settings()]
-    assert len(loaded.inputs) == 2 and len(loaded.outputs) == 2
+    assert len(loaded.inputs) == 2 and len(loaded.outputs) == 2 and loaded.python.value == "/opt/dlmodel-env/bin/python"
     again, text2 = _roundtrip(loaded)
     assert text2 == text
 
@@ -229,8 +310,8 @@ RunDLModel:[module_num:1|svn_version:'Unknown'|variable_revision_number:1|show_w
     p = Pipeline()
     p.load(io.StringIO(v1))
     m = p.modules()[0]
-    assert m.variable_revision_number == 3
-    assert m.trust.value is False
+    assert m.variable_revision_number == 4
+    assert m.trust.value is False and m.python.value == ""
     assert m.model_source.value == "models/nuclei3d_demo" and m.engine.value == "ONNX" and m.device.value == "CPU"
     assert m.tile_mode.value == "Custom" and m.tile_size.value == 64 and m.batch_size.value == 1
     g = m.outputs[0]
@@ -286,9 +367,7 @@ def test_3d_model_needs_a_3d_pipeline(cp):
         _validate(m, volumetric=False)
 
 
-def test_model_information_is_shown(cp, torch2d, tmp_path):
-    import zoo
-
+def test_model_information_is_shown(cp):
     m = cp("RunDLModel")
     m.model_source.value = "../shared/models/unet2d_nuclei_broad"
     assert m.model_info in m.visible_settings()
@@ -296,6 +375,13 @@ def test_model_information_is_shown(cp, torch2d, tmp_path):
     assert "UNet 2D Nuclei Broad" in html and "MIT" in html and "Constantin Pape" in html and "halo" in html
     report = m.do_check_model()  # headless: the message is returned (and logged)
     assert "reproduces its test outputs" in report and "NOT" not in report
+
+
+@builds_packages
+def test_check_model_says_when_a_package_is_not_reproduced(cp, torch2d, tmp_path):
+    import zoo
+
+    m = cp("RunDLModel")
     # a package whose test output its weights do not reproduce: the check says so
     pkg = zoo.copy_package(torch2d.parent, tmp_path / "pkg")
     np.save(pkg / "test_prob.npy", np.load(pkg / "test_prob.npy") + 0.1)
@@ -333,6 +419,7 @@ def test_a_failing_image_set_names_the_module_and_the_image(cp):
     assert msg.startswith("RunDLModel #1, image set 1 (plate1_A01.tif): ") and "NaN" in msg and "\n" not in msg
 
 
+@builds_packages
 def test_trust_no_means_no_for_a_folder_on_disk(cp, torch2d):
     """RunDLModel's 'Trust code from the model package? No' refuses a local package's code too."""
     import dlmodel
@@ -356,7 +443,7 @@ def test_rundlmodel_asks_the_core_which_objects(cp, nuclei_model):
     g = m.outputs[0]
     d = dlmodel.instances.DEFAULT_RECIPE
     assert (g.threshold.value, g.diameter.value or None, g.min_size.value) == (d["threshold"], d["diameter"], d["min_size"])
-    assert m._object_choices(g, dlmodel.package.open_spec(nuclei_model)[0])["method"] == "auto"
+    assert m._object_choices(g, dlmodel.client.read_spec(str(nuclei_model), ENGINE_PYTHON or None))["method"] == "auto"
     m.model_source.value = "models/nuclei_default"  # has its own recipe, on output 'prediction'
     m.inputs[0].image_name.value = "DNA"
     g.make_objects.value = True
@@ -393,7 +480,7 @@ def test_the_stardist_example_pipeline_runs_as_shipped(tmp_path):
     assert len(nuclei) == sum(int(float(r["Count_Nuclei"])) for r in rows) > 0
     import dlmodel
 
-    model = dlmodel.load(ROOT / "models" / "stardist_nuclei")
+    model = dlmodel.load(ROOT / "models" / "stardist_nuclei", python=ENGINE_PYTHON or None)
     counts = []
     for r in rows:  # the objects StarDist makes in Python, minimum size 10 as the pipeline says
         image = tifffile.imread(folder / r["FileName_DNA"])
@@ -438,6 +525,221 @@ def test_a_denoising_model_gives_cellprofiler_an_image_of_its_own_intensities(tm
     assert res.returncode == 0, res.stderr[-3000:]
     row = read_csv(tmp_path / "out" / "Image.csv")[0]
     assert int(float(row["Count_Nuclei"])) > 0
-    denoised = dlmodel.load(model_path).predict(tifffile.imread(first), axes="yx")["output0"]
+    denoised = dlmodel.load(model_path, python=ENGINE_PYTHON or None).predict(tifffile.imread(first), axes="yx")["output0"]
     assert denoised.max() > 2  # the model's own intensities (the image's scale), not 0-1
     assert float(row["Intensity_MeanIntensity_Denoised"]) == pytest.approx(float(denoised.mean()), rel=1e-5)
+
+
+# --- the model in its own Python environment ("Python environment for the model") ------------
+
+def _worker_python():
+    """The environment the worker tests run models in: DLMODEL_ENGINE_PYTHON, else this test's own."""
+    return ENGINE_PYTHON or sys.executable
+
+
+def test_the_python_environment_setting_is_checked_before_the_run(cp, tmp_path):
+    from cellprofiler_core.setting import ValidationError
+
+    from conftest import make_environment
+
+    m = cp("RunDLModel")
+    m.inputs[0].image_name.value = "DNA"
+    not_python = tmp_path / "not_python"
+    not_python.write_text("#!/bin/sh\necho 'this is not a Python' >&2\nexit 3\n")
+    not_python.chmod(0o755)
+    no_onnx = make_environment(tmp_path / "no_onnx", _worker_python(), block=["onnxruntime", "torch"])
+    for python, message in ((tmp_path / "nope" / "bin" / "python", "no such Python"),
+                            (not_python, "exited (code 3) while starting: this is not a Python"),
+                            (no_onnx, "no engine installed for model 'RunDLModel default nuclei'")):
+        m.python.value = str(python)
+        with pytest.raises(ValidationError) as err:
+            _validate(m)
+        assert message in err.value.message and str(python) in err.value.message
+        assert err.value.get_setting() is m.python
+    m.python.value = _worker_python()
+    _validate(m)
+    if importlib.util.find_spec("bioimageio") is None:  # CellProfiler 4.2.8 as it comes: the model needs an environment
+        m.python.value = ""
+        with pytest.raises(ValidationError, match="lacks bioimageio.spec: set a Python environment") as err:
+            _validate(m)
+        assert err.value.get_setting() is m.python
+
+
+def _workspace(module, image, file_name, number):
+    from cellprofiler_core.image import Image, ImageSetList
+    from cellprofiler_core.measurement import Measurements
+    from cellprofiler_core.object import ObjectSet
+    from cellprofiler_core.pipeline import Pipeline
+    from cellprofiler_core.workspace import Workspace
+
+    pipeline = Pipeline()
+    pipeline.add_module(module)
+    image_sets = ImageSetList()
+    image_set = image_sets.get_image_set(0)
+    image_set.add("DNA", Image(image))
+    measurements = Measurements()
+    if number > 1:
+        measurements.next_image_set(number)
+    measurements.add_image_measurement("FileName_DNA", file_name)
+    return Workspace(pipeline, module, image_set, ObjectSet(), measurements, image_sets)
+
+
+def test_a_killed_worker_fails_that_image_set_and_the_next_starts_afresh(cp):
+    import dlmodel
+
+    python = _worker_python()
+    m = cp("RunDLModel")
+    m.python.value = python
+    m.inputs[0].image_name.value = "DNA"
+    m.set_module_num(1)
+    files = sorted((DSB_VAL / "images").glob("*.tif"))[:3]
+    counts = []
+    ws = _workspace(m, tifffile.imread(files[0]), files[0].name, 1)
+    m.run(ws)
+    counts.append(ws.measurements.get_current_image_measurement("Count_Nuclei"))
+    worker = dlmodel.client.worker_for(python)
+    first_pid = worker.pid
+    # dies while working on image set 2 (as a crash or the OOM killer would): stopped first, so the
+    # kill lands mid-request every time
+    os.kill(first_pid, signal.SIGSTOP)
+    threading.Timer(0.5, os.kill, (first_pid, signal.SIGKILL)).start()
+    ws = _workspace(m, tifffile.imread(files[1]), files[1].name, 2)
+    t0 = time.perf_counter()
+    with pytest.raises(RuntimeError) as err:
+        m.run(ws)
+    msg = str(err.value)
+    assert msg.startswith(f"RunDLModel #1, image set 2 ({files[1].name}): the model's Python environment {python} "
+                          "was killed (signal 9) while running model 'RunDLModel default nuclei'") and "\n" not in msg
+    assert time.perf_counter() - t0 < 10  # noticed at once, no timeout needed
+    ws = _workspace(m, tifffile.imread(files[2]), files[2].name, 3)
+    m.run(ws)  # a fresh worker, the model loaded again
+    assert worker.pid != first_pid
+    assert ws.measurements.get_current_image_measurement("Count_Nuclei") > 0
+    second_pid = worker.pid
+    m.post_run(ws)  # the end of the run: the worker exits
+    for pid in (first_pid, second_pid):
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def _processes_with(marker):
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker.encode() in (proc / "environ").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+# what differs between any two runs: times, paths, CellProfiler's own bookkeeping
+RUN_COLUMNS = ("ExecutionTime_", "DLModel_InferenceSeconds_", "PathName_", "URL_", "ModuleError_", "ImageSet_",
+               "MD5Digest_", "Frame_", "Series_", "SeriesName_", "Channel_", "C_", "T_", "Z_", "Height_", "Width_",
+               "Scaling_", "Group_", "Metadata_Frame", "Metadata_Series", "Metadata_Well", "Metadata_FileLocation")
+# what CellProfiler 4.2.8's MeasureObjectIntensity computes otherwise than 5.0's (ties, the MAD)
+CP4_VS_CP5 = ("Intensity_MADIntensity_", "Location_MaxIntensity_")
+
+
+def _same_values(a, b, columns):
+    """Rows equal in ``columns``: text exactly, numbers to float32 precision (4.2.8 writes 243.0
+    where 5.0 writes 243, and float32 thresholds with fewer digits)."""
+    bad = []
+    for i, (ra, rb) in enumerate(zip(a, b)):
+        for k in columns:
+            x, y = ra[k], rb[k]
+            if x == y:
+                continue
+            try:
+                fx, fy = float(x), float(y)
+            except ValueError:
+                bad.append((i, k, x, y))
+                continue
+            if not (np.isnan(fx) and np.isnan(fy)) and abs(fx - fy) > 1e-6 * max(1.0, abs(fx)):
+                bad.append((i, k, x, y))
+    return bad
+
+
+@pytest.mark.parametrize("pipeline, take", [("nuclei.cppipe", 3), ("plate_screen.cppipe", 3)])
+def test_csvs_equal_an_in_process_run(tmp_path, pipeline, take):
+    """This CellProfiler runs the model in another environment (4.2.8: with no engine and no
+    bioimageio.spec of its own); CellProfiler 5 runs it in its own process; same CSVs. No
+    worker outlives the run."""
+    if pipeline == "nuclei.cppipe":
+        images = tmp_path / "images"
+        images.mkdir()
+        for p in sorted((DSB_VAL / "images").glob("*.tif"))[:take]:
+            shutil.copy(p, images)
+    else:
+        images = _plate_subset(tmp_path, ["B-05", "D-07", "H-12"][:take])
+    python = _worker_python()
+    reference = Path(python).parent / "cellprofiler" if CP4 else None  # CellProfiler 5, in-process
+    ref = run_cellprofiler(pipeline, images, tmp_path / "in_process", python="", cellprofiler=reference)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    marker = f"DLMODEL_TEST_RUN={os.getpid()}_{time.monotonic_ns()}"
+    env = {**os.environ, marker.split("=")[0]: marker.split("=")[1]}
+    res = run_cellprofiler(pipeline, images, tmp_path / "worker", python=python, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "dlmodel: started a worker in" in res.stderr and res.stderr.count("dlmodel: loaded model") == 1
+    assert _processes_with(marker) == []  # the worker ended with the run
+    # Experiment.csv records the pipeline's text and CellProfiler's version: not results
+    csvs = sorted(p.name for p in (tmp_path / "in_process").glob("*.csv") if p.name != "Experiment.csv")
+    assert csvs and csvs == sorted(p.name for p in (tmp_path / "worker").glob("*.csv") if p.name != "Experiment.csv")
+    skip = RUN_COLUMNS + (CP4_VS_CP5 if CP4 else ())
+    for name in csvs:
+        a, b = read_csv(tmp_path / "in_process" / name), read_csv(tmp_path / "worker" / name)
+        common = {k for k in set(a[0]) & set(b[0]) if not k.startswith(skip) and not any(c in k for c in CP4_VS_CP5 if c in skip)}
+        ours = {"Count_Nuclei", "DLModel_Name_Nuclei", "DLModel_RdfSha256_Nuclei"} if name == "Image.csv" else \
+            {"Location_Center_X", "Location_Center_Y", "Number_Object_Number"}
+        assert ours <= common, (name, sorted(set(a[0]) ^ set(b[0])))
+        assert len(a) == len(b) and not _same_values(a, b, sorted(common)), (name, _same_values(a, b, sorted(common))[:5])
+
+
+DUMP = """
+import json, sys
+import cellprofiler_core.preferences as prefs
+prefs.set_headless()
+prefs.set_plugin_directory(sys.argv[3])
+from cellprofiler_core.utilities.core.modules import fill_modules
+fill_modules()
+from cellprofiler_core.pipeline import Pipeline
+p = Pipeline()
+p.load(sys.argv[1])
+with open(sys.argv[2], "w") as f:
+    p.dump(f)
+print(json.dumps([[m.module_name, [s.unicode_value for s in m.settings()]] for m in p.modules()]))
+"""
+
+
+def _load_and_save(python, pipeline, saved):
+    res = subprocess.run([str(python), "-c", DUMP, str(pipeline), str(saved), str(ROOT / "plugins")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res.stdout.strip().splitlines()[-1]
+
+
+def _other_cellprofiler():
+    """The Python of the other CellProfiler: 5's (the engine environment) from the 4.2.8 leg,
+    4.2.8's (.venv-cp4, made by make cp4-setup) from the 5 leg."""
+    other = Path(ENGINE_PYTHON) if CP4 else ROOT / ".venv-cp4" / "bin" / "python"
+    if not other.exists():
+        pytest.skip("the other CellProfiler is not installed (make cp4-setup)")
+    return other
+
+
+@pytest.mark.parametrize("pipeline", ["nuclei.cppipe", "plate_screen.cppipe", "nuclei_3d.cppipe", "stardist_nuclei.cppipe"])
+def test_pipelines_saved_by_one_version_load_in_the_other(tmp_path, pipeline):
+    """Our pipelines saved by 4.2.8 (example_pipelines/cellprofiler4/) load in 5.0 setting for
+    setting as those saved by 5.0; 5.0's load in 4.2.8 as 4.2.8's own, but for plate_screen's
+    Metadata module: 4.2.8 reads 5.0's revision 7 as its revision 6, and the second extraction
+    group (the per-well CSV) comes out shifted (docs/cellprofiler.md: which file to use)."""
+    import json
+
+    cp4_python, cp5_python = (Path(sys.executable), _other_cellprofiler()) if CP4 else (_other_cellprofiler(), Path(sys.executable))
+    by5, by4 = pipeline_file(pipeline, cp4=False), pipeline_file(pipeline, cp4=True)
+    in5 = [json.loads(_load_and_save(cp5_python, f, tmp_path / "saved.cppipe")) for f in (by5, by4)]
+    assert in5[0] == in5[1]
+    in4 = [json.loads(_load_and_save(cp4_python, f, tmp_path / "saved.cppipe")) for f in (by5, by4)]
+    assert [m for m, _ in in4[0]] == [m for m, _ in in4[1]] == [m for m, _ in in5[0]]
+    misread = [m for (m, a), (_, b) in zip(*in4) if a != b]
+    assert misread == (["Metadata"] if pipeline == "plate_screen.cppipe" else [])

@@ -3,34 +3,47 @@
 >>> import dlmodel
 >>> m = dlmodel.load("path/to/bioimageio.yaml")          # doctest: +SKIP
 >>> probs = m.predict(image, axes="yx")["probability"]   # doctest: +SKIP
+>>> m = dlmodel.load("path/to/bioimageio.yaml", python="~/dlmodel-env/bin/python")  # doctest: +SKIP
+
+Importing ``dlmodel`` imports nothing heavy: the modules below load on first use, so
+:mod:`dlmodel.client` (numpy and the standard library) works where no engine and no
+bioimageio.spec are installed (CellProfiler 4.2.8's Python).
 """
-from . import api, axes, engines, instances, package, processing, sources, tiling, trust
-from .api import Model, Prediction, TestReport, clear_cache, load, load_cached
-from .errors import DLModelError, EngineError, ImageFileError, InputError, SourceError, SpecError
-from .trust import TrustError
+import importlib
+from typing import Any
+
+from .client import clear_cache, load, load_cached
+from .errors import DLModelError, EngineError, ImageFileError, InputError, SourceError, SpecError, WorkerError
 
 __version__ = "0.1.0"
 
+_MODULES = ("api", "axes", "client", "engines", "instances", "package", "processing", "sources", "tiling", "trust")
+_NAMES = {"Model": "api", "Prediction": "results", "TestReport": "results", "RemoteModel": "client",
+          "TrustError": "trust"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MODULES:
+        return importlib.import_module(f".{name}", __name__)
+    if name in _NAMES:
+        return getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
+    raise AttributeError(f"module 'dlmodel' has no attribute {name!r}")
+
+
 __all__ = [
-    "api",
-    "axes",
-    "engines",
-    "instances",
-    "package",
-    "processing",
-    "sources",
-    "tiling",
-    "trust",
+    *_MODULES,
     "DLModelError",
     "EngineError",
     "ImageFileError",
     "InputError",
     "Model",
     "Prediction",
+    "RemoteModel",
     "SourceError",
     "SpecError",
     "TestReport",
     "TrustError",
+    "WorkerError",
     "clear_cache",
     "load",
     "load_cached",

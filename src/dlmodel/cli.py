@@ -68,6 +68,11 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
         sp.add_argument("--trust", action="store_true", default=None,
                         help="run code shipped in a downloaded package (architecture files, custom ops, Keras Lambda layers)")
+        python_arg(sp)
+
+    def python_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--python", default=None, metavar="PATH",
+                        help="run the model in another Python environment (its python, or its folder; see dlmodel env create)")
 
     def batch_args(sp: argparse.ArgumentParser, what: str) -> None:
         sp.add_argument("--threads", type=_positive, default=None, help="engine threads (default: all cores)")
@@ -80,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("info", help="describe a model: metadata, tensors, processing, engines")
     sp.add_argument("source")
     sp.add_argument("--json", action="store_true", help="print JSON")
+    python_arg(sp)
 
     sp = sub.add_parser("test", help="run the package's test inputs and compare with its test outputs")
     model_args(sp)
@@ -148,6 +154,14 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--halo", type=int, default=0)
     sp.add_argument("--instances", default=None, help="JSON recipe for objects, stored in the rdf")
     sp.add_argument("--overwrite", action="store_true")
+
+    sp = sub.add_parser("env", help="make a Python environment for models (RunDLModel's 'Python environment for the model')")
+    env_sub = sp.add_subparsers(dest="env_command", required=True)
+    ep = env_sub.add_parser("create", help="a venv at PATH with dlmodel, bioimageio.spec and the engines")
+    ep.add_argument("path", type=Path)
+    ep.add_argument("--engines", default="onnx", help="comma-separated: onnx, torch, tensorflow (default: onnx)")
+    ep.add_argument("--python", default=None, help="the Python the venv is made from (default: this one; 3.9 or newer)")
+    ep.add_argument("--print", action="store_true", help="print the commands instead of running them")
     return p
 
 
@@ -155,7 +169,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
         code = {"info": _info, "test": _test, "predict": _predict, "convert": _convert,
-                "package": _package, "heatmap": _heatmap, "plate": _plate}[args.command](args)
+                "package": _package, "heatmap": _heatmap, "plate": _plate, "env": _env}[args.command](args)
         sys.stdout.flush()  # a closed pipe shows here, not in Python's exit handler
         return code
     except DLModelError as e:
@@ -172,19 +186,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _load(args: argparse.Namespace, engine: Optional[str] = None):
-    from . import api
+    from . import client
 
-    return api.load(args.source, engine=engine or getattr(args, "engine", None) or "auto",
-                    device=getattr(args, "device", "auto"), threads=getattr(args, "threads", None),
-                    trust=getattr(args, "trust", None))
+    if args.python and (getattr(args, "workers", None) or getattr(args, "scheduler", None)):
+        raise DLModelError("--python runs the model in one worker process: use it without --workers/--scheduler")
+    return client.load(args.source, engine=engine or getattr(args, "engine", None) or "auto",
+                       device=getattr(args, "device", "auto"), threads=getattr(args, "threads", None),
+                       trust=getattr(args, "trust", None), python=args.python)
 
 
 def _info(args: argparse.Namespace) -> int:
-    from . import api
-    from .package import open_spec
+    from . import client
 
-    spec, _ = open_spec(args.source)
-    info = api.describe(spec)
+    info = client.describe(client.read_spec(args.source, args.python))
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -212,14 +226,12 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _test(args: argparse.Namespace) -> int:
-    from . import engines
-
     if args.engine:
         model = _load(args, args.engine)
         formats = [model.weights_format]
     else:
         model = _load(args)
-        formats = [f for f in model.spec.weights if engines.engine_installed(f)]
+        formats = [f for f, w in model.info()["weights"].items() if w["installed"]]
     ok = True
     for fmt in formats:
         report = model.test(fmt)
@@ -317,6 +329,20 @@ def _convert(args: argparse.Namespace) -> int:
 
     rdf = convert(args.source, args.to, trust=args.trust)
     print(f"dlmodel: added {args.to} weights to {rdf} (they reproduce the package's test outputs)")
+    return 0
+
+
+def _env(args: argparse.Namespace) -> int:
+    from . import envs
+
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    if args.print:
+        for cmd in envs.install_commands(args.path, engines, args.python):
+            print(" ".join(cmd))
+        return 0
+    python = envs.create(args.path, engines, args.python)
+    print(f"dlmodel: made {args.path} ({', '.join(engines) or 'no engine'}); point RunDLModel's "
+          f"'Python environment for the model' (or --python, python=) at {python}")
     return 0
 
 

@@ -26,6 +26,11 @@ class ImageFileError(DLModelError):
     """An image file cannot be read or written."""
 
 
+class WorkerError(DLModelError):
+    """The model's own Python environment (its worker process) cannot be started, stopped
+    while working, or did not answer in time."""
+
+
 def one_line(error: BaseException, limit: int = 300) -> str:
     """An exception's first line (its type's name if it says nothing), at most ``limit``
     characters: how a framework's multi-line error is shown to a user; the whole error stays

@@ -1,0 +1,527 @@
+"""Models in their own Python environment: where a model runs, decided once.
+
+``load(source, python=None)`` gives a model in this process (:func:`dlmodel.api.load`), or, with
+``python="/path/to/env/bin/python"``, a :class:`RemoteModel` with the same ``predict``,
+``labels``, ``test`` and ``info``, whose engine runs in a worker process of that environment
+(``python -m dlmodel.worker``, :mod:`dlmodel.worker`). This module needs only numpy and the
+standard library, so it runs inside CellProfiler 4.2.8 (Python 3.9) with no engine and no
+bioimageio.spec installed.
+
+Lifetimes: one worker per environment per process, started on first use and shared by every
+model loaded through it (each loaded once); a worker that dies is started again, models
+reloaded, on the next request; :func:`clear_cache` (RunDLModel's end of run) closes every worker,
+so its memory, GPU memory included, goes back. Images and outputs travel through shared memory
+segments that this side owns (:mod:`dlmodel.wire`).
+
+Timeouts (seconds): starting a worker ``START_TIMEOUT_S``; loading a model ``LOAD_TIMEOUT_S``;
+any other request ``DLMODEL_WORKER_TIMEOUT`` (default ``REQUEST_TIMEOUT_S``). A worker that does
+not answer in time is killed and the request fails with one line naming the environment and the model.
+"""
+from __future__ import annotations
+
+import atexit
+import collections
+import logging
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Deque, Dict, List, Mapping, Optional, Tuple, Union
+
+import numpy as np
+
+from . import errors, wire
+from .errors import DLModelError, InputError, WorkerError
+from .results import OutputCheck, Prediction, TestReport
+
+LOGGER = logging.getLogger("dlmodel")
+
+START_TIMEOUT_S = 120.0
+LOAD_TIMEOUT_S = 900.0
+REQUEST_TIMEOUT_S = 600.0
+CLOSE_TIMEOUT_S = 10.0
+TIMEOUT_ENV = "DLMODEL_WORKER_TIMEOUT"
+
+
+def request_timeout() -> float:
+    """Seconds a request other than start and load may take (``DLMODEL_WORKER_TIMEOUT``)."""
+    value = os.environ.get(TIMEOUT_ENV)
+    try:
+        return float(value) if value else REQUEST_TIMEOUT_S
+    except ValueError:
+        raise WorkerError(f"{TIMEOUT_ENV}={value!r}: give seconds, e.g. 600") from None
+
+
+def find_python(path: Union[str, Path]) -> str:
+    """The Python executable of an environment: the path itself, or ``bin/python``
+    (``Scripts/python.exe`` on Windows) inside an environment folder."""
+    p = Path(os.path.expanduser(str(path).strip()))
+    if p.is_dir():
+        for candidate in (p / "bin" / "python", p / "Scripts" / "python.exe"):
+            if candidate.is_file():
+                return str(candidate)
+        raise WorkerError(f"{p}: a folder with no bin/python: give an environment's Python (e.g. {p / 'bin' / 'python'})")
+    if not p.is_file():
+        raise WorkerError(f"{p}: no such Python (give the path of an environment's python, e.g. ~/dlmodel-env/bin/python)")
+    if not os.access(p, os.X_OK):
+        raise WorkerError(f"{p}: not executable: give the path of an environment's python")
+    return str(p)
+
+
+class Worker:
+    """One worker process for one Python environment: started on first use, again after it
+    died. Requests are serialised (one at a time per worker)."""
+
+    def __init__(self, python: str):
+        self.python = python
+        self.lock = threading.RLock()
+        self.generation = 0  # how many processes this worker has started; models reload on a change
+        self.proc: Optional[subprocess.Popen] = None
+        self.pid: Optional[int] = None
+        self._messages: "queue.Queue[Optional[Dict[str, Any]]]" = queue.Queue()
+        self._stderr: Deque[str] = collections.deque(maxlen=20)
+        self.pool = wire.Pool()  # the shared buffers, this side's, lent again from image set to image set
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def _start(self) -> None:
+        env = dict(os.environ)
+        env.pop("PYTHONHOME", None)  # this Python's home (a frozen app's) is never the environment's
+        try:
+            proc = subprocess.Popen([self.python, "-m", "dlmodel.worker"], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        except OSError as e:
+            raise WorkerError(f"{self.python}: cannot start it ({e.strerror or e})") from e
+        self.proc, self.pid = proc, proc.pid
+        self.generation += 1
+        self.pool.take_dropped()  # a new process has mapped none of them
+        self._messages = messages = queue.Queue()
+        self._stderr.clear()
+        threading.Thread(target=_read_messages, args=(proc.stdout, messages), daemon=True,
+                         name=f"dlmodel-worker-{proc.pid}-out").start()
+        threading.Thread(target=_forward_stderr, args=(proc.stderr, self._stderr), daemon=True,
+                         name=f"dlmodel-worker-{proc.pid}-err").start()
+        hello = self._next(START_TIMEOUT_S, "starting")
+        if hello.get("hello") != wire.PROTOCOL:
+            self.kill()
+            raise WorkerError(f"{self.python}: its dlmodel speaks worker protocol {hello.get('hello')!r}, this one "
+                              f"{wire.PROTOCOL}: install the same dlmodel version in that environment")
+        if hello.get("missing"):
+            self.kill()
+            raise WorkerError(f"{self.python} lacks {', '.join(hello['missing'])}: install dlmodel with its engines there "
+                              "(dlmodel env create, or pip install 'RunDLModel[onnx]': docs/cellprofiler.md)")
+        LOGGER.info("dlmodel: started a worker in %s (Python %s, pid %s)", self.python, hello.get("python"), proc.pid)
+
+    def request(self, message: Mapping[str, Any], timeout: float, what: str
+                ) -> Tuple[Any, Optional[memoryview]]:
+        """Send a request and wait for its answer: ``(result, buffer)``, where ``buffer`` holds
+        the arrays the result refers to (lent here when the worker says how much it needs)."""
+        with self.lock:
+            if not self.alive:
+                if self.proc is not None and self.proc.returncode not in (None, 0):
+                    LOGGER.warning("dlmodel: the worker in %s had stopped (exit code %s) since its last answer; "
+                                   "starting a fresh one", self.python, self.proc.returncode)
+                self._start()
+            try:
+                wire.send(self.proc.stdin, {**message, "forget": self.pool.take_dropped()})  # type: ignore[union-attr]
+            except (BrokenPipeError, OSError):
+                self._died(what)
+            buf = None
+            try:
+                while True:
+                    reply = self._next(timeout, what)
+                    if "need" in reply:
+                        name, buf = self.pool.lease(reply["need"])
+                        wire.send(self.proc.stdin, {"buffer": name})  # type: ignore[union-attr]
+                    elif "error" in reply:
+                        raise _error(reply["error"])
+                    else:
+                        return reply["ok"], buf
+            finally:
+                self.pool.settle()
+
+    def _next(self, timeout: float, what: str) -> Dict[str, Any]:
+        try:
+            reply = self._messages.get(timeout=timeout)
+        except queue.Empty:
+            self.kill()
+            raise WorkerError(f"the model's Python environment {self.python} did not answer in {timeout:g} s "
+                              f"while {what}; it was stopped (set {TIMEOUT_ENV} for longer)") from None
+        if reply is None:
+            self._died(what)
+        return reply  # type: ignore[return-value]
+
+    def _died(self, what: str) -> None:
+        proc = self.proc
+        try:
+            code = proc.wait(timeout=CLOSE_TIMEOUT_S) if proc is not None else None
+        except subprocess.TimeoutExpired:  # it closed its output but lives on: stop it
+            self.kill()
+            code = proc.returncode if proc is not None else None
+        time.sleep(0.05)  # let the last lines of its stderr arrive
+        last = next((line for line in reversed(self._stderr) if line.strip()), "")
+        how = f"was killed (signal {-code})" if code is not None and code < 0 else f"exited (code {code})"
+        hint = ""
+        if "No module named" in last and "dlmodel" in last:
+            hint = "; dlmodel is not installed there (dlmodel env create, docs/cellprofiler.md)"
+        elif last:
+            hint = f": {last.strip()}"
+        raise WorkerError(f"the model's Python environment {self.python} {how} while {what}{hint}")
+
+    def kill(self) -> None:
+        """Stop the process now (and reap it: no zombie, no orphan)."""
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        if proc is not None:
+            try:
+                proc.wait(timeout=CLOSE_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                pass
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                try:
+                    stream.close()  # type: ignore[union-attr]
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        """Ask the worker to unload its models and exit; kill it if it does not in time."""
+        with self.lock:
+            proc = self.proc
+            if proc is None:
+                return
+            if proc.poll() is None:
+                try:
+                    wire.send(proc.stdin, {"op": "close"})  # type: ignore[arg-type]
+                    proc.wait(timeout=CLOSE_TIMEOUT_S)
+                except (OSError, subprocess.TimeoutExpired):
+                    pass
+            self.kill()
+            self.proc = None
+            self.pool.close()
+
+
+def _read_messages(stream: Any, messages: "queue.Queue[Optional[Dict[str, Any]]]") -> None:
+    try:
+        while True:
+            msg = wire.recv(stream)
+            messages.put(msg)
+            if msg is None:
+                return
+    except (OSError, ValueError):
+        messages.put(None)
+
+
+def _forward_stderr(stream: Any, tail: Deque[str]) -> None:
+    """The worker's log lines go to this process's stderr (CellProfiler's log), the last kept
+    for error messages."""
+    try:
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", "replace")
+            tail.append(line)
+            sys.stderr.write(line)
+    except (OSError, ValueError):
+        pass
+
+
+def _error(info: Mapping[str, Any]) -> DLModelError:
+    """The worker's error as the same dlmodel error class, one line."""
+    name = info.get("type") or "DLModelError"
+    cls = getattr(errors, name, None)
+    if name == "TrustError":
+        from .trust import TrustError as cls  # noqa: N813
+    if not (isinstance(cls, type) and issubclass(cls, DLModelError)):
+        cls = errors.EngineError
+    err = cls(info.get("message", ""))
+    if info.get("choice") is not None:
+        err.choice = info["choice"]  # type: ignore[attr-defined]
+    return err
+
+
+_WORKERS: Dict[str, Worker] = {}
+_WORKERS_LOCK = threading.Lock()
+
+
+def worker_for(python: Union[str, Path]) -> Worker:
+    """The worker of an environment (one per environment per process)."""
+    exe = find_python(python)
+    with _WORKERS_LOCK:
+        if exe not in _WORKERS:
+            _WORKERS[exe] = Worker(exe)
+        return _WORKERS[exe]
+
+
+def close_workers() -> None:
+    """Close every worker (their models, engines and GPU memory go with them)."""
+    with _WORKERS_LOCK:
+        workers = list(_WORKERS.values())
+    for w in workers:
+        w.close()
+
+
+atexit.register(close_workers)
+
+
+class RemoteSpec:
+    """What the client knows of a package (read by the worker): the parts of
+    :class:`dlmodel.spec.ModelSpec` that RunDLModel and the command line use."""
+
+    def __init__(self, facts: Mapping[str, Any]):
+        self.facts = dict(facts)
+        for key in ("name", "id", "version", "rdf_sha256", "weights", "input_channels", "is_3d", "instance_recipe"):
+            setattr(self, key, facts[key])
+        self.rdf_path = Path(facts["rdf_path"])
+        self.inputs = [SimpleNamespace(**t) for t in facts["inputs"]]
+        self.outputs = [SimpleNamespace(**t) for t in facts["outputs"]]
+        self.info = facts["describe"]
+
+    def output(self, tensor_id: str) -> SimpleNamespace:
+        for t in self.outputs:
+            if t.id == tensor_id:
+                return t
+        raise errors.SpecError(f"model {self.name!r} has no output {tensor_id!r}")
+
+    def follows_input(self, output_id: str) -> bool:
+        return bool(self.output(output_id).follows_input)
+
+
+class RemoteModel:
+    """A model whose engine runs in another Python environment; the same interface as
+    :class:`dlmodel.api.Model` (``predict``, ``labels``, ``test``, ``info``, ``unload``)."""
+
+    def __init__(self, worker: Worker, source: str, engine: str = "auto", device: str = "auto",
+                 threads: Optional[int] = None, trust: Optional[bool] = None):
+        self.worker = worker
+        self.origin = str(source)
+        self._load_args = {"source": str(source), "engine": engine, "device": device, "threads": threads, "trust": trust}
+        self._generation = 0
+        self.seconds = 0.0
+        self.worker_seconds = 0.0  # the last predict's or labels' own time in the worker
+        self._load()
+
+    @property
+    def python(self) -> str:
+        return self.worker.python
+
+    def _load(self) -> None:
+        result, _ = self.worker.request({"op": "load", **self._load_args}, LOAD_TIMEOUT_S,
+                                        f"loading model {self.origin!r}")
+        self._generation = self.worker.generation
+        self.handle = result["handle"]
+        self.spec = RemoteSpec(result["spec"])
+        self.weights_format, self.device, self.threads = result["weights_format"], result["device"], result["threads"]
+        self.local = result["local"]
+        self.seconds = result["seconds"]
+
+    def _call(self, message: Dict[str, Any], doing: str, timeout: Optional[float] = None) -> Tuple[Any, Any]:
+        with self.worker.lock:
+            if self._generation != self.worker.generation or not self.worker.alive:
+                self._load()  # the worker died since: a fresh one loads the model again
+            return self.worker.request({**message, "handle": self.handle}, timeout or request_timeout(),
+                                       f"{doing} model {self.spec.name!r}")
+
+    # ------------------------------------------------------------------ predict
+    def predict(self, image: Union[np.ndarray, Mapping[str, np.ndarray]], axes: Union[None, str, Mapping[str, str]] = None,
+                *, tile: Any = None, batch_size: Optional[int] = None, pad_mode: Optional[str] = None,
+                max_tile_pixels: Optional[int] = None, name: str = "image") -> Prediction:
+        """As :meth:`dlmodel.api.Model.predict`; the outputs are views on a shared buffer (no copy)."""
+        inputs = self._as_inputs(image)
+        ids = list(inputs)
+        arrays = [_sendable(inputs[k], name) for k in ids]
+        with self.worker.lock:  # the lent input buffer is this request's until it is answered
+            segment, buf = self.worker.pool.lease(wire.layout(arrays)[1])
+            refs = dict(zip(ids, wire.put(arrays, segment, buf)))
+            del arrays, buf
+            result, out = self._call({"op": "predict", "inputs": refs, "axes": axes, "tile": tile, "batch_size": batch_size,
+                                      "pad_mode": pad_mode, "max_tile_pixels": max_tile_pixels, "name": name}, "running")
+        self.worker_seconds = result["seconds"]  # the model's own time in the worker (benchmarks/worker.py)
+        # views on the lent buffer: it stays lent (and its name valid for labels()) while any lives
+        pred = Prediction({k: wire.view(r, out) for k, r in result["arrays"].items()}, result["axes"], None)
+        pred._refs = result["arrays"]  # type: ignore[attr-defined]
+        return pred
+
+    def _as_inputs(self, image: Union[np.ndarray, Mapping[str, np.ndarray]]) -> Dict[str, np.ndarray]:
+        ids = [t.id for t in self.spec.inputs]
+        if isinstance(image, Mapping):
+            return dict(image)  # the worker's model checks the names
+        if len(ids) != 1:
+            raise InputError(f"model {self.spec.name!r} has {len(ids)} inputs ({', '.join(ids)}); pass a dict of arrays")
+        return {ids[0]: image}
+
+    def labels(self, prediction: Prediction, method: str = "auto", output: Optional[str] = None,
+               channel: Optional[int] = None, **choices: Any) -> np.ndarray:
+        """As :meth:`dlmodel.api.Model.labels`, made in the worker from the prediction's shared buffer."""
+        with self.worker.lock:
+            refs = getattr(prediction, "_refs", None)
+            if refs is None:  # a prediction made elsewhere: into a shared buffer first
+                ids = list(prediction)
+                arrays = [_sendable(prediction[k], "prediction") for k in ids]
+                segment, buf = self.worker.pool.lease(wire.layout(arrays)[1])
+                refs = dict(zip(ids, wire.put(arrays, segment, buf)))
+                del arrays, buf
+            result, out = self._call({"op": "labels", "prediction": refs, "axes": prediction.axes,
+                                      "choices": {"method": method, "output": output, "channel": channel, **choices}},
+                                     "making objects with")
+        self.worker_seconds = result["seconds"]
+        return wire.view(result["arrays"]["labels"], out)
+
+    # ------------------------------------------------------------------ the rest of Model's interface
+    def test(self, weights_format: Optional[str] = None) -> TestReport:
+        result, _ = self._call({"op": "test", "weights_format": weights_format}, "testing", LOAD_TIMEOUT_S)
+        report = TestReport(result["weights_format"], error=result["error"])
+        report.checks = [OutputCheck(c["output"], c["max_abs_error"], c["mismatched_per_million"],
+                                     SimpleNamespace(**c["tolerance"]), c["ok"]) for c in result["checks"]]
+        return report
+
+    def info(self) -> Dict[str, Any]:
+        result, _ = self._call({"op": "info"}, "describing")
+        return {**result, "python": self.python}
+
+    def check_file_fits(self, path: Union[str, Path], axes: Optional[str] = None, tile: Any = None,
+                        batch_size: Optional[int] = None) -> None:
+        self._call({"op": "check_file_fits", "path": str(path), "axes": axes, "tile": tile, "batch_size": batch_size},
+                   "checking an image for")
+
+    @property
+    def instance_recipe(self) -> Optional[Dict[str, Any]]:
+        return self.spec.instance_recipe
+
+    @property
+    def makes_objects(self) -> bool:
+        return bool(self.spec.facts.get("makes_objects"))
+
+    def unload(self) -> None:
+        """Release the model in the worker (the worker itself stays, for other models)."""
+        with self.worker.lock:
+            if self.worker.alive and self._generation == self.worker.generation:
+                self.worker.request({"op": "unload", "handle": self.handle}, CLOSE_TIMEOUT_S,
+                                    f"unloading model {self.spec.name!r}")
+
+    def __enter__(self) -> "RemoteModel":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.unload()
+
+    def __repr__(self) -> str:
+        return f"<dlmodel.RemoteModel {self.spec.name!r} ({self.weights_format} on {self.device}, in {self.python})>"
+
+
+def _sendable(arr: Any, name: str) -> np.ndarray:
+    arr = np.asarray(arr)
+    if arr.dtype.kind not in "biuf":
+        raise InputError(f"{name}: pixel type {arr.dtype} is not supported (use integers or floats)")
+    return arr
+
+
+# ---------------------------------------------------------------------- where a model runs
+def missing_here() -> List[str]:
+    """What this Python lacks to read packages and run models in-process (an engine is checked
+    per model): the worker's environment must have none missing."""
+    import importlib.util
+
+    return [m for m in ("bioimageio.spec",) if importlib.util.find_spec(m.split(".")[0]) is None]
+
+
+def _check_here() -> None:
+    lacking = missing_here()
+    if lacking:
+        raise errors.EngineError(f"this Python ({sys.executable}) lacks {', '.join(lacking)}: run the model in an "
+                                 "environment that has it (python=..., --python, RunDLModel's 'Python environment for "
+                                 "the model'; dlmodel env create), or install dlmodel with an engine here")
+
+
+def load(source: Union[str, Path], engine: str = "auto", device: str = "auto", threads: Optional[int] = None,
+         trust: Optional[bool] = None, python: Optional[Union[str, Path]] = None) -> Any:
+    """:func:`dlmodel.api.load`, or with ``python`` (an environment's Python, or its folder) the
+    same model in that environment's worker (:class:`RemoteModel`)."""
+    if not python:
+        _check_here()
+        from . import api
+
+        return api.load(source, engine=engine, device=device, threads=threads, trust=trust)
+    return RemoteModel(worker_for(python), str(source), engine=engine, device=device, threads=threads, trust=trust)
+
+
+_CACHE: Dict[tuple, RemoteModel] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def load_cached(source: Union[str, Path], engine: str = "auto", device: str = "auto", threads: Optional[int] = None,
+                trust: Optional[bool] = None, python: Optional[Union[str, Path]] = None) -> Any:
+    """:func:`load`, one model per (source, engine, device, threads, trust, environment) per process."""
+    if not python:
+        _check_here()
+        from . import api
+
+        return api.load_cached(source, engine=engine, device=device, threads=threads, trust=trust)
+    key = (str(source), engine, device, threads, trust, find_python(python))
+    with _CACHE_LOCK:
+        model = _CACHE.get(key)
+        if model is None:
+            t0 = time.perf_counter()
+            model = _CACHE[key] = load(source, engine, device, threads, trust, python)
+            LOGGER.info("dlmodel: loaded model %r (%s on %s, %d engine threads) in %s in %.2f s", model.spec.name,
+                        model.weights_format, model.device, model.threads, model.python, time.perf_counter() - t0)
+        return model
+
+
+def clear_cache() -> None:
+    """Release every cached model: in this process (:func:`dlmodel.api.clear_cache`, if it was
+    used) and in every worker, and close the workers."""
+    if "dlmodel.api" in sys.modules:
+        sys.modules["dlmodel.api"].clear_cache()
+    with _CACHE_LOCK:
+        _CACHE.clear()
+    close_workers()
+
+
+def read_spec(source: str, python: Optional[Union[str, Path]] = None) -> Any:
+    """A package's description without starting an engine: a :class:`dlmodel.spec.ModelSpec`,
+    or with ``python`` a :class:`RemoteSpec` read by that environment's worker."""
+    if not python:
+        _check_here()
+        from .package import open_spec
+
+        return open_spec(source)[0]
+    result, _ = worker_for(python).request({"op": "spec", "source": source}, LOAD_TIMEOUT_S, f"reading model {source!r}")
+    return RemoteSpec({**result, "source": source})
+
+
+def describe(spec: Any) -> Dict[str, Any]:
+    """:func:`dlmodel.api.describe` of a spec read here or by a worker."""
+    if isinstance(spec, RemoteSpec):
+        return spec.info
+    from .api import describe as describe_here
+
+    return describe_here(spec)
+
+
+def choose_format(spec: Any, engine: str, device: str = "cpu", python: Optional[Union[str, Path]] = None) -> str:
+    """:func:`dlmodel.engines.choose_format`, asked of the environment that will run the model."""
+    if not python:
+        from . import engines
+
+        return engines.choose_format(spec, engine, device)
+    result, _ = worker_for(python).request({"op": "choose_format", "source": str(spec.facts["source"]), "engine": engine,
+                                            "device": device}, LOAD_TIMEOUT_S, f"choosing an engine for model {spec.name!r}")
+    return result
+
+
+def resolve_recipe(recipe: Optional[Mapping[str, Any]], python: Optional[Union[str, Path]] = None, **choices: Any
+                   ) -> Dict[str, Any]:
+    """:func:`dlmodel.instances.resolve_recipe`, asked of the model's environment (the one answer
+    to "which objects", with the same refusals)."""
+    if not python:
+        from . import instances
+
+        return instances.resolve_recipe(recipe, **choices)
+    result, _ = worker_for(python).request({"op": "resolve_recipe", "recipe": recipe, "choices": choices},
+                                           request_timeout(), "checking the settings for objects")
+    return result
