@@ -36,26 +36,22 @@ def _tile_arg(text: str):
     return values[0] if len(values) == 1 else values
 
 
-def _positive(text: str) -> int:
-    """A whole number >= 1 (tiles per pass, threads, workers)."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: use a number >= 1")
-    return n
+def _whole_number(minimum: int):
+    """An argparse type: a whole number >= ``minimum`` (tiles per pass, threads, workers: 1; ring width: 0)."""
+
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if n < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r}: use a number >= {minimum}")
+        return n
+
+    return parse
 
 
-def _nonnegative(text: str) -> int:
-    """A whole number >= 0 (ring width)."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: use a number >= 0")
-    return n
+_positive, _nonnegative = _whole_number(1), _whole_number(0)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -335,6 +335,23 @@ def follow_fixed_inputs(inputs: Sequence[Tensor], outputs: Sequence[Tensor]) -> 
     return tuple(result)
 
 
+
+def description_fields(descr: Any, rdf_path: Path) -> Dict[str, Any]:
+    """The ModelSpec fields read the same way from a format 0.4 and a 0.5 description."""
+    return dict(
+        descr=descr,
+        rdf_path=rdf_path,
+        rdf_sha256=sha256_file(rdf_path),
+        name=descr.name,
+        id=None if descr.id is None else str(descr.id),
+        version=None if getattr(descr, "version", None) is None else str(descr.version),
+        description=descr.description or "",
+        authors=tuple(a.name for a in descr.authors),
+        license=str(descr.license or ""),
+        cite=tuple(c.text for c in descr.cite),
+        tags=tuple(descr.tags),
+    )
+
 def _spec_from_v0_5(descr: Any, rdf_path: Path) -> ModelSpec:
     root = rdf_path.parent
     weights: Dict[str, Any] = {}
@@ -369,22 +386,12 @@ def _spec_from_v0_5(descr: Any, rdf_path: Path) -> ModelSpec:
         if state.dependencies is not None:
             environment = local_path(root, state.dependencies.source)
     return ModelSpec(
-        descr=descr,
-        rdf_path=rdf_path,
-        rdf_sha256=sha256_file(rdf_path),
-        name=descr.name,
-        id=None if descr.id is None else str(descr.id),
-        version=None if getattr(descr, "version", None) is None else str(descr.version),
-        description=descr.description or "",
-        authors=tuple(a.name for a in descr.authors),
-        license=str(descr.license or ""),
-        cite=tuple(c.text for c in descr.cite),
+        **description_fields(descr, rdf_path),
         inputs=inputs,
         outputs=follow_fixed_inputs(inputs, [_tensor_from_descr(t, root, False) for t in descr.outputs]),
         weights=weights,
         weight_paths=paths,
         tolerances=tuple(tolerances),
-        tags=tuple(descr.tags),
         config=config,
         architecture=architecture,
         environment_file=environment,

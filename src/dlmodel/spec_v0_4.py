@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .errors import SpecError
-from .spec import (LETTER_TO_AXIS, Architecture, Axis, ENGINE_EXTRA, ModelSpec, Tensor, follow_fixed_inputs, local_path,
-                   sha256_file)
+from .spec import (LETTER_TO_AXIS, Architecture, Axis, ENGINE_EXTRA, ModelSpec, Tensor, description_fields,
+                   follow_fixed_inputs, local_path)
 
 _TYPE = {"b": "batch", "c": "channel", "t": "time", "i": "index", "x": "space", "y": "space", "z": "space"}
 
@@ -46,21 +46,11 @@ def spec_from_v0_4(descr: Any, rdf_path: Path, note: str = "") -> ModelSpec:
             environment = root / str(state.dependencies).split(":", 1)[-1]
     config = dict(descr.config or {})
     return ModelSpec(
-        descr=descr,
-        rdf_path=rdf_path,
-        rdf_sha256=sha256_file(rdf_path),
-        name=descr.name,
-        id=None if descr.id is None else str(descr.id),
-        version=None if getattr(descr, "version", None) is None else str(descr.version),
-        description=descr.description or "",
-        authors=tuple(a.name for a in descr.authors),
-        license=str(descr.license or ""),
-        cite=tuple(c.text for c in descr.cite),
+        **description_fields(descr, rdf_path),
         inputs=inputs,
         outputs=outputs,
         weights=weights,
         weight_paths=paths,
-        tags=tuple(descr.tags),
         config=config,
         architecture=architecture,
         environment_file=environment,
