@@ -4,9 +4,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tifffile
 
 import zoo
+from conftest import ROOT
 
 
 def run(*args, timeout=300):
@@ -32,6 +34,24 @@ def test_test_exits_1_on_a_mismatch(torch2d, tmp_path):
     rdf.write_text(rdf.read_text().replace(zoo.sha256(torch2d.parent / "test_prob.npy"), zoo.sha256(pkg / "test_prob.npy")))
     bad = run("test", pkg, "--engine", "onnx")
     assert bad.returncode == 1 and "FAIL" in bad.stdout and "max abs error 0.1" in bad.stdout
+
+
+def test_test_leaves_out_a_format_that_needs_trust_unless_asked_for():
+    """Cellpose's own export (a zip): TorchScript is tested; its state dict would run the package's
+    architecture file, so without --trust it is named, not run and not a failure; asked for
+    with --engine, it is refused."""
+    pytest.importorskip("cellpose")
+    cellpose = ROOT / "tests" / "fixtures" / "cellpose_tiny" / "cellpose_tiny.zip"
+    res = run("test", cellpose)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "skip pytorch_state_dict:" in res.stdout and "--trust" in res.stdout
+    assert res.stdout.splitlines()[-1].endswith("passed (torchscript); not tested without --trust: pytorch_state_dict")
+    remote = run("test", cellpose, "--python", sys.executable)  # the same, from a worker process
+    assert remote.returncode == 0 and remote.stdout.splitlines()[-1] == res.stdout.splitlines()[-1]
+    asked = run("test", cellpose, "--engine", "pytorch")
+    assert asked.returncode != 0 and "resnet_torch.py" in asked.stderr and "--trust" in asked.stderr
+    trusted = run("test", cellpose, "--trust")
+    assert trusted.returncode == 0 and "passed (torchscript, pytorch_state_dict)" in trusted.stdout
 
 
 def test_predict_skips_bad_files_and_keeps_the_rest(torch2d, tmp_path):

@@ -16,7 +16,7 @@ from .package import open_spec
 from .prediction import DEFAULT_TILE_PIXELS, TileArg, check_options, plan_checked, run_sample
 from .results import OutputCheck, Prediction, TestReport
 from .spec import ModelSpec, Tensor
-from .trust import DOWNLOAD, FOLDER, Gate
+from .trust import DOWNLOAD, FOLDER, Gate, TrustError
 
 LOGGER = logging.getLogger("dlmodel")
 
@@ -283,6 +283,8 @@ class Model:
                     raise DLModelError(f"output {o.id!r} has no test tensor in the rdf")
                 expected = np.load(o.test_tensor, allow_pickle=False)
                 report.checks.append(compare(outs[o.id], expected, self.spec.tolerance(fmt, o.id), o.id))
+        except TrustError as e:
+            report.error, report.untrusted = str(e), True
         except DLModelError as e:
             report.error = str(e)
         return report

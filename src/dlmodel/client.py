@@ -374,7 +374,7 @@ class RemoteModel:
     # ------------------------------------------------------------------ the rest of Model's interface
     def test(self, weights_format: Optional[str] = None) -> TestReport:
         result, _ = self._call({"op": "test", "weights_format": weights_format}, "testing", LOAD_TIMEOUT_S)
-        report = TestReport(result["weights_format"], error=result["error"])
+        report = TestReport(result["weights_format"], error=result["error"], untrusted=result["untrusted"])
         report.checks = [OutputCheck(c["output"], c["max_abs_error"], c["mismatched_per_million"],
                                      SimpleNamespace(**c["tolerance"]), c["ok"]) for c in result["checks"]]
         return report
@@ -391,6 +391,11 @@ class RemoteModel:
     @property
     def instance_recipe(self) -> Optional[Dict[str, Any]]:
         return self.spec.instance_recipe
+
+    @property
+    def left_out(self) -> List[str]:
+        """The package's steps dlmodel does not run (unrecognised deepImageJ macros)."""
+        return list(self.spec.facts.get("left_out", []))
 
     @property
     def makes_objects(self) -> bool:

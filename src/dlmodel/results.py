@@ -49,6 +49,7 @@ class TestReport:
     weights_format: str
     checks: List[OutputCheck] = field(default_factory=list)
     error: Optional[str] = None
+    untrusted: bool = False  # not run: the format runs the package's code, and the package is not trusted
 
     @property
     def ok(self) -> bool:
@@ -56,7 +57,7 @@ class TestReport:
 
     def summary(self) -> str:
         if self.error:
-            return f"FAIL {self.weights_format}: {self.error}"
+            return f"{'skip' if self.untrusted else 'FAIL'} {self.weights_format}: {self.error}"
         lines = []
         for c in self.checks:
             tol = c.tolerance

@@ -106,7 +106,8 @@ class Server:
                          trust=msg.get("trust"))
         handle, self.next_handle = self.next_handle, self.next_handle + 1
         self.models[handle] = model
-        return {"handle": handle, "spec": {**facts(model.spec), "source": msg["source"], "makes_objects": model.makes_objects}, "weights_format": model.weights_format,
+        return {"handle": handle, "spec": {**facts(model.spec), "source": msg["source"], "makes_objects": model.makes_objects,
+                                                    "left_out": list(model.left_out)}, "weights_format": model.weights_format,
                 "device": model.device, "threads": model.engine.threads, "local": model.local,
                 "seconds": time.perf_counter() - t0}
 
@@ -140,7 +141,7 @@ class Server:
 
     def op_test(self, msg: Mapping[str, Any]) -> Dict[str, Any]:
         report = self._model(msg).test(msg.get("weights_format"))
-        return {"weights_format": report.weights_format, "error": report.error,
+        return {"weights_format": report.weights_format, "error": report.error, "untrusted": report.untrusted,
                 "checks": [{"output": c.output, "max_abs_error": c.max_abs_error,
                             "mismatched_per_million": c.mismatched_per_million, "ok": c.ok,
                             "tolerance": {"absolute": c.tolerance.absolute, "relative": c.tolerance.relative,
