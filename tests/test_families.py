@@ -373,9 +373,13 @@ def test_careamics_export_runs_where_careamics_is_installed():
     python = os.environ.get("DLMODEL_CAREAMICS_PYTHON")
     if not python:
         pytest.skip("set DLMODEL_CAREAMICS_PYTHON to an environment with careamics")
-    res = subprocess.run([python, "-m", "dlmodel.cli", "test", str(FIXTURES / "careamics_n2v_tiny" / "careamics_n2v_tiny.zip"),
-                          "--trust"], capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
-    assert res.returncode == 0 and "passed (pytorch_state_dict)" in res.stdout, res.stdout + res.stderr[-2000:]
+    package = FIXTURES / "careamics_n2v_tiny" / "careamics_n2v_tiny.zip"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    # in that environment, and from this one through a worker in that environment
+    for cmd in ([python, "-m", "dlmodel.cli", "test", str(package), "--trust"],
+                [sys.executable, "-m", "dlmodel.cli", "test", str(package), "--trust", "--python", python]):
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+        assert res.returncode == 0 and "passed (pytorch_state_dict)" in res.stdout, res.stdout + res.stderr[-2000:]
 
 
 def test_stardist_3d_exporter_package_makes_polyhedra_by_stardist():
