@@ -129,22 +129,6 @@ def test_spec_stardist_postprocessing_op_gives_labels_from_predict(stardist_op_p
     np.testing.assert_array_equal(model.labels(pred), dlmodel.instances.relabel(labels))
 
 
-def test_without_the_stardist_package_the_step_is_one_line(tmp_path):
-    code = (
-        "import sys; sys.modules['stardist'] = None\n"
-        "import numpy as np, dlmodel\n"
-        f"m = dlmodel.load({str(STARDIST_ZIP)!r}, trust=True)\n"
-        "pred = m.predict(np.random.default_rng(0).random((128, 128), np.float32), axes='yx')\n"
-        "try:\n"
-        "    m.labels(pred)\n"
-        "except dlmodel.DLModelError as e:\n"
-        "    print('ERROR', e)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert "ERROR StarDist's non-maximum suppression needs the 'stardist' package" in out.stdout, out.stderr[-2000:]
-    assert "pip install 'dlmodel[stardist]'" in out.stdout
-
-
 def test_dlmodel_predict_writes_stardist_objects_without_being_asked(tmp_path):
     images = tmp_path / "images"
     images.mkdir()
@@ -276,19 +260,24 @@ def test_spec_cellpose_flow_dynamics_op_matches_bioimageio_core_and_finds_the_ce
     assert model.instance_recipe["method"] == "labels" and model.makes_objects
 
 
-def test_without_the_cellpose_package_the_step_is_one_line():
+@pytest.mark.parametrize("family, package, image, axes, message", [
+    ("stardist", STARDIST_ZIP, (128, 128), "yx", "StarDist's non-maximum suppression needs the 'stardist' package"),
+    ("cellpose", CELLPOSE_ZIP, (2, 64, 64), "cyx", "Cellpose's flow dynamics needs the 'cellpose' package"),
+])
+def test_without_the_family_package_the_step_is_one_line(family, package, image, axes, message):
     code = (
-        "import sys; sys.modules['cellpose'] = None\n"
+        f"import sys; sys.modules[{family!r}] = None\n"
         "import numpy as np, dlmodel\n"
-        f"m = dlmodel.load({str(CELLPOSE_ZIP)!r}, trust=True)\n"
-        "pred = m.predict(np.random.default_rng(0).random((2, 64, 64), np.float32), axes='cyx')\n"
+        f"m = dlmodel.load({str(package)!r}, trust=True)\n"
+        f"pred = m.predict(np.random.default_rng(0).random({image!r}, np.float32), axes={axes!r})\n"
         "try:\n"
         "    m.labels(pred)\n"
         "except dlmodel.DLModelError as e:\n"
         "    print('ERROR', e)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert "ERROR Cellpose's flow dynamics needs the 'cellpose' package" in out.stdout, out.stderr[-2000:]
+    assert f"ERROR {message}" in out.stdout, out.stderr[-2000:]
+    assert f"pip install 'dlmodel[{family}]'" in out.stdout
 
 
 # ----------------------------------------------------------------------------- legacy Keras

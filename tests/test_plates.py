@@ -1,5 +1,4 @@
 """Per-well summaries and plate heatmaps from per-image tables."""
-import csv
 import subprocess
 import sys
 
@@ -8,20 +7,13 @@ import pytest
 
 import dlmodel
 from dlmodel.plates import plate_shape, summarise, well_values
-
-
-def _table(path, rows):
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return path
+from zoo import write_csv
 
 
 def test_well_means_and_heatmap(tmp_path):
     rows = [{"Metadata_Row": r, "Metadata_Column": f"{c:02d}", "Count_Nuclei": n, "GFP": g}
             for r, c, n, g in [("A", 1, 10, 0.5), ("A", 1, 20, 0.7), ("H", 12, 5, 0.1), ("B", 3, "", 0.2)]]
-    table = _table(tmp_path / "Image.csv", rows)
+    table = write_csv(tmp_path / "Image.csv", rows)
     values = well_values(table, ["Count_Nuclei", "GFP"])
     assert values[("A", 1)] == {"Count_Nuclei": 15.0, "GFP": pytest.approx(0.6)}
     assert values[("B", 3)] == {"GFP": 0.2}  # a failed count is left out, not zero
@@ -34,7 +26,7 @@ def test_well_means_and_heatmap(tmp_path):
 
 
 def test_missing_column_is_named(tmp_path):
-    table = _table(tmp_path / "Image.csv", [{"Metadata_Row": "A", "Metadata_Column": "1", "X": 1}])
+    table = write_csv(tmp_path / "Image.csv", [{"Metadata_Row": "A", "Metadata_Column": "1", "X": 1}])
     with pytest.raises(dlmodel.DLModelError, match="no column 'Count_Nuclei'"):
         well_values(table, ["Count_Nuclei"])
 

@@ -16,6 +16,7 @@ from conftest import ROOT, SHARED
 
 from dlmodel import platerun, qc, report, screen
 from dlmodel.screen import ScreenError
+from zoo import write_csv
 
 SBS = SHARED / "data" / "ExampleSBSImages"
 MODEL = ROOT / "models" / "nuclei_default"
@@ -186,14 +187,6 @@ def test_ring_measure_by_hand():
 
 # --- the report -----------------------------------------------------------------------------------
 
-def _wells_csv(path, rows):
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return path
-
-
 def test_report_is_one_self_contained_page(tmp_path):
     meta = {(r["Row"], int(r["Column"])): r for r in read_csv(SBS / "1049_Metadata.csv")}
     rng = np.random.default_rng(0)
@@ -207,7 +200,7 @@ def test_report_is_one_self_contained_page(tmp_path):
                      "meta_SBS_Doses": m["SBS_Doses"], "meta_SBS_Controls": ctrl})
     rows[0]["count"] = 0
     rows[0]["flags"] = "no objects"
-    table = _wells_csv(tmp_path / "wells.csv", rows)
+    table = write_csv(tmp_path / "wells.csv", rows)
     paths = report.plate_report(table, tmp_path, readouts=["count", "mean_intensity_1", "constant"],
                                 about={"model": "test wells"})
     page = paths["report"].read_text()
@@ -226,12 +219,12 @@ def test_report_is_one_self_contained_page(tmp_path):
 
 def test_report_without_controls_and_with_two_plates(tmp_path):
     rows = [{"plate": "p", "row": "A", "column": c, "count": 10 + c, "flags": ""} for c in range(1, 7)]
-    paths = report.plate_report(_wells_csv(tmp_path / "wells.csv", rows), tmp_path)
+    paths = report.plate_report(write_csv(tmp_path / "wells.csv", rows), tmp_path)
     page = paths["report"].read_text()
     assert "no statistics</b>: " in page and "no column naming the controls" in page and "screen" not in paths
     rows[0]["plate"] = "q"
     with pytest.raises(Exception, match="holds 2 plates"):
-        report.plate_report(_wells_csv(tmp_path / "two.csv", rows), tmp_path / "two")
+        report.plate_report(write_csv(tmp_path / "two.csv", rows), tmp_path / "two")
 
 
 # --- the whole command: segment, measure, QC, statistics, report ---------------------------------

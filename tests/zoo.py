@@ -7,6 +7,7 @@ processing, from the framework itself), so ``dlmodel test`` passing means matchi
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import shutil
 import textwrap
@@ -249,6 +250,15 @@ def core_predict(descr, inputs: Dict[str, np.ndarray], weight_format: Optional[s
             op(both)
         out.members[oid] = both.members[oid]
     return {str(k): v.data.to_numpy() for k, v in out.members.items()}
+
+
+def write_csv(path: Path, rows: Sequence[dict]) -> Path:
+    """A CSV table of ``rows`` (dicts with the same keys), as CellProfiler and dlmodel plate write them."""
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
 
 
 def zip_folder(folder: Path, target: Path) -> Path:

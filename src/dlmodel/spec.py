@@ -352,8 +352,9 @@ def description_fields(descr: Any, rdf_path: Path) -> Dict[str, Any]:
         tags=tuple(descr.tags),
     )
 
-def _spec_from_v0_5(descr: Any, rdf_path: Path) -> ModelSpec:
-    root = rdf_path.parent
+
+def weight_entries(descr: Any, root: Path) -> Tuple[Dict[str, Any], Dict[str, Path]]:
+    """The weight entries of the formats dlmodel has engines for, and their local files."""
     weights: Dict[str, Any] = {}
     paths: Dict[str, Path] = {}
     for fmt in ENGINE_EXTRA:
@@ -361,6 +362,12 @@ def _spec_from_v0_5(descr: Any, rdf_path: Path) -> ModelSpec:
         if entry is not None:
             weights[fmt] = entry
             paths[fmt] = local_path(root, entry.source)
+    return weights, paths
+
+
+def _spec_from_v0_5(descr: Any, rdf_path: Path) -> ModelSpec:
+    root = rdf_path.parent
+    weights, paths = weight_entries(descr, root)
     tolerances = []
     bioimageio_cfg = getattr(descr.config, "bioimageio", None)
     for tol in getattr(bioimageio_cfg, "reproducibility_tolerance", ()) or ():

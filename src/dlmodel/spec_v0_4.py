@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .errors import SpecError
 from .spec import (LETTER_TO_AXIS, Architecture, Axis, ENGINE_EXTRA, ModelSpec, Tensor, description_fields,
-                   follow_fixed_inputs, local_path)
+                   follow_fixed_inputs, local_path, weight_entries)
 
 _TYPE = {"b": "batch", "c": "channel", "t": "time", "i": "index", "x": "space", "y": "space", "z": "space"}
 
@@ -31,13 +31,7 @@ def spec_from_v0_4(descr: Any, rdf_path: Path, note: str = "") -> ModelSpec:
     inputs = tuple(_tensor(t, True, root, test, descr) for t, test in zip(descr.inputs, descr.test_inputs))
     outputs = follow_fixed_inputs(inputs, [_tensor(t, False, root, test, descr)
                                            for t, test in zip(descr.outputs, descr.test_outputs)])
-    weights: Dict[str, Any] = {}
-    paths: Dict[str, Path] = {}
-    for fmt in ENGINE_EXTRA:
-        entry = getattr(descr.weights, fmt, None)
-        if entry is not None:
-            weights[fmt] = entry
-            paths[fmt] = local_path(root, entry.source)
+    weights, paths = weight_entries(descr, root)
     architecture = environment = None
     state = weights.get("pytorch_state_dict")
     if state is not None:

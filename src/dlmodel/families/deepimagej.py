@@ -795,9 +795,14 @@ def _run_zmuv(image: _Image, p: Dict[str, Any], composite: bool, file: str) -> n
 def _run_fixed_zmuv(image: _Image, p: Dict[str, Any], composite: bool, file: str) -> np.ndarray:
     out = _to_float(image.planes)
     where = _scope(out.shape[1], False, composite)
+    _fixed_zmuv(out, p, where)
+    return image.back(out)
+
+
+def _fixed_zmuv(out: np.ndarray, p: Dict[str, Any], where: slice) -> None:
+    """(x - mean) / std with the macro's numbers, as ImageJ passes them, in place."""
     _subtract(out, _ij_value(p["mean"]), where)
     _divide(out, _ij_value(p["std"]), where)
-    return image.back(out)
 
 
 def _run_min_max_fixed_zmuv(image: _Image, p: Dict[str, Any], composite: bool, file: str) -> np.ndarray:
@@ -809,8 +814,7 @@ def _run_min_max_fixed_zmuv(image: _Image, p: Dict[str, Any], composite: bool, f
         _, _, _, lo, hi = _statistics(out[b, 0], 32)
         _subtract(out[b : b + 1], _ij_value(lo), where)
         _divide(out[b : b + 1], _ij_value(hi - lo + 1e-20), where)
-    _subtract(out, _ij_value(p["mean"]), where)
-    _divide(out, _ij_value(p["std"]), where)
+    _fixed_zmuv(out, p, where)
     return image.back(out)
 
 
