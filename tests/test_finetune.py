@@ -1,7 +1,6 @@
 """dlmodel finetune: tiny real networks (the default model's U-Net at a quarter of its width)
 trained a few epochs on synthetic nuclei; the packages they write are checked by
 bioimageio.spec, `dlmodel test` and bioimageio.core's test_model."""
-import json
 import os
 import re
 import signal

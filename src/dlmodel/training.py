@@ -20,7 +20,6 @@ Supported outputs (others are refused with one line):
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
 import math
@@ -34,7 +33,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from . import instances, io
-from .errors import EngineError, ImageFileError, InputError, SpecError
+from .errors import InputError, SpecError
 
 LOGGER = logging.getLogger("dlmodel")
 PathLike = Union[str, os.PathLike]
