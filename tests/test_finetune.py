@@ -24,6 +24,7 @@ PRE = [{"id": "scale_range", "kwargs": {"axes": ["y", "x"], "min_percentile": 1.
 META = dict(name="tiny nuclei", description="a tiny U-Net", authors=["A. Tester"], license="MIT",
             cite=[{"text": "dlmodel tests", "doi": "10.5281/zenodo.0000000"}], tags=["test"])
 FAST = dict(epochs=2, crop=48, batch_size=2, learning_rate=3e-3, progress=False)
+LEARN = {**FAST, "epochs": 60, "patience": 60, "learning_rate": 1e-2}  # enough for held-out F1 to rise from 0
 
 
 def nuclei(seed: int, shape=(80, 96)):
@@ -120,24 +121,25 @@ def test_the_new_package_validates_reproduces_and_records_its_training(finetuned
 def test_training_learns_the_annotations(sigmoid_pkg, data, tmp_path):
     """Enough epochs on five images take a random network to objects on the held-out image."""
     result = dlmodel.finetune(sigmoid_pkg, data / "images", data / "labels", tmp_path / "long", seed=1,
-                              **{**FAST, "epochs": 25, "patience": 25})
+                              **{**FAST, "epochs": 100, "patience": 100, "learning_rate": 1e-2})
     f = result.facts
-    assert f["held_out_f1_before"] < 0.2 and f["held_out_f1_after"] > 0.6, f["history"]
+    assert f["held_out_f1_before"] < 0.2 and f["held_out_f1_after"] > 0.8, f["history"]
 
 
-def test_same_seed_same_weights(sigmoid_pkg, data, finetuned, tmp_path):
+def test_same_seed_same_weights(sigmoid_pkg, data, tmp_path):
     import torch
 
-    again = dlmodel.finetune(sigmoid_pkg, data / "images", data / "labels", tmp_path / "again", seed=7, **FAST)
-    other = dlmodel.finetune(sigmoid_pkg, data / "images", data / "labels", tmp_path / "other", seed=8, **FAST)
+    runs = [dlmodel.finetune(sigmoid_pkg, data / "images", data / "labels", tmp_path / name, seed=seed, **LEARN)
+            for name, seed in (("a", 1), ("b", 1), ("c", 2))]
+    assert all(r.facts["best_epoch"] > 0 for r in runs)  # trained weights, not the parent's, are compared
 
     def weights(rdf):
         return torch.load(rdf.parent / "weights_state.pt", weights_only=True)
 
-    a, b, c = weights(finetuned.rdf), weights(again.rdf), weights(other.rdf)
+    a, b, c = (weights(r.rdf) for r in runs)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
-    assert again.facts["history"] == [{**h, "seconds": g["seconds"]} for h, g in zip(finetuned.facts["history"], again.facts["history"])]
+    assert [{**h, "seconds": 0} for h in runs[0].facts["history"]] == [{**h, "seconds": 0} for h in runs[1].facts["history"]]
 
 
 def test_softmax_classes_from_the_cli_and_torchscript_only(data, tmp_path):
@@ -155,21 +157,25 @@ def test_softmax_classes_from_the_cli_and_torchscript_only(data, tmp_path):
     assert facts["crop"] == 40 and facts["seed"] == 3 and "interior" in facts["targets"]
     assert model.instance_recipe["method"] == "seeded_watershed" and model.instance_recipe["seeds"] == 1
 
+    import torch
+
     scripted = tiny(tmp_path / "ts", 1, ("torchscript",))
-    result = dlmodel.finetune(scripted, data / "images", data / "labels", tmp_path / "new_ts", seed=0, **FAST)
+    result = dlmodel.finetune(scripted, data / "images", data / "labels", tmp_path / "new_ts", seed=1, **LEARN)
     new = dlmodel.load(result.rdf)
     assert set(new.spec.weights) == {"torchscript"} and new.test().ok
-    assert result.facts["parent"]["weights"] == "torchscript"
-    parent_ts = (scripted.parent / "weights.torchscript.pt").read_bytes()
-    assert (result.rdf.parent / "weights.torchscript.pt").read_bytes() != parent_ts
+    assert result.facts["parent"]["weights"] == "torchscript" and result.facts["best_epoch"] > 0
+    before, after = (torch.jit.load(str(p / "weights.torchscript.pt")).state_dict()
+                     for p in (scripted.parent, result.rdf.parent))
+    assert not all(torch.equal(before[k], after[k]) for k in before)  # the scripted module itself trained
 
 
 def test_minutes_bounds_training(sigmoid_pkg, data, tmp_path):
     t0 = time.monotonic()
     result = dlmodel.finetune(sigmoid_pkg, data / "images", data / "labels", tmp_path / "timed", seed=0, minutes=0.01,
                               **{**FAST, "epochs": 1000, "patience": 1000})
-    assert result.facts["stopped"].startswith("time limit") and result.facts["epochs"] < 20
-    assert time.monotonic() - t0 < 120
+    f = result.facts
+    assert f["stopped"].startswith("time limit") and f["epochs"] < 1000
+    assert 0.6 <= f["history"][-1]["seconds"] < 10 and time.monotonic() - t0 < 120
 
 
 def test_ctrl_c_keeps_the_best_epoch_and_writes_a_valid_package(sigmoid_pkg, data, tmp_path):
@@ -224,10 +230,12 @@ def test_bad_input_is_refused_in_one_line_and_nothing_is_written(sigmoid_pkg, da
     def run(root, model=sigmoid_pkg):
         return _error(lambda: dlmodel.finetune(model, root / "images", root / "labels", out, **FAST))
 
-    msg = run(folder("unpaired", [("a", *a, None), ("b", *b, None)]))
+    msg = run(folder("unpaired", [("a", a[0], None, None), ("b", *b, None)]))
     assert "a.tif" in msg and "no label image" in msg
-    msg = run(folder("extra", [("a", *a, None), ("b", *b, "c.tif")]))
-    assert "a.tif" in msg or "c.tif" in msg
+    extra = folder("extra", [("a", *a, None), ("b", *b, None)])
+    tifffile.imwrite(extra / "labels" / "c.tif", b[1])
+    msg = run(extra)
+    assert "c.tif" in msg and "no image" in msg
     msg = run(folder("empty", [("a", *a, None), ("b", b[0], np.zeros_like(b[1]), None)]))
     assert "b.tif" in msg and "no objects" in msg
     msg = run(folder("size", [("a", *a, None), ("b", b[0], b[1][:40], None)]))

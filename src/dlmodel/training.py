@@ -224,7 +224,7 @@ def _check_layout(spec: Any) -> None:
         raise SpecError(f"model {spec.name!r} has {len(spec.inputs)} input(s) and {len(spec.outputs)} output(s); "
                         "fine-tuning takes models with one of each")
     inp, out = spec.inputs[0], spec.outputs[0]
-    if inp.letters not in ("bcyx", "byx") or out.letters not in ("bcyx", "byx"):
+    if inp.letters != "bcyx" or out.letters != "bcyx":
         raise SpecError(f"model {spec.name!r}: axes {inp.letters} -> {out.letters}; fine-tuning takes 2D models "
                         "(batch, channel, y, x)")
     if not spec.follows_input(out.id):
@@ -594,6 +594,7 @@ def _write_package(spec: Any, module: Any, fmt: str, sample: Pair, out: Path, re
     from .spec import local_path
 
     inp, o = spec.inputs[0], spec.outputs[0]
+    module = module.to("cpu")  # packaging runs and exports it on the CPU
     if fmt == "pytorch_state_dict":
         formats = tuple(f for f in ("onnx", "torchscript", "pytorch_state_dict")
                         if f in spec.weights or f == "pytorch_state_dict")
