@@ -74,11 +74,12 @@ def main() -> int:
     print(f"held-out F1: before {f['held_out_f1_before']:.3f}, best epoch {f['held_out_f1_best_epoch']:.3f}, "
           f"re-tuned recipe {f['held_out_f1_after']:.3f}")
     print(f"F1 at IoU 0.5 pooled over {len(val_images)} images of {VAL.name}")
-    print("| instance step | before | after | change |\n| --- | --- | --- | --- |")
+    print("| instance step | before: F1 (TP/FP/FN) | after: F1 (TP/FP/FN) | change |\n| --- | --- | --- | --- |")
     for step in after:
         b = before.get(step)
         a = after[step]
-        print(f"| {step} | {'%.3f' % b[0] if b else '-'} | {a[0]:.3f} | {'%+.3f' % (a[0] - b[0]) if b else '-'} |")
+        print(f"| {step} | {'%.3f (%d/%d/%d)' % b if b else '-'} | {'%.3f (%d/%d/%d)' % a} | "
+              f"{'%+.3f' % (a[0] - b[0]) if b else '-'} |")
     return 0
 
 
