@@ -210,6 +210,40 @@ def stardist_nuclei(instantiate, model="models/stardist_nuclei"):
     return steps[:4] + [star] + steps[5:]
 
 
+def make_training_data(instantiate):
+    """Training data for `dlmodel finetune`: RunDLModel's objects, corrected by hand in
+    EditObjectsManually, saved as image + label pairs of the same name in images/ and labels/
+    of the output folder (the layout `dlmodel finetune MODEL OUT/images OUT/labels` reads)."""
+    steps = [module(instantiate, "Images", "The images to annotate: the folder given with -i (a handful is enough).")]
+    steps += nuclei(instantiate)[1:4]
+    save_common = {"Select image name for file prefix": "DNA", "Append a suffix to the image file name?": "No",
+                   "Saved file format": "tiff", "Image bit depth": "16-bit integer",
+                   "Overwrite existing files without warning?": "Yes", "Save with lossless compression?": "No"}
+    return steps + [
+        rundlmodel(instantiate, "DNA", "Nuclei", "Nuclei from the model you want to fine-tune (here the default "
+                   "model): the objects to correct. Choose your model here.", **{"Save the output as an image?": "No"}),
+        module(instantiate, "EditObjectsManually",
+               "Correct the nuclei by hand: delete wrong ones, draw missed ones, split or join (the GUI opens a window "
+               "per image, in Test mode or Analyze Images). Headless (cellprofiler -c) nothing can ask you, and the module "
+               "stops the run: turn it off there and choose Nuclei in ConvertObjectsToImage to save the model's objects "
+               "as they are.",
+               {"Select the objects to be edited": "Nuclei", "Name the edited objects": "CorrectedNuclei",
+                "Display a guiding image?": "Yes", "Select the guiding image": "DNA"}),
+        module(instantiate, "ConvertObjectsToImage", "The corrected nuclei as a 16-bit label image (0 background, "
+               "1..N one number per nucleus).",
+               {"Select the input objects": "CorrectedNuclei", "Name the output image": "NucleiLabels",
+                "Select the color format": "uint16"}),
+        module(instantiate, "SaveImages", "The image, as <image>.tiff in the images sub-folder of the output folder "
+               "(16-bit; the models' own normalisation makes the scale irrelevant).",
+               {"Select the image to save": "DNA", "Output file location": "Default Output Folder sub-folder|images",
+                **save_common}),
+        module(instantiate, "SaveImages", "Its labels, as <image>.tiff in the labels sub-folder: the same name pairs "
+               "them for dlmodel finetune.",
+               {"Select the image to save": "NucleiLabels", "Output file location": "Default Output Folder sub-folder|labels",
+                **save_common}),
+    ]
+
+
 def classic_baseline(instantiate):
     """The comparison: CellProfiler's IdentifyPrimaryObjects with its default settings."""
     steps = nuclei(instantiate)
@@ -224,7 +258,7 @@ def main():
         out = HERE / "cellprofiler4"
         out.mkdir(exist_ok=True)
         for name, build in (("nuclei", nuclei), ("plate_screen", plate_screen), ("nuclei_3d", nuclei_3d),
-                            ("stardist_nuclei", stardist_nuclei)):
+                            ("stardist_nuclei", stardist_nuclei), ("make_training_data", make_training_data)):
             save(build(instantiate), out / f"{name}.cppipe")
         return 0
     save(classic_baseline(instantiate), ROOT / "benchmarks" / "identify_primary_baseline.cppipe")
@@ -232,6 +266,7 @@ def main():
     save(nuclei(instantiate), HERE / "nuclei.cppipe")
     save(plate_screen(instantiate), HERE / "plate_screen.cppipe")
     save(stardist_nuclei(instantiate), HERE / "stardist_nuclei.cppipe")
+    save(make_training_data(instantiate), HERE / "make_training_data.cppipe")
 
 
 if __name__ == "__main__":

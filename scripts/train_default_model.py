@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
-from skimage.segmentation import find_boundaries
+
+from dlmodel.training import Targets
 
 HERE = Path(__file__).resolve().parent
 # the architecture is the one the default model ships (one copy of it in the repository)
@@ -38,12 +39,8 @@ def normalise(img: np.ndarray) -> np.ndarray:
     return (img - lo) / (hi - lo + 1e-6)
 
 
-def targets(labels: np.ndarray) -> np.ndarray:
-    boundary = find_boundaries(labels, mode="inner")
-    out = np.zeros(labels.shape, np.int64)
-    out[labels > 0] = 1
-    out[boundary & (labels > 0)] = 2
-    return out
+# background 0, interior 1, inner boundary 2: the targets `dlmodel finetune` makes for such a model
+targets = Targets("classes", (0, 1, 2)).make
 
 
 def load(folder: Path):

@@ -7,14 +7,13 @@ recipes; the first goes into scripts/package_default_model.py.
     .venv/bin/python scripts/tune_default_recipe.py
 """
 import glob
-import itertools
 import sys
 from pathlib import Path
 
 import tifffile
 
 import dlmodel
-from dlmodel.instances import f1_at_iou, from_recipe
+from dlmodel.training import Targets, recipe_grid, score
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT.parent / "shared" / "data" / "dsb2018_nuclei_train"
@@ -23,19 +22,12 @@ TRAIN = ROOT.parent / "shared" / "data" / "dsb2018_nuclei_train"
 def main() -> int:
     model = dlmodel.load(ROOT / "models" / "nuclei_default")
     paths = sorted(glob.glob(str(TRAIN / "images" / "*.tif")))[::11][:40]
-    preds = [model.predict(tifffile.imread(p)) for p in paths]
-    truths = [tifffile.imread(p.replace("/images/", "/labels/")) for p in paths]
     base = model.instance_recipe
-    results = []
-    for st, th, ms, mss in itertools.product([0.5, 0.7, 0.8, 0.9], [0.5, 0.6, 0.7], [15, 30], [4, 10]):
-        recipe = {**base, "seed_threshold": st, "threshold": th, "min_size": ms, "min_seed_size": mss}
-        tp = fp = fn = 0
-        for p, t in zip(preds, truths):
-            oid = recipe["output"]
-            a, b, c = f1_at_iou(from_recipe(p[oid], p.axes[oid], recipe), t)
-            tp, fp, fn = tp + a, fp + b, fn + c
-        results.append((2 * tp / (2 * tp + fp + fn), st, th, ms, mss))
-    results.sort(reverse=True)
+    preds = [model.predict(tifffile.imread(p))[base["output"]] for p in paths]  # cyx
+    truths = [tifffile.imread(p.replace("/images/", "/labels/")) for p in paths]
+    # the grid `dlmodel finetune` re-tunes a three-class model's recipe with (the first is the package's own)
+    results = sorted(((score(preds, truths, r), r["seed_threshold"], r["threshold"], r["min_size"], r["min_seed_size"])
+                      for r in recipe_grid(base, Targets("classes", (0, 1, 2)))[1:]), reverse=True)
     print("F1(train subset)  seed_threshold  threshold  min_size  min_seed_size")
     for row in results[:5]:
         print("  %.4f           %.1f            %.1f        %d        %d" % row)

@@ -493,6 +493,59 @@ def test_the_stardist_example_pipeline_runs_as_shipped(tmp_path):
     assert 2 * tp / (2 * tp + fp + fn) > 0.8  # 0.892 pooled over all 32 images (docs/accuracy.md)
 
 
+def headless_training_data(text):
+    """make_training_data.cppipe as docs/finetune.md says to run it headless: EditObjectsManually
+    needs a person at the window (headless it stops the run), so it is turned off and
+    ConvertObjectsToImage takes RunDLModel's objects as they are."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("EditObjectsManually:["):
+            lines[i] = line.replace("|enabled:True|", "|enabled:False|")
+        elif line.strip() == "Select the input objects:CorrectedNuclei":
+            lines[i] = line.replace("CorrectedNuclei", "Nuclei")
+    out = "\n".join(lines) + "\n"
+    assert out.count("enabled:False") == 1 and "input objects:Nuclei" in out
+    return out
+
+
+def test_the_training_data_pipeline_saves_the_pairs_dlmodel_finetune_reads(tmp_path):
+    """example_pipelines/make_training_data.cppipe headless on three training images: image and
+    16-bit label image of the same name in images/ and labels/ of the output folder; the labels
+    are RunDLModel's objects; dlmodel finetune reads the pairs and fine-tunes the default model
+    on them (one epoch: the loop closes, from CellProfiler to a new package)."""
+    train = SHARED / "data" / "dsb2018_nuclei_train" / "images"
+    folder = tmp_path / "in"
+    folder.mkdir()
+    names = [p.name for p in sorted(train.glob("*.tif"))[:3]]
+    for name in names:
+        shutil.copy(train / name, folder)
+    pipeline = tmp_path / "make_training_data_headless.cppipe"
+    pipeline.write_text(headless_training_data(pipeline_file("make_training_data.cppipe").read_text()))
+    out = tmp_path / "out"
+    res = run_cellprofiler(str(pipeline), folder, out)
+    assert res.returncode == 0, res.stderr[-3000:]
+    stems = sorted(Path(n).stem for n in names)
+    assert sorted(p.stem for p in (out / "images").iterdir()) == stems
+    assert sorted(p.stem for p in (out / "labels").iterdir()) == stems
+    for stem in stems:
+        image = tifffile.imread(next((out / "images").glob(stem + ".*")))
+        labels = tifffile.imread(next((out / "labels").glob(stem + ".*")))
+        original = tifffile.imread(train / f"{stem}.tif")
+        assert labels.dtype == np.uint16 and labels.shape == image.shape == original.shape[:2] and labels.max() > 5
+        assert np.corrcoef(image.ravel().astype(float), original.ravel().astype(float))[0, 1] > 0.999
+    if not HAS_ENGINES:
+        return
+    import dlmodel
+
+    result = dlmodel.finetune(ROOT / "models" / "nuclei_default", out / "images", out / "labels", tmp_path / "new",
+                              epochs=1, crop=128, progress=False)
+    model = dlmodel.load(result.rdf)
+    assert model.test().ok and set(model.spec.weights) == {"onnx", "torchscript", "pytorch_state_dict"}
+    facts = model.spec.config["dlmodel"]["finetune"]
+    assert sorted(Path(i["image"]).stem for i in facts["images"]) == stems
+    assert facts["parent"]["name"] == "RunDLModel default nuclei"
+
+
 def test_a_denoising_model_gives_cellprofiler_an_image_of_its_own_intensities(tmp_path, cp):
     """A Noise2Void package (n2v's own export): RunDLModel saves the restored image (float, the
     model's intensities), IdentifyPrimaryObjects finds nuclei on it and MeasureImageIntensity
@@ -727,7 +780,8 @@ def _other_cellprofiler():
     return other
 
 
-@pytest.mark.parametrize("pipeline", ["nuclei.cppipe", "plate_screen.cppipe", "nuclei_3d.cppipe", "stardist_nuclei.cppipe"])
+@pytest.mark.parametrize("pipeline", ["nuclei.cppipe", "plate_screen.cppipe", "nuclei_3d.cppipe", "stardist_nuclei.cppipe",
+                                      "make_training_data.cppipe"])
 def test_pipelines_saved_by_one_version_load_in_the_other(tmp_path, pipeline):
     """Our pipelines saved by 4.2.8 (example_pipelines/cellprofiler4/) load in 5.0 setting for
     setting as those saved by 5.0; 5.0's load in 4.2.8 as 4.2.8's own, but for plate_screen's

@@ -17,9 +17,10 @@ from .errors import DLModelError, EngineError, ImageFileError, InputError, Sourc
 
 __version__ = "0.1.0"
 
-_MODULES = ("api", "axes", "client", "engines", "instances", "package", "processing", "sources", "tiling", "trust")
+_MODULES = ("api", "axes", "client", "engines", "instances", "package", "processing", "sources", "tiling", "training",
+            "trust")
 _NAMES = {"Model": "api", "Prediction": "results", "TestReport": "results", "RemoteModel": "client",
-          "TrustError": "trust"}
+          "TrustError": "trust", "finetune": "training", "FinetuneResult": "training"}
 
 
 def __getattr__(name: str) -> Any:
@@ -44,6 +45,7 @@ __all__ = [
     "TestReport",
     "TrustError",
     "WorkerError",
+    "finetune",
     "clear_cache",
     "load",
     "load_cached",

@@ -151,6 +151,27 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--instances", default=None, help="JSON recipe for objects, stored in the rdf")
     sp.add_argument("--overwrite", action="store_true")
 
+    sp = sub.add_parser("finetune", help="fine-tune a model on annotated images (image + label pairs) into a new package")
+    sp.add_argument("source", help="the package to start from (pytorch_state_dict or torchscript weights)")
+    sp.add_argument("images", help="folder of images")
+    sp.add_argument("labels", help="folder of label images (0 background, 1..N objects), named as the images")
+    sp.add_argument("-o", "--output", required=True, type=Path, help="the new package folder, or a .zip")
+    sp.add_argument("--epochs", type=_positive, default=50, help="at most this many passes over the training images (50)")
+    sp.add_argument("--minutes", type=float, default=None, help="stop training after N minutes (best epoch kept)")
+    sp.add_argument("--batch-size", type=_positive, default=2, help="crops per step (2)")
+    sp.add_argument("--crop", type=_positive, default=None, help="crop side (default: smallest valid size >= 256)")
+    sp.add_argument("--learning-rate", type=float, default=1e-4, help="Adam's learning rate (1e-4)")
+    sp.add_argument("--holdout", type=float, default=0.2, help="fraction of pairs held out to pick the epoch and recipe (0.2)")
+    sp.add_argument("--patience", type=_positive, default=10, help="stop after N epochs without a better held-out F1 (10)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    sp.add_argument("--threads", type=_positive, default=None, help="torch CPU threads (default: all cores)")
+    sp.add_argument("--name", default=None, help="the new package's name (default: the parent's + ' (fine-tuned)')")
+    sp.add_argument("--trust", action="store_true", default=None,
+                    help="run a state dict's architecture code from a package that is not a folder you made")
+    sp.add_argument("--overwrite", action="store_true")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     sp = sub.add_parser("env", help="make a Python environment for models (RunDLModel's 'Python environment for the model')")
     env_sub = sp.add_subparsers(dest="env_command", required=True)
     ep = env_sub.add_parser("create", help="a venv at PATH with dlmodel, bioimageio.spec and the engines")
@@ -165,7 +186,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
         code = {"info": _info, "test": _test, "predict": _predict, "convert": _convert,
-                "package": _package, "heatmap": _heatmap, "plate": _plate, "env": _env}[args.command](args)
+                "package": _package, "finetune": _finetune, "heatmap": _heatmap, "plate": _plate, "env": _env}[args.command](args)
         sys.stdout.flush()  # a closed pipe shows here, not in Python's exit handler
         return code
     except DLModelError as e:
@@ -328,6 +349,20 @@ def _convert(args: argparse.Namespace) -> int:
 
     rdf = convert(args.source, args.to, trust=args.trust)
     print(f"dlmodel: added {args.to} weights to {rdf} (they reproduce the package's test outputs)")
+    return 0
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from .training import finetune
+
+    result = finetune(args.source, args.images, args.labels, args.output, epochs=args.epochs, minutes=args.minutes,
+                      batch_size=args.batch_size, crop=args.crop, learning_rate=args.learning_rate, holdout=args.holdout,
+                      patience=args.patience, seed=args.seed, device=args.device, threads=args.threads, trust=args.trust,
+                      name=args.name, overwrite=args.overwrite, progress=not args.no_progress)
+    f = result.facts
+    print(f"dlmodel: wrote {result.rdf} after {f['epochs']} epoch(s) ({f['stopped']}; weights of epoch {f['best_epoch']}); "
+          f"held-out F1 {f['held_out_f1_before']:.3f} -> {f['held_out_f1_after']:.3f}; it validates and reproduces "
+          "its test outputs")
     return 0
 
 

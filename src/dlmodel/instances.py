@@ -374,3 +374,16 @@ def f1_at_iou(pred: np.ndarray, truth: np.ndarray, iou: float = 0.5) -> tuple:
     matched = i / union > iou
     tp = int(matched.sum())
     return tp, n_p - tp, n_t - tp
+
+
+def pooled_f1(pairs: Any, iou: float = 0.5) -> tuple:
+    """F1 at an IoU threshold pooled over images (true positives, false positives and false
+    negatives summed first), from ``(predicted labels, true labels)`` pairs.
+
+    Returns ``(f1, tp, fp, fn)``; F1 is 0 when there is nothing to match at all."""
+    tp = fp = fn = 0
+    for pred, truth in pairs:
+        t, p, n = f1_at_iou(pred, truth, iou)
+        tp, fp, fn = tp + t, fp + p, fn + n
+    total = 2 * tp + fp + fn
+    return (2 * tp / total if total else 0.0), tp, fp, fn

@@ -96,6 +96,8 @@ def package(
     instances: Optional[Dict[str, Any]] = None,
     documentation: Optional[str] = None,
     version: Optional[str] = None,
+    parent: Optional[str] = None,
+    config: Optional[Mapping[str, Any]] = None,
     overwrite: bool = False,
 ) -> Path:
     """Write a zoo package (a folder, or a ``.zip`` when ``out`` ends so) and return its rdf path.
@@ -112,6 +114,9 @@ def package(
         halo: output pixels to crop on each side of a tile.
         instances: a recipe to turn the output into objects (stored in the rdf's ``config``;
             see :func:`dlmodel.instances.from_recipe`).
+        parent: the zoo id of the model this one derives from (the rdf's ``parent``).
+        config: more facts for the rdf's ``config: dlmodel`` (``dlmodel finetune`` puts its
+            training facts there), beside the recipe.
         cite: ``[{"text": ..., "doi": ...}]`` or with ``"url"``.
     """
     out = Path(out)
@@ -123,16 +128,17 @@ def package(
         raise SpecError(f"sample has shape {sample.shape}; sample_axes {sample_axes!r} must be yx or cyx and match it")
     pre = _processing(preprocessing, "pre")
     post = _processing(postprocessing, "post")
-    parent = out.parent if out.suffix.lower() != ".zip" else out.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.stem}.", dir=parent))
+    folder = out.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.stem}.", dir=folder))
     try:
         about = About(name=name, description=description, authors=tuple(authors), license=license, cite=tuple(cite),
                       tags=tuple(tags), documentation=documentation, version=version, sample_axes=sample_axes,
                       preprocessing=tuple(pre), postprocessing=tuple(post), architecture=architecture,
                       formats=tuple(formats), input_id=input_id, output_id=output_id,
                       output_channel_names=None if output_channel_names is None else tuple(output_channel_names),
-                      size=size, halo=halo, instances=instances)
+                      size=size, halo=halo, instances=instances, parent=parent,
+                      config=dict(config) if config else None)
         rdf = _assemble(work, kind, weights, sample, about)
         return _move_into_place(work, rdf, out)
     finally:
@@ -163,6 +169,8 @@ class About:
     size: Union[int, Tuple[int, int]] = (16, 16)
     halo: int = 0
     instances: Optional[Dict[str, Any]] = None
+    parent: Optional[str] = None
+    config: Optional[Dict[str, Any]] = None
 
 
 def _assemble(work: Path, kind: str, weights: Any, sample: np.ndarray, about: About) -> Path:
@@ -220,8 +228,11 @@ def _assemble(work: Path, kind: str, weights: Any, sample: np.ndarray, about: Ab
             return v.FileDescr(source=fname, sha256=sha256_file(work / fname))
 
         config: Dict[str, Any] = {}
+        if about.config:
+            config["dlmodel"] = dict(about.config)
         if about.instances:
-            config["dlmodel"] = {"instances": {"output": output_id, **about.instances}}
+            config["dlmodel"] = {**config.get("dlmodel", {}), "instances": {"output": output_id, **about.instances}}
+        extra = {"parent": v.LinkedModel(id=v.ModelId(about.parent))} if about.parent else {}
         try:
             with ValidationContext(root=work, perform_io_checks=False):
                 return v.ModelDescr(
@@ -235,6 +246,7 @@ def _assemble(work: Path, kind: str, weights: Any, sample: np.ndarray, about: Ab
                     weights=v.WeightsDescr(**{k: _entry(v, k, e, work) for k, e in weight_entries.items()}),
                     config=v.Config(**config),
                     **({"version": about.version} if about.version else {}),
+                    **extra,
                 )
         except Exception as e:  # pydantic ValidationError from bad metadata
             raise SpecError(f"invalid model description: {_pydantic_first(e)}") from e
@@ -439,9 +451,10 @@ def _move_into_place(work: Path, rdf: Path, out: Path) -> Path:
     from .api import load
 
     model = load(work)
-    report = model.test()
-    if not report.ok:
-        raise EngineError(f"the package does not reproduce its own test outputs: {report.summary()}")
+    for fmt in model.spec.weights:  # every format: ONNX and TorchScript exports are checked too
+        report = model.test(fmt)
+        if not report.ok:
+            raise EngineError(f"the package does not reproduce its own test outputs: {report.summary()}")
     if out.suffix.lower() == ".zip":
         from .io import atomic_path
 

@@ -1,0 +1,666 @@
+"""Fine-tune a zoo model on your own annotated images and write the result as a new zoo package.
+
+``finetune(model, images, labels, out)`` reads image + label-image pairs (same file name in two
+folders, as ``example_pipelines/make_training_data.cppipe`` saves them), derives training
+targets from the instance labels to fit the model's own output, trains the package's trainable
+weights (``pytorch_state_dict`` through the trust gate, or TorchScript) on random crops of a
+size the model accepts, with flips and rotations, keeps the weights that score best on a
+held-out part of the user's images (F1 at IoU 0.5 through the same prediction and instance step
+as ``Model.predict`` / ``Model.labels``), re-tunes the package's instance recipe on the held-out
+images and writes a new package with :func:`dlmodel.packaging.package` (validated, test tensors
+reproduced by every weight format, ``parent`` and the training facts in ``config``).
+
+Supported outputs (others are refused with one line):
+
+- one channel with ``sigmoid`` post-processing: foreground probability. Targets: the objects,
+  with the pixels where two objects touch set to background, so that a threshold separates them.
+- three channels with ``softmax`` post-processing named (or used by the package's seeded
+  watershed recipe as) background / interior / boundary, like the default model. Targets: the
+  inner boundary of each object is ``boundary``, the rest of it ``interior``.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from . import instances, io
+from .errors import InputError, SpecError
+
+LOGGER = logging.getLogger("dlmodel")
+PathLike = Union[str, os.PathLike]
+
+# label files may carry one of these after the image's name (CellProfiler's SaveImages appends
+# what the user types; these are the common ones)
+LABEL_SUFFIXES = ("", "_labels", "_label", "_masks", "_mask", "_objects")
+BOUNDARY_WEIGHT = 3.0  # boundaries are rare and decide the splits (as the default model was trained)
+
+
+# ---------------------------------------------------------------------------------------- data
+@dataclass
+class Pair:
+    """One annotated image: the file names, the image (channels first, ``cyx``) and its labels."""
+
+    image_path: Path
+    labels_path: Path
+    image: np.ndarray
+    labels: np.ndarray
+
+
+def pair_files(images: PathLike, labels: PathLike) -> List[Tuple[Path, Path]]:
+    """Image files and their label files, paired by name (``a.tif`` with ``a.tif``, or with
+    ``a_labels.tif``, ``a_mask.tif`` ...). Every image needs its labels and every label file
+    its image: a file left over is refused, naming it."""
+    folders = {"images": Path(images), "labels": Path(labels)}
+    for what, folder in folders.items():
+        if not folder.is_dir():
+            raise InputError(f"{what} folder {folder} does not exist (or is not a folder)")
+    image_files = io.find_images([str(folders["images"])])
+    label_files = io.find_images([str(folders["labels"])])
+    if not image_files:
+        raise InputError(f"no images in {folders['images']} (tif, png, jpg or npy)")
+    by_stem: Dict[str, Path] = {}
+    for p in label_files:
+        if p.stem in by_stem:
+            raise InputError(f"labels {p} and {by_stem[p.stem]} have the same name; keep one")
+        by_stem[p.stem] = p
+    pairs: List[Tuple[Path, Path]] = []
+    used = set()
+    for img in image_files:
+        match = next((by_stem[img.stem + s] for s in LABEL_SUFFIXES if img.stem + s in by_stem
+                      and img.stem + s not in used), None)
+        if match is None:
+            raise InputError(f"image {img} has no label image in {folders['labels']} (expected {img.stem}.tif "
+                             f"or {img.stem}_labels.tif)")
+        used.add(match.stem)
+        pairs.append((img, match))
+    left = sorted(set(by_stem) - used)
+    if left:
+        raise InputError(f"labels {by_stem[left[0]]} have no image of the same name in {folders['images']}")
+    return pairs
+
+
+def read_pair(image_path: Path, labels_path: Path, channels: int) -> Pair:
+    """Read one pair; the image as ``cyx`` with the model's channel count (colour made grey for a
+    one-channel model), the labels as int32. Bad files are refused with one line naming them."""
+    img, axes = io.read_image(image_path)
+    img = np.asarray(img)
+    if img.ndim == 2:
+        img = img[np.newaxis]
+    elif img.ndim == 3:
+        axes = axes or ("yxc" if img.shape[-1] <= 4 else "cyx")
+        if axes.replace("c", "") != "yx":
+            raise InputError(f"image {image_path}: axes {axes!r}; fine-tuning takes 2D images (yx, or with channels)")
+        img = np.moveaxis(img, axes.index("c"), 0)
+        if channels == 1 and img.shape[0] > 1:
+            img = img.astype(np.float32).mean(axis=0, keepdims=True)  # colour made grey, as predict's inputs
+    else:
+        raise InputError(f"image {image_path} has shape {img.shape}; fine-tuning takes 2D images")
+    if img.shape[0] != channels:
+        raise InputError(f"image {image_path} has {img.shape[0]} channel(s); the model takes {channels}")
+    lab, _ = io.read_image(labels_path)
+    lab = np.squeeze(np.asarray(lab))
+    if lab.ndim != 2 or lab.dtype.kind not in "iub":
+        raise InputError(f"labels {labels_path}: not a label image (shape {lab.shape}, {lab.dtype}); save objects "
+                         "as integer labels (uint16), one number per object")
+    if lab.shape != img.shape[1:]:
+        raise InputError(f"labels {labels_path} are {lab.shape[0]}x{lab.shape[1]}; image {image_path.name} is "
+                         f"{img.shape[1]}x{img.shape[2]}")
+    if not lab.any():
+        raise InputError(f"labels {labels_path} have no objects; annotate at least one (or leave the pair out)")
+    if lab.dtype.kind == "i" and lab.min() < 0:
+        raise InputError(f"labels {labels_path} have negative numbers; use 0 for background and 1..N for objects")
+    return Pair(image_path, labels_path, img, lab.astype(np.int32))
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------- targets
+@dataclass(frozen=True)
+class Targets:
+    """How labels become the model's training targets, and the loss that compares them."""
+
+    kind: str  # "foreground" | "classes"
+    channels: Tuple[int, ...] = ()  # for classes: the channel index of background, interior, boundary
+    description: str = ""
+
+    def make(self, labels: np.ndarray) -> np.ndarray:
+        """The target for one label image: float32 foreground (yx) or int64 channel index (yx)."""
+        if self.kind == "foreground":
+            return ((labels > 0) & ~touching(labels)).astype(np.float32)
+        from skimage.segmentation import find_boundaries
+
+        bg, interior, boundary = self.channels
+        out = np.full(labels.shape, bg, np.int64)
+        out[labels > 0] = interior
+        out[find_boundaries(labels, mode="inner") & (labels > 0)] = boundary
+        return out
+
+    def loss(self, logits: Any, target: Any, mask: Any) -> Any:
+        """Mean loss over the pixels ``mask`` marks (image pixels outside the output's halo)."""
+        import torch.nn.functional as F
+
+        if self.kind == "foreground":
+            per_pixel = F.binary_cross_entropy_with_logits(logits[:, 0], target, reduction="none")
+        else:
+            weight = logits.new_ones(logits.shape[1])
+            weight[self.channels[2]] = BOUNDARY_WEIGHT
+            per_pixel = F.cross_entropy(logits, target, weight=weight, reduction="none")
+        return (per_pixel * mask).sum() / mask.sum().clamp(min=1)
+
+
+def touching(labels: np.ndarray) -> np.ndarray:
+    """Object pixels next to (8-connected) a pixel of another object."""
+    big = np.where(labels > 0, labels, np.iinfo(np.int32).max)
+    return (labels > 0) & ((ndi.maximum_filter(labels, 3) > labels) | (ndi.minimum_filter(big, 3) < labels))
+
+
+def targets_for(spec: Any) -> Targets:
+    """The targets this package's output can learn from instance labels, or a one-line refusal."""
+    out = spec.outputs[0]
+    ops = [op.id for op in out.postprocessing if op.id != "ensure_dtype"]
+    n = out.n_channels or 1
+    if ops == ["sigmoid"] and n == 1:
+        return Targets("foreground", description="foreground probability (sigmoid); touching objects' shared "
+                       "border as background; binary cross-entropy")
+    if ops == ["softmax"] and n == 3:
+        names = [c.lower() for c in out.axis("channel").channel_names]
+        if sorted(names) == ["background", "boundary", "interior"]:
+            order = tuple(names.index(k) for k in ("background", "interior", "boundary"))
+        else:  # the package's seeded watershed says which channel seeds (interior)
+            recipe = spec.instance_recipe or {}
+            fg = [int(c) for c in recipe.get("foreground", [])]
+            seeds = recipe.get("seeds")
+            if recipe.get("method") != "seeded_watershed" or seeds is None or len(fg) != 2 or int(seeds) not in fg:
+                raise SpecError(f"model {spec.name!r}: output {out.id!r} has 3 softmax channels ({', '.join(names)}); "
+                                "fine-tuning needs them named background, interior, boundary")
+            interior = int(seeds)
+            boundary = next(c for c in fg if c != interior)
+            order = (3 - interior - boundary, interior, boundary)
+        return Targets("classes", order, description="softmax over background / interior / boundary (the inner "
+                       f"boundary of each object); cross-entropy with class weights 1, 1, {BOUNDARY_WEIGHT:g}")
+    raise SpecError(f"model {spec.name!r}: output {out.id!r} ({n} channel(s), post-processing "
+                    f"{' -> '.join(ops) or 'none'}) cannot be fine-tuned from labels; supported: 1 channel with sigmoid "
+                    "(foreground) or 3 channels with softmax (background, interior, boundary)")
+
+
+# -------------------------------------------------------------------------------------- model
+TRAINABLE = ("pytorch_state_dict", "torchscript")
+
+
+def trainable_module(spec: Any, gate: Any, device: str) -> Tuple[Any, str]:
+    """The package's network as a trainable torch module, and the weights format it came from:
+    a state dict's architecture (its code runs only through the trust gate), else TorchScript."""
+    fmt = next((f for f in TRAINABLE if f in spec.weights), None)
+    if fmt is None:
+        raise SpecError(f"model {spec.name!r} has no trainable weights ({', '.join(spec.weights)}); fine-tuning needs "
+                        "pytorch_state_dict or torchscript weights")
+    from .engines import PytorchStateDictEngine, TorchscriptEngine
+
+    engine_cls = PytorchStateDictEngine if fmt == "pytorch_state_dict" else TorchscriptEngine
+    engine = engine_cls(spec, device=device, gate=gate)
+    module = engine.module
+    for p in module.parameters():
+        p.requires_grad_(True)
+    return module, fmt
+
+
+def _check_layout(spec: Any) -> None:
+    if len(spec.inputs) != 1 or len(spec.outputs) != 1:
+        raise SpecError(f"model {spec.name!r} has {len(spec.inputs)} input(s) and {len(spec.outputs)} output(s); "
+                        "fine-tuning takes models with one of each")
+    inp, out = spec.inputs[0], spec.outputs[0]
+    if inp.letters != "bcyx" or out.letters != "bcyx":
+        raise SpecError(f"model {spec.name!r}: axes {inp.letters} -> {out.letters}; fine-tuning takes 2D models "
+                        "(batch, channel, y, x)")
+    if not spec.follows_input(out.id):
+        raise SpecError(f"model {spec.name!r}: output {out.id!r} is not on its input's pixel grid; fine-tuning "
+                        "needs an output as large as the input")
+
+
+def _eval_engine(module: Any, device: str, threads: Optional[int]) -> Any:
+    """The module being trained behind the engine interface, so held-out images run through the
+    same tiling, pre- and post-processing as ``Model.predict``."""
+    from .engines import _TorchEngine
+    from .trust import local_gate
+
+    class TrainingEngine(_TorchEngine):
+        format = "torchscript"
+
+        def _load(self) -> None:
+            self.tdev = self._torch_device()
+            self.module = module
+
+        def _unload(self) -> None:  # the module belongs to the training loop
+            pass
+
+    return TrainingEngine(None, device=device, threads=threads, gate=local_gate(), path=".")
+
+
+# ---------------------------------------------------------------------------------- training
+@dataclass
+class Prepared:
+    """One training image after the package's pre-processing (``cyx`` float32), its target and
+    the mask of real image pixels, padded by the output's halo on each side."""
+
+    x: np.ndarray
+    target: np.ndarray
+    valid: np.ndarray
+
+
+def preprocess(spec: Any, image: np.ndarray, name: str) -> np.ndarray:
+    """The package's pre-processing of one whole image (``cyx``), fitted on the whole image as
+    :meth:`Model.predict` fits it (deepImageJ macros included); returns ``cyx`` float32."""
+    from . import axes as axes_mod
+    from .prediction import _to_float, fit_preprocessing
+
+    t = spec.inputs[0]
+    layout, _ = axes_mod.to_model_layout(image if "c" in t.letters else image[0], "cyx" if "c" in t.letters else "yx",
+                                         t, name)
+    prepared, pre = fit_preprocessing(spec, {t.id: layout}, ["y", "x"])
+    x = np.asarray(pre[t.id](_to_float(prepared[t.id], t)), dtype=np.float32)
+    return x.reshape((-1,) + x.shape[-2:])
+
+
+def _prepare(spec: Any, pair: Pair, targets: Targets, halo: int) -> Prepared:
+    x = preprocess(spec, pair.image, str(pair.image_path))
+    mode = spec.inputs[0].pad_mode or "reflect"
+    pad = ((0, 0), (halo, halo), (halo, halo))
+    x = np.pad(x, pad, mode=mode if mode in ("reflect", "symmetric", "edge") else "constant")
+    t = np.pad(targets.make(pair.labels), pad[1:])
+    valid = np.pad(np.ones(pair.labels.shape, np.float32), pad[1:])
+    return Prepared(x, t, valid)
+
+
+def _crop(p: Prepared, crop: int, halo: int, rng: np.random.Generator) -> Tuple[np.ndarray, ...]:
+    """A random ``crop`` x ``crop`` window with a random rotation by 90 degrees and flip; images
+    smaller than the window are padded (mask 0 there). The loss mask leaves out the halo."""
+    x, t, v = p.x, p.target, p.valid
+    h, w = x.shape[1:]
+    if h < crop or w < crop:
+        py, px = max(0, crop - h), max(0, crop - w)
+        oy, ox = int(rng.integers(py + 1)), int(rng.integers(px + 1))
+        pad = ((oy, py - oy), (ox, px - ox))
+        x = np.pad(x, ((0, 0),) + pad, mode="reflect" if min(h, w) > 1 else "edge")
+        t, v = np.pad(t, pad), np.pad(v, pad)
+        h, w = x.shape[1:]
+    y0, x0 = int(rng.integers(h - crop + 1)), int(rng.integers(w - crop + 1))
+    xs, ts, vs = (a[..., y0:y0 + crop, x0:x0 + crop] for a in (x, t, v))
+    vs = vs.copy()
+    if halo:
+        vs[:halo], vs[-halo:], vs[:, :halo], vs[:, -halo:] = 0, 0, 0, 0
+    k, flip = int(rng.integers(4)), bool(rng.random() < 0.5)
+    xs, ts, vs = (np.rot90(a, k, axes=(-2, -1)) for a in (xs, ts, vs))
+    if flip:
+        xs, ts, vs = (a[..., ::-1] for a in (xs, ts, vs))
+    return tuple(np.ascontiguousarray(a) for a in (xs, ts, vs))
+
+
+def predict_outputs(spec: Any, engine: Any, pairs: Sequence[Pair]) -> List[np.ndarray]:
+    """The model's output (``cyx``) for each pair's image, by :func:`dlmodel.prediction.run_sample`
+    (tiling, pre- and post-processing exactly as in ``Model.predict``)."""
+    from . import axes as axes_mod
+    from .prediction import run_sample
+
+    t, o = spec.inputs[0], spec.outputs[0]
+    outs = []
+    for pair in pairs:
+        img = pair.image if "c" in t.letters else pair.image[0]
+        layout, _ = axes_mod.to_model_layout(img, "cyx" if "c" in t.letters else "yx", t, str(pair.image_path))
+        result, _ = run_sample(spec, engine, {t.id: layout}, name=str(pair.image_path))
+        arr = result[o.id][0]
+        outs.append(arr if "c" in o.letters else arr[np.newaxis])
+    return outs
+
+
+def score(outputs: Sequence[np.ndarray], truths: Sequence[np.ndarray], recipe: Dict[str, Any]) -> float:
+    """Pooled F1 at IoU 0.5 of a recipe's objects against the truths."""
+    return instances.pooled_f1(
+        (instances.from_recipe(out, "cyx", recipe), truth) for out, truth in zip(outputs, truths))[0]
+
+
+def recipe_grid(base: Dict[str, Any], targets: Targets) -> List[Dict[str, Any]]:
+    """The recipes tried when re-tuning: the package's seeded watershed thresholds, or for a
+    foreground probability the watershed and threshold steps over thresholds, diameters and
+    minimum sizes."""
+    import itertools
+
+    grid: List[Dict[str, Any]] = [dict(base)]
+    if targets.kind == "classes":
+        for st, th, ms, mss in itertools.product([0.5, 0.7, 0.8, 0.9], [0.5, 0.6, 0.7], [15, 30], [4, 10]):
+            grid.append({**base, "seed_threshold": st, "threshold": th, "min_size": ms, "min_seed_size": mss})
+        return grid
+    common = {k: base[k] for k in ("output", "channel") if k in base}
+    for th, ms in itertools.product([0.3, 0.4, 0.5, 0.6, 0.7], [0, 15, 30]):
+        grid.append({**common, "method": "threshold", "threshold": th, "min_size": ms, "fill_holes": True})
+    for th, d, ms in itertools.product([0.4, 0.5, 0.6], [12, 16, 20, 28], [15, 30]):
+        grid.append({**common, "method": "watershed", "threshold": th, "diameter": d, "min_size": ms,
+                     "fill_holes": True})
+    return grid
+
+
+@dataclass
+class FinetuneResult:
+    """What :func:`finetune` did: the new package's rdf and the training facts it records."""
+
+    rdf: Path
+    facts: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def f1_before(self) -> float:
+        return self.facts["held_out_f1_before"]
+
+    @property
+    def f1_after(self) -> float:
+        return self.facts["held_out_f1_after"]
+
+
+def finetune(
+    model: PathLike,
+    images: PathLike,
+    labels: PathLike,
+    out: PathLike,
+    *,
+    epochs: int = 50,
+    minutes: Optional[float] = None,
+    batch_size: int = 2,
+    crop: Optional[int] = None,
+    learning_rate: float = 1e-4,
+    holdout: float = 0.2,
+    patience: int = 10,
+    seed: int = 0,
+    device: str = "auto",
+    threads: Optional[int] = None,
+    trust: Optional[bool] = None,
+    name: Optional[str] = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None,
+) -> FinetuneResult:
+    """Fine-tune a package on annotated images and write the result as a new zoo package.
+
+    Parameters
+    ----------
+    model
+        The package to start from (folder, rdf, zip, URL, zoo id): it needs ``pytorch_state_dict``
+        or ``torchscript`` weights and an output this module supports (see the module docstring).
+    images, labels
+        Folders of images and of their label images (0 background, 1..N objects), paired by name.
+    out
+        The new package folder (or ``.zip``). Written only when complete and tested.
+    epochs
+        At most this many passes over the training images (each image gives one random crop per pass).
+    minutes
+        Stop training after this many minutes (the package is then written from the best epoch).
+    batch_size
+        Crops per optimiser step.
+    crop
+        Side of the training crops; rounded up to a size the model accepts (default: the
+        smallest valid size of at least 256, or the model's fixed size).
+    learning_rate
+        Adam's learning rate.
+    holdout
+        Fraction of the pairs held out (at least one) to choose the best epoch, stop early and
+        re-tune the instance recipe; never trained on.
+    patience
+        Stop after this many epochs without a better held-out F1.
+    seed
+        Seeds the split, crops, augmentations and torch: the same seed gives the same weights
+        on the same machine (unless ``minutes`` cuts training short at a different point).
+    device
+        ``auto`` (a GPU when present), ``cpu``, ``cuda`` or ``cuda:N``.
+    threads
+        Torch CPU threads (default: all cores of this process).
+    trust
+        As in :func:`dlmodel.load`: a state dict's architecture file is package code.
+    name
+        The new package's name (default: the parent's name + " (fine-tuned)").
+    overwrite
+        Replace ``out`` if it exists.
+    progress
+        Show a tqdm bar with the loss and held-out F1 of each epoch.
+    on_epoch
+        Called with each epoch's record (epoch, loss, held-out F1, seconds).
+
+    Returns
+    -------
+    FinetuneResult
+        The rdf path and the training facts (also in the rdf's ``config: dlmodel: finetune``).
+
+    Ctrl-C (KeyboardInterrupt) during training stops it; the best weights so far are packaged.
+    """
+    import torch
+
+    from . import engines
+    from .package import open_spec
+    from .trust import Gate
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise SpecError(f"{out} exists; pass overwrite=True (or --overwrite) to replace it")
+    for arg, value, ok in (("epochs", epochs, isinstance(epochs, int) and epochs >= 1),
+                           ("batch_size", batch_size, isinstance(batch_size, int) and batch_size >= 1),
+                           ("learning_rate", learning_rate, learning_rate > 0),
+                           ("holdout", holdout, 0 < holdout < 1),
+                           ("patience", patience, isinstance(patience, int) and patience >= 1),
+                           ("minutes", minutes, minutes is None or minutes > 0),
+                           ("crop", crop, crop is None or (isinstance(crop, int) and crop >= 1))):
+        if not ok:
+            raise InputError(f"{arg}={value!r} is out of range")
+    t_start = time.monotonic()
+    spec, resolved = open_spec(model)
+    _check_layout(spec)
+    targets = targets_for(spec)
+    gate = Gate.decide(spec.name, spec.root, spec.rdf_sha256, resolved.kind, trust)
+    channels = spec.inputs[0].n_channels or 1
+    pairs = [read_pair(i, la, channels) for i, la in pair_files(images, labels)]
+    if len(pairs) < 2:
+        raise InputError(f"{images}: {len(pairs)} annotated image(s); fine-tuning needs at least 2 (one is held out)")
+    dev = engines.resolve_device(device)
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    if dev == "cpu" and threads:
+        torch.set_num_threads(threads)
+    order = rng.permutation(len(pairs))
+    n_hold = min(len(pairs) - 1, max(1, int(round(holdout * len(pairs)))))
+    held, train = [pairs[i] for i in sorted(order[:n_hold])], [pairs[i] for i in sorted(order[n_hold:])]
+
+    module, fmt = trainable_module(spec, gate, dev)
+    space = spec.inputs[0].axis("y")
+    side = space.smallest_valid(crop or 256)
+    halo = max(a.halo for a in spec.outputs[0].axes)
+    if 2 * halo >= side:
+        raise SpecError(f"model {spec.name!r}: a {side}-pixel crop leaves nothing inside its halo of {halo}; choose a larger crop")
+    prepared = [_prepare(spec, p, targets, halo) for p in train]
+    base = instances.resolve_recipe(spec.instance_recipe)
+    base.setdefault("output", spec.outputs[0].id)
+    truths = [p.labels for p in held]
+    engine = _eval_engine(module, dev, threads)
+
+    def evaluate() -> float:
+        module.eval()
+        return score(predict_outputs(spec, engine, held), truths, base)
+
+    f1_before = evaluate()
+    best = {"f1": f1_before, "epoch": 0, "state": {k: v.detach().clone() for k, v in module.state_dict().items()}}
+    optimiser = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=learning_rate)
+    deadline = None if minutes is None else time.monotonic() + 60.0 * minutes
+    history: List[Dict[str, Any]] = []
+    stopped = "epochs"
+    steps = math.ceil(len(prepared) / batch_size)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=epochs, desc=f"fine-tuning {spec.name}", unit="epoch", disable=not progress)
+    bar.set_postfix_str(f"held-out F1 {f1_before:.3f} (before)")
+    t_train = time.monotonic()
+    try:
+        for epoch in range(1, epochs + 1):
+            module.train()
+            picks = rng.permutation(len(prepared))
+            losses = []
+            for s in range(steps):
+                chosen = [prepared[picks[(s * batch_size + b) % len(prepared)]] for b in range(batch_size)]
+                crops = [_crop(p, side, halo, rng) for p in chosen]
+                x, t, v = (torch.from_numpy(np.stack(a)).to(dev) for a in zip(*crops))
+                optimiser.zero_grad()
+                loss = targets.loss(module(x), t, v)
+                loss.backward()
+                optimiser.step()
+                losses.append(loss.item())
+                if deadline is not None and time.monotonic() > deadline:
+                    break
+            f1 = evaluate()
+            record = {"epoch": epoch, "loss": round(float(np.mean(losses)), 5), "held_out_f1": round(f1, 4),
+                      "seconds": round(time.monotonic() - t_train, 1)}
+            history.append(record)
+            if f1 > best["f1"]:
+                best = {"f1": f1, "epoch": epoch, "state": {k: v.detach().clone() for k, v in module.state_dict().items()}}
+            bar.update(1)
+            bar.set_postfix_str(f"loss {record['loss']:.4f}, held-out F1 {f1:.3f} (best {best['f1']:.3f}, epoch {best['epoch']})")
+            if on_epoch is not None:
+                on_epoch(record)
+            if deadline is not None and time.monotonic() > deadline:
+                stopped = f"time limit ({minutes:g} min)"
+                break
+            if epoch - best["epoch"] >= patience:
+                stopped = f"early stop (no better held-out F1 for {patience} epochs)"
+                break
+    except KeyboardInterrupt:
+        stopped = "interrupted (Ctrl-C)"
+        LOGGER.warning("dlmodel: fine-tuning interrupted; packaging the best epoch (%d)", best["epoch"])
+    finally:
+        bar.close()
+    train_seconds = time.monotonic() - t_train
+    module.load_state_dict(best["state"])
+    module.eval()
+
+    # the instance recipe, re-tuned on the held-out images with the kept weights
+    outputs = predict_outputs(spec, engine, held)
+    tried = [(score(outputs, truths, r), i, r) for i, r in enumerate(recipe_grid(base, targets))]
+    f1_after, _, recipe = max(tried, key=lambda s: (s[0], -s[1]))  # first best: the package's own on a tie
+    facts = _facts(spec, model, pairs, held, fmt, targets, epochs=len(history), best_epoch=best["epoch"],
+                   steps=steps, batch_size=batch_size, crop=side, learning_rate=learning_rate, seed=seed,
+                   stopped=stopped, f1_before=f1_before, f1_best=best["f1"], f1_after=f1_after,
+                   seconds=train_seconds, device=dev, history=history, patience=patience, minutes=minutes)
+    rdf = _write_package(spec, module, fmt, held[0], out, recipe, facts, name, overwrite)
+    facts["seconds_total"] = round(time.monotonic() - t_start, 1)
+    return FinetuneResult(rdf, facts)
+
+
+def _facts(spec: Any, source: Any, pairs: Sequence[Pair], held: Sequence[Pair], fmt: str, targets: Targets,
+           **kw: Any) -> Dict[str, Any]:
+    import torch
+
+    held_names = {p.image_path for p in held}
+    return {
+        "parent": {"name": spec.name, "id": spec.id, "version": spec.version, "rdf_sha256": spec.rdf_sha256,
+                   "source": str(source), "weights": fmt},
+        "images": [{"image": p.image_path.name, "image_sha256": sha256_of(p.image_path), "labels": p.labels_path.name,
+                    "labels_sha256": sha256_of(p.labels_path), "objects": int(len(np.unique(p.labels)) - 1),
+                    "use": "held-out" if p.image_path in held_names else "training"} for p in pairs],
+        "targets": targets.description,
+        "loss": "binary cross-entropy with logits" if targets.kind == "foreground" else
+                f"cross-entropy, class weights 1/1/{BOUNDARY_WEIGHT:g}",
+        "optimiser": "Adam",
+        "epochs": kw["epochs"], "best_epoch": kw["best_epoch"], "steps_per_epoch": kw["steps"],
+        "batch_size": kw["batch_size"], "crop": kw["crop"], "learning_rate": kw["learning_rate"], "seed": kw["seed"],
+        "patience": kw["patience"], "minutes": kw["minutes"], "augmentation": "random crops, rotations by 90 degrees, flips",
+        "stopped": kw["stopped"],
+        "held_out_f1_before": round(kw["f1_before"], 4),
+        "held_out_f1_best_epoch": round(kw["f1_best"], 4),
+        "held_out_f1_after": round(kw["f1_after"], 4),
+        "seconds": round(kw["seconds"], 1), "device": kw["device"], "torch": torch.__version__,
+        "history": kw["history"],
+    }
+
+
+def _write_package(spec: Any, module: Any, fmt: str, sample: Pair, out: Path, recipe: Dict[str, Any],
+                   facts: Dict[str, Any], name: Optional[str], overwrite: bool) -> Path:
+    from .packaging import Architecture, package
+    from .spec import local_path
+
+    inp, o = spec.inputs[0], spec.outputs[0]
+    module = module.to("cpu")  # packaging runs and exports it on the CPU
+    if fmt == "pytorch_state_dict":
+        formats = tuple(f for f in ("onnx", "torchscript", "pytorch_state_dict")
+                        if f in spec.weights or f == "pytorch_state_dict")
+        arch = spec.architecture
+        if arch.source is None:
+            raise SpecError(f"model {spec.name!r}: its architecture comes from a library ({arch.import_from}); "
+                            "fine-tuning writes packages whose architecture file they carry")
+        architecture = Architecture(local_path(spec.root, arch.source), arch.callable, dict(arch.kwargs))
+    else:
+        formats = tuple(f for f in ("onnx", "torchscript") if f in spec.weights or f == "torchscript")
+        architecture = None
+    y = inp.axis("y")
+    size = y.size if y.size is not None else (y.min, y.step)
+    halo = max(a.halo for a in o.axes)
+    recipe = {k: v for k, v in recipe.items() if k != "output"}
+    channel_names = list(o.axis("channel").channel_names) if o.axis("channel") else None
+    new_name = name or f"{spec.name} (fine-tuned)"
+    return package(
+        module, sample.image if sample.image.shape[0] > 1 else sample.image[0], out,
+        sample_axes="cyx" if sample.image.shape[0] > 1 else "yx",
+        name=new_name,
+        description=f"{spec.name} fine-tuned with RunDLModel on {len(facts['images'])} annotated images.",
+        authors=[{"name": a} for a in spec.authors] or [{"name": "RunDLModel finetune"}],
+        license=spec.license or "MIT",
+        cite=[{"text": c, "url": "https://bioimage.io"} for c in spec.cite],
+        tags=sorted(set(spec.tags) | {"fine-tuned"}),
+        preprocessing=list(inp.preprocessing), postprocessing=list(o.postprocessing),
+        architecture=architecture, formats=formats, input_id=inp.id, output_id=o.id,
+        output_channel_names=channel_names, size=size, halo=halo, instances=recipe,
+        documentation=readme(new_name, spec, facts, recipe),
+        parent=spec.id, config={"finetune": facts}, overwrite=overwrite,
+    )
+
+
+def readme(name: str, spec: Any, facts: Dict[str, Any], recipe: Dict[str, Any]) -> str:
+    """The new package's README: where it comes from, how it was trained, and how well it does."""
+    used = [i for i in facts["images"] if i["use"] == "training"]
+    held = [i for i in facts["images"] if i["use"] == "held-out"]
+    parent = facts["parent"]
+    rows = "\n".join(f"| {h['epoch']} | {h['loss']:.4f} | {h['held_out_f1']:.3f} | {h['seconds']:.0f} |"
+                     for h in facts["history"])
+    return f"""# {name}
+
+Fine-tuned with RunDLModel (`dlmodel finetune`) from **{parent['name']}**
+({'id ' + parent['id'] if parent['id'] else 'no zoo id'}; parent rdf sha256 `{parent['rdf_sha256']}`;
+its {parent['weights']} weights were trained further).
+
+## Training
+- Images: {len(used)} for training, {len(held)} held out (never trained on; they chose the best epoch and
+  the instance recipe). Every file and its sha256 is listed in the rdf under `config: dlmodel: finetune: images`.
+- Targets: {facts['targets']}. Loss: {facts['loss']}.
+- {facts['epochs']} epoch(s) of {facts['steps_per_epoch']} step(s) of {facts['batch_size']} random {facts['crop']}x{facts['crop']}
+  crops ({facts['augmentation']}), {facts['optimiser']} at learning rate {facts['learning_rate']:g}, seed {facts['seed']},
+  on {facts['device']} with torch {facts['torch']}, {facts['seconds']:.0f} s; stopped: {facts['stopped']}.
+  The weights are those of epoch {facts['best_epoch']} (0: the parent's).
+- Pre- and post-processing are the parent's, unchanged.
+
+## Held-out F1 at IoU 0.5 (pooled)
+- parent, with its instance step: {facts['held_out_f1_before']:.3f}
+- best epoch, same step: {facts['held_out_f1_best_epoch']:.3f}
+- best epoch with the re-tuned recipe ({instances.describe_recipe(recipe)}): {facts['held_out_f1_after']:.3f}
+
+These numbers come from the held-out images that also chose the epoch and the recipe: measure on
+images of your own that played no part before trusting them.
+
+| epoch | loss | held-out F1 | seconds |
+| --- | --- | --- | --- |
+{rows}
+"""
