@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from . import io
 from .errors import DLModelError
@@ -36,7 +36,7 @@ def _tile_arg(text: str):
     return values[0] if len(values) == 1 else values
 
 
-def _whole_number(minimum: int):
+def _whole_number(minimum: int) -> Callable[[str], int]:
     """An argparse type: a whole number >= ``minimum`` (tiles per pass, threads, workers: 1; ring width: 0)."""
 
     def parse(text: str) -> int:
