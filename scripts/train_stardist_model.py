@@ -110,14 +110,7 @@ def main() -> int:
     from stardist.bioimageio_utils import export_bioimageio
     from stardist.models import Config2D, StarDist2D
 
-    maker = _fixture_maker()
-    prefixes = {}
-    if a.macros:
-        prefixes["https://raw.githubusercontent.com/deepimagej/imagej-macros/master/"] = a.macros.resolve()
-    if a.stardist_src:
-        prefixes["https://raw.githubusercontent.com/stardist/stardist/main/"] = a.stardist_src.resolve()
-    if prefixes:
-        maker.serve_offline(prefixes)
+    _fixture_maker().serve_local_copies(a.macros, a.stardist_src)
 
     np.random.seed(SEED)
     tf.random.set_seed(SEED)
