@@ -414,10 +414,10 @@ def _import_architecture(spec: ModelSpec, arch: Any, gate: Gate) -> Any:
 
     name = str(arch.callable)
     source = arch.source
-    if source is None:  # from an installed library
+    if source is None:  # from an installed library: package code too, through the gate
         module_name = str(arch.import_from)
         try:
-            return getattr(importlib.import_module(module_name), name)
+            return gate.library_class(module_name, name)
         except ImportError as e:
             raise EngineError(_missing_library(spec, module_name, name, e)) from e
         except AttributeError as e:

@@ -12,16 +12,23 @@ from, not where it lies now:
 
 ``trust=False`` always means no, for a folder too (RunDLModel's "Trust code from the model
 package? No").
+
+A ``pytorch_state_dict`` architecture named by ``import_from`` + ``callable`` + ``kwargs`` is
+package code too: the package chooses what is called, with what. Without trust only a network
+class (a ``torch.nn.Module`` subclass) defined in a known model library
+(:data:`MODEL_LIBRARIES`) is built; never a function, never the standard library.
 """
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
+import inspect
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Optional
+from typing import Any, Optional, Tuple
 
 from .errors import DLModelError
 
@@ -34,6 +41,16 @@ _ORIGIN = {
     ZIP: "comes from a zip archive (not a folder you made)",
     FOLDER: "is set not to be trusted (trust=False)",
 }
+
+
+# The libraries whose network classes an untrusted package may name by ``import_from``: modules
+# (and their submodules) that define ``torch.nn.Module`` networks and nothing a package could abuse
+# through a constructor. docs/security.md lists them; anything else needs trust.
+MODEL_LIBRARIES: Tuple[str, ...] = (
+    "careamics.models",  # CAREamics' export_to_bmz names careamics.models.unet.UNet
+    "cellpose.resnet_torch",  # Cellpose 3's CPnet
+    "cellpose.vit_sam",  # Cellpose 4's Transformer
+)
 
 
 class TrustError(DLModelError):
@@ -93,6 +110,49 @@ class Gate:
             sys.modules.pop(name, None)
             raise
         return module
+
+
+    def library_class(self, module_name: str, name: str) -> Any:
+        """The network class an ``import_from`` architecture names, imported from its library.
+
+        Untrusted, the module must lie in :data:`MODEL_LIBRARIES` (checked before anything is
+        imported: importing a module runs it) and ``name`` must be a ``torch.nn.Module`` subclass
+        defined there; anything else is refused with the gate's one line. Trusted, any importable
+        callable is returned, as the package says.
+        """
+        module_name, name = str(module_name), str(name)
+        what = f"its pytorch_state_dict architecture calls {module_name}.{name}"
+        dotted = all(part.isidentifier() for part in module_name.split("."))
+        if not (dotted and name.isidentifier()):
+            raise self.refusal(f"{what}, which is not an importable name")
+        if not self.trusted and not _in_libraries(module_name):
+            raise self.refusal(f"{what}, which is not a network class of a known model library "
+                               f"({', '.join(MODEL_LIBRARIES)})")
+        if not self.trusted and any(part.startswith("_") for part in (*module_name.split("."), name)):
+            raise self.refusal(f"{what}, a private name of its library")
+        module = importlib.import_module(module_name)  # ImportError: the caller names what to install
+        obj = getattr(module, name)  # AttributeError: likewise
+        if self.trusted:
+            return obj
+        import torch
+
+        where = getattr(obj, "__module__", "") or ""
+        if not (inspect.isclass(obj) and issubclass(obj, torch.nn.Module) and _in_libraries(where)):
+            raise self.refusal(f"{what}, which is not a torch.nn.Module class defined in {module_name.split('.')[0]} "
+                               f"(it is {_kind(obj)})")
+        return obj
+
+
+def _in_libraries(module_name: str) -> bool:
+    return any(module_name == lib or module_name.startswith(lib + ".") for lib in MODEL_LIBRARIES)
+
+
+def _kind(obj: Any) -> str:
+    if inspect.isclass(obj):
+        return f"the class {getattr(obj, '__module__', '?')}.{obj.__qualname__}"
+    if callable(obj):
+        return f"the callable {getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__name__)}"
+    return f"a {type(obj).__name__}"
 
 
 def local_gate(root: Path = Path("."), model: str = "model") -> Gate:
