@@ -223,7 +223,11 @@ installed. Or the path of another environment's Python (e.g. *~/dlmodel-env/bin/
 environment's folder), one with dlmodel, its engines and bioimageio.spec installed (``dlmodel env
 create ~/dlmodel-env``): the model then runs in one worker process of that environment per
 CellProfiler process, loaded once; images and outputs pass through shared memory. This is how
-CellProfiler 4.2.8, or an app you cannot install packages into, runs models.""",
+CellProfiler 4.2.8, or an app you cannot install packages into, runs models.
+
+The environment must be approved on this computer: ``dlmodel env create`` approves the ones it
+makes, ``dlmodel env add PATH`` an existing one. A pipeline from someone else that names another
+environment starts nothing: the module says so and lists the approved ones.""",
         )
         self.tile_mode = Choice(
             "Tile size", [TILE_AUTO, TILE_CUSTOM], TILE_AUTO,
@@ -479,8 +483,8 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
         dl = _dlmodel()
         python = self._python()
         if python:
-            try:
-                dl.client.find_python(python)
+            try:  # a pipeline is a colleague's file: the program it names starts only if approved here
+                dl.client.approved_python(python, "this pipeline's 'Python environment for the model'")
             except dl.DLModelError as e:
                 raise ValidationError(str(e), self.python)
         elif dl.client.missing_here():  # CellProfiler 4.2.8's app, say: the model needs an environment

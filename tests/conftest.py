@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,13 @@ def _isolated_cache(tmp_path_factory):
     # a zoo id or DOI must never resolve to the real internet in tests
     os.environ["DLMODEL_ZOO_URL"] = "http://127.0.0.1:9/{id}/rdf.yaml"
     os.environ["DLMODEL_ZENODO_API"] = "http://127.0.0.1:9/api"
+    # the approved Python environments (dlmodel env add) are the tests' own, never the user's:
+    # this Python, and the engine environment the CellProfiler 4.2.8 leg runs its models in
+    os.environ["DLMODEL_CONFIG"] = str(tmp_path_factory.mktemp("config"))
+    from dlmodel import approvals
+
+    for python in {sys.executable, os.environ.get("DLMODEL_ENGINE_PYTHON") or sys.executable}:
+        approvals.approve(python, how="tests")
     yield
 
 
@@ -33,10 +41,11 @@ def nuclei_model() -> Path:
     return NUCLEI_MODEL / "bioimageio.yaml"
 
 
-def make_environment(folder: Path, base_python: str, block=()) -> Path:
+def make_environment(folder: Path, base_python: str, block=(), approve=True) -> Path:
     """A real venv (made by ``base_python``) that sees ``base_python``'s packages and this
     project's src through a .pth file, with the modules in ``block`` not importable in it (as
-    if not installed): an engine environment that lacks an engine, say."""
+    if not installed): an engine environment that lacks an engine, say. ``approve``: approved on
+    this (test) machine by ``dlmodel env add``'s own check."""
     import subprocess
 
     subprocess.run([base_python, "-m", "venv", "--without-pip", str(folder)], check=True, timeout=120)
@@ -47,6 +56,10 @@ def make_environment(folder: Path, base_python: str, block=()) -> Path:
         lines.append("import sys; sys.modules.update({m: None for m in %r})" % (list(block),))
     site_dir = next((folder / "lib").glob("python*/site-packages"))
     (site_dir / "_dlmodel_test.pth").write_text("\n".join(lines) + "\n")
+    if approve:
+        from dlmodel import approvals
+
+        approvals.approve(folder / "bin" / "python", how="tests")
     return folder / "bin" / "python"
 
 

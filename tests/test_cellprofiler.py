@@ -597,18 +597,25 @@ def test_the_python_environment_setting_is_checked_before_the_run(cp, tmp_path):
 
     m = cp("RunDLModel")
     m.inputs[0].image_name.value = "DNA"
+    # a shared pipeline naming a program: validation (which the GUI runs on opening a pipeline)
+    # starts nothing that is not approved on this machine
+    started = tmp_path / "started"
     not_python = tmp_path / "not_python"
-    not_python.write_text("#!/bin/sh\necho 'this is not a Python' >&2\nexit 3\n")
+    not_python.write_text(f"#!/bin/sh\ntouch {started}\necho 'this is not a Python' >&2\nexit 3\n")
     not_python.chmod(0o755)
     no_onnx = make_environment(tmp_path / "no_onnx", _worker_python(), block=["onnxruntime", "torch"])
+    unapproved = "this pipeline's 'Python environment for the model' {} is not approved on this machine, so it was not started"
     for python, message in ((tmp_path / "nope" / "bin" / "python", "no such Python"),
-                            (not_python, "exited (code 3) while starting: this is not a Python"),
+                            (not_python, unapproved.format(not_python)),
                             (no_onnx, "no engine installed for model 'RunDLModel default nuclei'")):
         m.python.value = str(python)
         with pytest.raises(ValidationError) as err:
             _validate(m)
         assert message in err.value.message and str(python) in err.value.message
         assert err.value.get_setting() is m.python
+    assert not started.exists()
+    assert f"dlmodel env add {not_python}" in unapproved_message(m, not_python) and _worker_python() in \
+        unapproved_message(m, not_python)  # and it lists the approved ones to choose from
     m.python.value = _worker_python()
     _validate(m)
     if importlib.util.find_spec("bioimageio") is None:  # CellProfiler 4.2.8 as it comes: the model needs an environment
@@ -616,6 +623,37 @@ def test_the_python_environment_setting_is_checked_before_the_run(cp, tmp_path):
         with pytest.raises(ValidationError, match="lacks bioimageio.spec: set a Python environment") as err:
             _validate(m)
         assert err.value.get_setting() is m.python
+
+
+def unapproved_message(m, python):
+    from cellprofiler_core.setting import ValidationError
+
+    m.python.value = str(python)
+    try:
+        _validate(m)
+    except ValidationError as e:
+        return e.message
+    return ""
+
+
+def test_a_shared_pipeline_naming_an_unapproved_program_runs_nothing_headless(tmp_path):
+    """A colleague's .cppipe whose RunDLModel names a program: the headless run starts nothing,
+    fails loudly (not a run that "finishes normally"), and says how to approve it."""
+    started = tmp_path / "started"
+    program = tmp_path / "evil" / "bin" / "python"
+    program.parent.mkdir(parents=True)
+    program.write_text(f"#!/bin/sh\ntouch {started}\nexit 3\n")
+    program.chmod(0o755)
+    images = tmp_path / "images"
+    images.mkdir()
+    for f in sorted((DSB_VAL / "images").glob("*.tif"))[:1]:
+        shutil.copy(f, images / f.name)
+    res = run_cellprofiler("nuclei.cppipe", images, tmp_path / "out", python=str(program), timeout=600)
+    assert not started.exists()
+    log = res.stdout + res.stderr
+    assert f"{program} is not approved on this machine, so it was not started" in log, log[-3000:]
+    assert f"dlmodel env add {program}" in log
+    assert res.returncode != 0 and not (tmp_path / "out" / "Nuclei.csv").exists()
 
 
 def _workspace(module, image, file_name, number):

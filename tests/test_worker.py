@@ -17,7 +17,7 @@ import tifffile
 from conftest import DSB_VAL, ROOT, SHARED, make_environment
 
 import dlmodel
-from dlmodel import client
+from dlmodel import approvals, client
 from dlmodel.errors import InputError, WorkerError
 
 DEFAULT_MODEL = ROOT / "models" / "nuclei_default"
@@ -134,8 +134,10 @@ def test_a_wrong_python_is_one_line(tmp_path):
     not_python = tmp_path / "not_python"
     not_python.write_text("#!/bin/sh\necho 'this is not a Python' >&2\nexit 3\n")
     not_python.chmod(0o755)
-    with pytest.raises(WorkerError, match=r"not_python exited \(code 3\) while starting: this is not a Python"):
+    with pytest.raises(WorkerError, match=r"not_python is not approved on this machine, so it was not started"):
         dlmodel.load(DEFAULT_MODEL, python=not_python)
+    with pytest.raises(WorkerError, match=r"not_python exited \(code 3\) while starting: this is not a Python"):
+        dlmodel.load(DEFAULT_MODEL, python=not_python, allow_unapproved_python=True)
 
 
 def test_an_environment_without_the_engine_or_bioimageio_is_refused(tmp_path):
@@ -143,9 +145,11 @@ def test_an_environment_without_the_engine_or_bioimageio_is_refused(tmp_path):
     with pytest.raises(dlmodel.EngineError, match="no engine installed for model 'RunDLModel default nuclei'") as err:
         dlmodel.load(DEFAULT_MODEL, python=no_onnx)
     assert getattr(err.value, "choice", None) == "environment"
-    no_spec = make_environment(tmp_path / "no_spec", PYTHON, block=["bioimageio"])
+    no_spec = make_environment(tmp_path / "no_spec", PYTHON, block=["bioimageio"], approve=False)
+    with pytest.raises(WorkerError, match="lacks bioimageio.spec"):  # dlmodel env add's own check
+        approvals.approve(no_spec)
     with pytest.raises(WorkerError, match="lacks bioimageio.spec"):
-        dlmodel.load(DEFAULT_MODEL, python=no_spec)
+        dlmodel.load(DEFAULT_MODEL, python=no_spec, allow_unapproved_python=True)
 
 
 def test_the_plugin_side_needs_only_numpy_and_the_standard_library():

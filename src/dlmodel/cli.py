@@ -68,7 +68,10 @@ def _parser() -> argparse.ArgumentParser:
 
     def python_arg(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--python", default=None, metavar="PATH",
-                        help="run the model in another Python environment (its python, or its folder; see dlmodel env create)")
+                        help="run the model in another Python environment approved on this machine (its python, or its "
+                             "folder; see dlmodel env create, dlmodel env add)")
+        sp.add_argument("--allow-unapproved-python", action="store_true",
+                        help="start --python for this command even though it is not approved on this machine")
 
     def batch_args(sp: argparse.ArgumentParser, what: str) -> None:
         sp.add_argument("--threads", type=_positive, default=None, help="engine threads (default: all cores)")
@@ -179,12 +182,21 @@ def _parser() -> argparse.ArgumentParser:
     ep.add_argument("--engines", default="onnx", help="comma-separated: onnx, torch, tensorflow (default: onnx)")
     ep.add_argument("--python", default=None, help="the Python the venv is made from (default: this one; 3.9 or newer)")
     ep.add_argument("--print", action="store_true", help="print the commands instead of running them")
+    ep = env_sub.add_parser("add", help="approve an existing environment on this machine (checked: a Python with dlmodel)")
+    ep.add_argument("path", type=Path, help="the environment's python, or its folder")
+    ep = env_sub.add_parser("remove", help="withdraw the approval of an environment")
+    ep.add_argument("path", type=Path)
+    env_sub.add_parser("list", help="the environments approved on this machine")
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if getattr(args, "allow_unapproved_python", False) and getattr(args, "python", None):
+            from . import approvals, client
+
+            approvals.allow_for_this_process(client.find_python(args.python))
         code = {"info": _info, "test": _test, "predict": _predict, "convert": _convert,
                 "package": _package, "finetune": _finetune, "heatmap": _heatmap, "plate": _plate, "env": _env}[args.command](args)
         sys.stdout.flush()  # a closed pipe shows here, not in Python's exit handler
@@ -367,17 +379,32 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _env(args: argparse.Namespace) -> int:
-    from . import envs
+    from . import approvals, envs
 
+    if args.env_command == "add":
+        entry = approvals.approve(args.path)
+        print(f"dlmodel: approved {entry['python']} (Python {entry['version']}, dlmodel from {entry['dlmodel']}); "
+              f"listed in {approvals.registry_path()}")
+        return 0
+    if args.env_command == "remove":
+        if not approvals.remove(args.path):
+            raise DLModelError(f"{args.path} is not an approved environment (dlmodel env list)")
+        print(f"dlmodel: {args.path} is no longer approved")
+        return 0
+    if args.env_command == "list":
+        for entry in approvals.approved():
+            print(f"{entry['python']}\t(dlmodel from {entry.get('dlmodel')}; {entry.get('how')}, {entry.get('added')})")
+        return 0
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     if args.print:
         for cmd in envs.install_commands(args.path, engines, args.python):
             print(" ".join(cmd))
         return 0
     python = envs.create(args.path, engines, args.python)
-    print(f"dlmodel: made {args.path} ({', '.join(engines) or 'no engine'}); point RunDLModel's "
+    print(f"dlmodel: made and approved {args.path} ({', '.join(engines) or 'no engine'}); point RunDLModel's "
           f"'Python environment for the model' (or --python, python=) at {python}")
     return 0
+
 
 
 def _package(args: argparse.Namespace) -> int:

@@ -13,14 +13,23 @@ reloaded, on the next request; :func:`clear_cache` (RunDLModel's end of run) clo
 so its memory, GPU memory included, goes back. Images and outputs travel through shared memory
 segments that this side owns (:mod:`dlmodel.wire`).
 
-Timeouts (seconds): starting a worker ``START_TIMEOUT_S``; loading a model ``LOAD_TIMEOUT_S``;
-any other request ``DLMODEL_WORKER_TIMEOUT`` (default ``REQUEST_TIMEOUT_S``). A worker that does
-not answer in time is killed and the request fails with one line naming the environment and the model.
+Consent: a worker starts only in an environment approved on this machine
+(:mod:`dlmodel.approvals`: ``dlmodel env create`` or ``dlmodel env add``), or allowed for this
+process by an explicit ``allow_unapproved_python=True`` (``--allow-unapproved-python``); it runs
+isolated (``python -I``: the current folder and PYTHONPATH cannot replace its dlmodel), and its
+dlmodel must be the one that was approved. Its replies are checked: a message that is too large,
+not JSON, or not what was asked is a :class:`WorkerError`, never a hang or a traceback.
+
+Timeouts (seconds): starting a worker ``DLMODEL_WORKER_START_TIMEOUT`` (default
+``START_TIMEOUT_S``); loading a model ``LOAD_TIMEOUT_S``; any other request
+``DLMODEL_WORKER_TIMEOUT`` (default ``REQUEST_TIMEOUT_S``). A worker that does not answer in time
+is killed and the request fails with one line naming the environment, the model and the variable.
 """
 from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import logging
 import os
 import queue
@@ -30,12 +39,12 @@ import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Deque, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Deque, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
-from . import errors, wire
-from .errors import DLModelError, InputError, WorkerError
+from . import approvals, errors, wire
+from .errors import DLModelError, InputError, WorkerError, one_line
 from .results import OutputCheck, Prediction, TestReport
 
 LOGGER = logging.getLogger("dlmodel")
@@ -44,16 +53,40 @@ START_TIMEOUT_S = 120.0
 LOAD_TIMEOUT_S = 900.0
 REQUEST_TIMEOUT_S = 600.0
 CLOSE_TIMEOUT_S = 10.0
+
+
+def _physical_memory() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return 1 << 40
+
+
+# the largest result buffer a worker may ask for: no result is larger than this machine's memory
+MAX_BUFFER_BYTES = _physical_memory()
 TIMEOUT_ENV = "DLMODEL_WORKER_TIMEOUT"
+START_TIMEOUT_ENV = "DLMODEL_WORKER_START_TIMEOUT"
+
+
+def _seconds(variable: str, default: float) -> float:
+    value = os.environ.get(variable)
+    try:
+        seconds = float(value) if value else default
+    except ValueError:
+        raise WorkerError(f"{variable}={value!r}: give seconds, e.g. {default:g}") from None
+    if not seconds > 0:
+        raise WorkerError(f"{variable}={value!r}: give a positive number of seconds")
+    return seconds
 
 
 def request_timeout() -> float:
     """Seconds a request other than start and load may take (``DLMODEL_WORKER_TIMEOUT``)."""
-    value = os.environ.get(TIMEOUT_ENV)
-    try:
-        return float(value) if value else REQUEST_TIMEOUT_S
-    except ValueError:
-        raise WorkerError(f"{TIMEOUT_ENV}={value!r}: give seconds, e.g. 600") from None
+    return _seconds(TIMEOUT_ENV, REQUEST_TIMEOUT_S)
+
+
+def start_timeout() -> float:
+    """Seconds a worker may take to start and greet (``DLMODEL_WORKER_START_TIMEOUT``)."""
+    return _seconds(START_TIMEOUT_ENV, START_TIMEOUT_S)
 
 
 def find_python(path: Union[str, Path]) -> str:
@@ -69,15 +102,16 @@ def find_python(path: Union[str, Path]) -> str:
         raise WorkerError(f"{p}: no such Python (give the path of an environment's python, e.g. ~/dlmodel-env/bin/python)")
     if not os.access(p, os.X_OK):
         raise WorkerError(f"{p}: not executable: give the path of an environment's python")
-    return str(p)
+    return approvals.key(p)
 
 
 class Worker:
     """One worker process for one Python environment: started on first use, again after it
     died. Requests are serialised (one at a time per worker)."""
 
-    def __init__(self, python: str):
+    def __init__(self, python: str, dlmodel_from: Optional[str] = None):
         self.python = python
+        self.dlmodel_from = dlmodel_from  # where its dlmodel was when the environment was approved
         self.lock = threading.RLock()
         self.generation = 0  # how many processes this worker has started; models reload on a change
         self.proc: Optional[subprocess.Popen] = None
@@ -94,7 +128,7 @@ class Worker:
         env = dict(os.environ)
         env.pop("PYTHONHOME", None)  # this Python's home (a frozen app's) is never the environment's
         try:
-            proc = subprocess.Popen([self.python, "-m", "dlmodel.worker"], stdin=subprocess.PIPE,
+            proc = subprocess.Popen([self.python, *approvals.WORKER_ARGS], stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         except OSError as e:
             raise WorkerError(f"{self.python}: cannot start it ({e.strerror or e})") from e
@@ -107,11 +141,17 @@ class Worker:
                          name=f"dlmodel-worker-{proc.pid}-out").start()
         threading.Thread(target=_forward_stderr, args=(proc.stderr, self._stderr), daemon=True,
                          name=f"dlmodel-worker-{proc.pid}-err").start()
-        hello = self._next(START_TIMEOUT_S, "starting")
+        hello = self._next(start_timeout(), "starting", START_TIMEOUT_ENV)
         if hello.get("hello") != wire.PROTOCOL:
             self.kill()
             raise WorkerError(f"{self.python}: its dlmodel speaks worker protocol {hello.get('hello')!r}, this one "
                               f"{wire.PROTOCOL}: install the same dlmodel version in that environment")
+        found = hello.get("dlmodel")
+        if self.dlmodel_from is not None and found != self.dlmodel_from:
+            self.kill()
+            raise WorkerError(f"{self.python}: its worker imported dlmodel from {found}, not from {self.dlmodel_from} "
+                              "as when the environment was approved: approve it again (dlmodel env add) if you "
+                              "moved dlmodel")
         if hello.get("missing"):
             self.kill()
             raise WorkerError(f"{self.python} lacks {', '.join(hello['missing'])}: install dlmodel with its engines there "
@@ -137,25 +177,38 @@ class Worker:
                 while True:
                     reply = self._next(timeout, what)
                     if "need" in reply:
-                        name, buf = self.pool.lease(reply["need"])
+                        need = reply["need"]
+                        if not (isinstance(need, int) and not isinstance(need, bool) and 0 <= need <= MAX_BUFFER_BYTES):
+                            self._malformed(what, f"asked for a buffer of {need!r} bytes")
+                        name, buf = self.pool.lease(need)
                         wire.send(self.proc.stdin, {"buffer": name})  # type: ignore[union-attr]
-                    elif "error" in reply:
+                    elif "error" in reply and isinstance(reply["error"], dict):
                         raise _error(reply["error"])
-                    else:
+                    elif "ok" in reply:
                         return reply["ok"], buf
+                    else:
+                        self._malformed(what, f"answered {str(reply)[:80]}")
             finally:
                 self.pool.settle()
 
-    def _next(self, timeout: float, what: str) -> Dict[str, Any]:
+    def _next(self, timeout: float, what: str, variable: str = TIMEOUT_ENV) -> Dict[str, Any]:
         try:
             reply = self._messages.get(timeout=timeout)
         except queue.Empty:
             self.kill()
             raise WorkerError(f"the model's Python environment {self.python} did not answer in {timeout:g} s "
-                              f"while {what}; it was stopped (set {TIMEOUT_ENV} for longer)") from None
+                              f"while {what}; it was stopped (set {variable} for longer)") from None
         if reply is None:
             self._died(what)
+        if isinstance(reply, wire.ProtocolError):
+            self._malformed(what, f"sent {reply} on its protocol stream (does a sitecustomize or .pth file there "
+                                  "print to standard output?)")
         return reply  # type: ignore[return-value]
+
+    def _malformed(self, what: str, said: str) -> None:
+        """The worker broke the protocol: it is stopped (its state is unknown) and the request fails."""
+        self.kill()
+        raise WorkerError(f"the model's Python environment {self.python} {said} while {what}; it was stopped")
 
     def _died(self, what: str) -> None:
         proc = self.proc
@@ -207,13 +260,15 @@ class Worker:
             self.pool.close()
 
 
-def _read_messages(stream: Any, messages: "queue.Queue[Optional[Dict[str, Any]]]") -> None:
+def _read_messages(stream: Any, messages: "queue.Queue[Any]") -> None:
     try:
         while True:
             msg = wire.recv(stream)
             messages.put(msg)
             if msg is None:
                 return
+    except wire.ProtocolError as e:
+        messages.put(e)  # the request fails at once, naming what arrived
     except (OSError, ValueError):
         messages.put(None)
 
@@ -248,12 +303,21 @@ _WORKERS: Dict[str, Worker] = {}
 _WORKERS_LOCK = threading.Lock()
 
 
-def worker_for(python: Union[str, Path]) -> Worker:
-    """The worker of an environment (one per environment per process)."""
+def approved_python(python: Union[str, Path], named_by: str = "the Python environment") -> str:
+    """The Python of an environment approved on this machine (or allowed for this process), or a
+    one-line :class:`dlmodel.approvals.EnvironmentNotApproved`; nothing is started."""
     exe = find_python(python)
+    approvals.require(exe, named_by)
+    return exe
+
+
+def worker_for(python: Union[str, Path]) -> Worker:
+    """The worker of an approved environment (one per environment per process)."""
+    exe = find_python(python)
+    found = approvals.require(exe)
     with _WORKERS_LOCK:
         if exe not in _WORKERS:
-            _WORKERS[exe] = Worker(exe)
+            _WORKERS[exe] = Worker(exe, found["dlmodel"] if found else None)
         return _WORKERS[exe]
 
 
@@ -310,14 +374,14 @@ class RemoteModel:
         return self.worker.python
 
     def _load(self) -> None:
-        result, _ = self.worker.request({"op": "load", **self._load_args}, LOAD_TIMEOUT_S,
-                                        f"loading model {self.origin!r}")
-        self._generation = self.worker.generation
-        self.handle = result["handle"]
-        self.spec = RemoteSpec(result["spec"])
-        self.weights_format, self.device, self.threads = result["weights_format"], result["device"], result["threads"]
-        self.local = result["local"]
-        self.seconds = result["seconds"]
+        what = f"loading model {self.origin!r}"
+        result, _ = self.worker.request({"op": "load", **self._load_args}, LOAD_TIMEOUT_S, what)
+        with _reading(self.worker, what):
+            self._generation = self.worker.generation
+            self.handle = int(result["handle"])
+            self.spec = RemoteSpec(result["spec"])
+            self.weights_format, self.device = str(result["weights_format"]), str(result["device"])
+            self.threads, self.local, self.seconds = result["threads"], bool(result["local"]), float(result["seconds"])
 
     def _call(self, message: Dict[str, Any], doing: str, timeout: Optional[float] = None) -> Tuple[Any, Any]:
         with self.worker.lock:
@@ -340,10 +404,12 @@ class RemoteModel:
             del arrays, buf
             result, out = self._call({"op": "predict", "inputs": refs, "axes": axes, "tile": tile, "batch_size": batch_size,
                                       "pad_mode": pad_mode, "max_tile_pixels": max_tile_pixels, "name": name}, "running")
-        self.worker_seconds = result["seconds"]  # the model's own time in the worker (benchmarks/worker.py)
-        # views on the lent buffer: it stays lent (and its name valid for labels()) while any lives
-        pred = Prediction({k: wire.view(r, out) for k, r in result["arrays"].items()}, result["axes"], None)
-        pred._refs = result["arrays"]  # type: ignore[attr-defined]
+        with _reading(self.worker, f"running model {self.spec.name!r}"):
+            self.worker_seconds = float(result["seconds"])  # the model's own time in the worker (benchmarks/worker.py)
+            # views on the lent buffer: it stays lent (and its name valid for labels()) while any lives
+            pred = Prediction({str(k): wire.view(r, out) for k, r in dict(result["arrays"]).items()},
+                              result["axes"], None)
+            pred._refs = result["arrays"]  # type: ignore[attr-defined]
         return pred
 
     def _as_inputs(self, image: Union[np.ndarray, Mapping[str, np.ndarray]]) -> Dict[str, np.ndarray]:
@@ -368,20 +434,23 @@ class RemoteModel:
             result, out = self._call({"op": "labels", "prediction": refs, "axes": prediction.axes,
                                       "choices": {"method": method, "output": output, "channel": channel, **choices}},
                                      "making objects with")
-        self.worker_seconds = result["seconds"]
-        return wire.view(result["arrays"]["labels"], out)
+        with _reading(self.worker, f"making objects with model {self.spec.name!r}"):
+            self.worker_seconds = float(result["seconds"])
+            return wire.view(result["arrays"]["labels"], out)
 
     # ------------------------------------------------------------------ the rest of Model's interface
     def test(self, weights_format: Optional[str] = None) -> TestReport:
         result, _ = self._call({"op": "test", "weights_format": weights_format}, "testing", LOAD_TIMEOUT_S)
-        report = TestReport(result["weights_format"], error=result["error"], untrusted=result["untrusted"])
-        report.checks = [OutputCheck(c["output"], c["max_abs_error"], c["mismatched_per_million"],
-                                     SimpleNamespace(**c["tolerance"]), c["ok"]) for c in result["checks"]]
+        with _reading(self.worker, f"testing model {self.spec.name!r}"):
+            report = TestReport(result["weights_format"], error=result["error"], untrusted=result["untrusted"])
+            report.checks = [OutputCheck(c["output"], c["max_abs_error"], c["mismatched_per_million"],
+                                         SimpleNamespace(**c["tolerance"]), c["ok"]) for c in result["checks"]]
         return report
 
     def info(self) -> Dict[str, Any]:
         result, _ = self._call({"op": "info"}, "describing")
-        return {**result, "python": self.python}
+        with _reading(self.worker, f"describing model {self.spec.name!r}"):
+            return {**result, "python": self.python}
 
     def check_file_fits(self, path: Union[str, Path], axes: Optional[str] = None, tile: Any = None,
                         batch_size: Optional[int] = None) -> None:
@@ -418,6 +487,16 @@ class RemoteModel:
         return f"<dlmodel.RemoteModel {self.spec.name!r} ({self.weights_format} on {self.device}, in {self.python})>"
 
 
+@contextlib.contextmanager
+def _reading(worker: Worker, what: str) -> Iterator[None]:
+    """Reading a worker's answer: one that is not what was asked stops the worker and fails the
+    request in one line, never a traceback."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # wire.ProtocolError is a ValueError
+        worker._malformed(what, f"answered with a malformed reply ({one_line(e)})")
+
+
 def _sendable(arr: Any, name: str) -> np.ndarray:
     arr = np.asarray(arr)
     if arr.dtype.kind not in "biuf":
@@ -443,9 +522,14 @@ def _check_here() -> None:
 
 
 def load(source: Union[str, Path], engine: str = "auto", device: str = "auto", threads: Optional[int] = None,
-         trust: Optional[bool] = None, python: Optional[Union[str, Path]] = None) -> Any:
+         trust: Optional[bool] = None, python: Optional[Union[str, Path]] = None,
+         allow_unapproved_python: bool = False) -> Any:
     """:func:`dlmodel.api.load`, or with ``python`` (an environment's Python, or its folder) the
-    same model in that environment's worker (:class:`RemoteModel`)."""
+    same model in that environment's worker (:class:`RemoteModel`). ``python`` must be approved
+    on this machine (``dlmodel env add``), or ``allow_unapproved_python=True`` lets this process
+    start it without approving it."""
+    if python and allow_unapproved_python:
+        approvals.allow_for_this_process(find_python(python))
     if not python:
         _check_here()
         from . import api
@@ -459,7 +543,8 @@ _CACHE_LOCK = threading.Lock()
 
 
 def load_cached(source: Union[str, Path], engine: str = "auto", device: str = "auto", threads: Optional[int] = None,
-                trust: Optional[bool] = None, python: Optional[Union[str, Path]] = None) -> Any:
+                trust: Optional[bool] = None, python: Optional[Union[str, Path]] = None,
+                allow_unapproved_python: bool = False) -> Any:
     """:func:`load`, one model per (source, engine, device, threads, trust, environment) per process."""
     if not python:
         _check_here()
@@ -471,7 +556,7 @@ def load_cached(source: Union[str, Path], engine: str = "auto", device: str = "a
         model = _CACHE.get(key)
         if model is None:
             t0 = time.perf_counter()
-            model = _CACHE[key] = load(source, engine, device, threads, trust, python)
+            model = _CACHE[key] = load(source, engine, device, threads, trust, python, allow_unapproved_python)
             LOGGER.info("dlmodel: loaded model %r (%s on %s, %d engine threads) in %s in %.2f s", model.spec.name,
                         model.weights_format, model.device, model.threads, model.python, time.perf_counter() - t0)
         return model
@@ -495,8 +580,11 @@ def read_spec(source: str, python: Optional[Union[str, Path]] = None) -> Any:
         from .package import open_spec
 
         return open_spec(source)[0]
-    result, _ = worker_for(python).request({"op": "spec", "source": source}, LOAD_TIMEOUT_S, f"reading model {source!r}")
-    return RemoteSpec({**result, "source": source})
+    worker = worker_for(python)
+    what = f"reading model {source!r}"
+    result, _ = worker.request({"op": "spec", "source": source}, LOAD_TIMEOUT_S, what)
+    with _reading(worker, what):
+        return RemoteSpec({**result, "source": source})
 
 
 def describe(spec: Any) -> Dict[str, Any]:

@@ -4,6 +4,7 @@ models that run outside the caller's Python (RunDLModel's "Python environment fo
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -38,14 +39,43 @@ def install_commands(path: Path, engines: Sequence[str], python: Optional[str] =
     ]
 
 
+INCOMPLETE = ".dlmodel-env-incomplete"  # in a folder dlmodel env create is still filling
+
+
 def create(path: Path, engines: Sequence[str] = ("onnx",), python: Optional[str] = None) -> Path:
-    """Make the environment and return its Python (what RunDLModel's setting points at)."""
-    if env_python(path).exists():
-        raise DLModelError(f"{path} already holds an environment: remove it first, or point RunDLModel at "
-                           f"{env_python(path)}")
-    for cmd in install_commands(path, engines, python):
-        try:
-            subprocess.run(cmd, check=True)
-        except (OSError, subprocess.CalledProcessError) as e:
-            raise DLModelError(f"{' '.join(cmd[:4])}...: {one_line(e)}") from e
+    """Make the environment, approve it on this machine (:mod:`dlmodel.approvals`) and return its
+    Python (what RunDLModel's setting points at).
+
+    Only an absent or empty folder is filled, or one that an interrupted ``create`` left (its
+    marker says so): never a folder holding anything else. A failure removes what was made, so
+    the same command can be run again.
+    """
+    from . import approvals
+
+    path = Path(path).expanduser().absolute()
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise DLModelError(f"{path} is not a folder: give a new folder for the environment")
+    if env_python(path).exists() and not (path / INCOMPLETE).exists():
+        raise DLModelError(f"{path} already holds an environment: remove it first, or approve it with "
+                           f"dlmodel env add {env_python(path)}")
+    if path.exists() and any(path.iterdir()) and not (path / INCOMPLETE).exists():
+        raise DLModelError(f"{path} holds other files: give a new or empty folder for the environment")
+    if (path / INCOMPLETE).exists():  # left by an interrupted create: ours to remove
+        shutil.rmtree(path)
+    made = not path.exists()  # else an empty folder of the user's: emptied again on failure, kept
+    path.mkdir(parents=True, exist_ok=True)
+    (path / INCOMPLETE).write_text("made by dlmodel env create; removed when it completes\n")
+    try:
+        for cmd in install_commands(path, engines, python):
+            try:
+                subprocess.run(cmd, check=True)
+            except (OSError, subprocess.CalledProcessError) as e:
+                raise DLModelError(f"{' '.join(cmd[:4])}...: {one_line(e)}") from e
+        (path / INCOMPLETE).unlink()
+        approvals.approve(env_python(path), how="dlmodel env create")
+    except BaseException:
+        # only ever what this call made (the folder was absent, empty or an interrupted create's)
+        for child in [path] if made else list(path.iterdir()):
+            shutil.rmtree(child, ignore_errors=True) if child.is_dir() and not child.is_symlink() else child.unlink()
+        raise
     return env_python(path)

@@ -4,7 +4,9 @@ worker's stdin/stdout, and arrays in shared memory (never pickled, never written
 Only numpy and the standard library: the client side runs inside CellProfiler 4.2.8 (Python 3.9),
 the worker side inside the model's own environment.
 
-- A message is a 4-byte big-endian length and that many bytes of UTF-8 JSON.
+- A message is a 4-byte big-endian length and that many bytes of UTF-8 JSON object, at most
+  ``MAX_MESSAGE_BYTES`` (arrays never travel in messages): a peer that sends more, or anything
+  else (a library printing to the protocol's stream), is a :class:`ProtocolError` at once.
 - An array travels as a reference, ``{"shm": name, "offset": bytes, "shape": [...], "dtype": "<f4"}``,
   into a shared memory segment. **The client owns every segment**: it lends one for the inputs
   and, when the worker says how many bytes its results need, one for the outputs; the worker only
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 import atexit
 import json
+import os
+import secrets
 import struct
 import sys
 import weakref
@@ -27,8 +31,19 @@ from typing import IO, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 # Raised with every change of the messages; client and worker must agree.
-PROTOCOL = 1
+# 2: the worker starts isolated and says where its dlmodel comes from.
+PROTOCOL = 2
 _HEADER = struct.Struct(">I")
+# Messages are small (descriptions, references); the largest, a model's info, is a few KB.
+MAX_MESSAGE_BYTES = 16 * 2**20
+# Segments are named by their owner's process id, so that a later client can unlink those of a
+# process that was killed before it could (:func:`reclaim_stale`).
+PREFIX = "dlmodel"
+_SHM_DIR = "/dev/shm"
+
+
+class ProtocolError(ValueError):
+    """What the other side sent is not a message of this protocol (or names memory it may not)."""
 # Arrays start at multiples of this in a segment (SIMD-friendly, cache-line aligned).
 ALIGN = 64
 
@@ -45,8 +60,19 @@ def recv(stream: IO[bytes]) -> Optional[Dict[str, Any]]:
     header = _read_exact(stream, _HEADER.size)
     if header is None:
         return None
-    data = _read_exact(stream, _HEADER.unpack(header)[0])
-    return None if data is None else json.loads(data.decode("utf-8"))
+    size = _HEADER.unpack(header)[0]
+    if size > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"a message of {size} bytes (at most {MAX_MESSAGE_BYTES}), which begins {header!r}")
+    data = _read_exact(stream, size)
+    if data is None:
+        return None
+    try:
+        message = json.loads(data.decode("utf-8"))
+    except ValueError as e:
+        raise ProtocolError(f"a message that is not JSON, which begins {(header + data)[:40]!r}") from e
+    if not isinstance(message, dict):
+        raise ProtocolError(f"a message that is not a JSON object: {data[:40]!r}")
+    return message
 
 
 def _read_exact(stream: IO[bytes], n: int) -> Optional[bytes]:
@@ -71,8 +97,70 @@ def layout(arrays: Sequence[np.ndarray]) -> Tuple[List[int], int]:
 
 
 def create(nbytes: int) -> shared_memory.SharedMemory:
-    """A new segment of ``nbytes`` (the client's: it owns it and unlinks it)."""
-    return shared_memory.SharedMemory(create=True, size=max(int(nbytes), 1))
+    """A new segment of ``nbytes`` (the client's: it owns it and unlinks it), named
+    ``dlmodel_<pid>_<random>``."""
+    _reclaim_once()
+    while True:
+        name = f"{PREFIX}_{os.getpid()}_{secrets.token_hex(4)}"
+        try:
+            return shared_memory.SharedMemory(name=name, create=True, size=max(int(nbytes), 1))
+        except FileExistsError:  # a name drawn twice: draw again
+            continue
+
+
+def reclaim_stale(directory: str = _SHM_DIR) -> List[str]:
+    """Unlink the segments of this user's dlmodel processes that are gone.
+
+    A client unlinks its segments when it closes, and Python's resource tracker when it crashes;
+    a whole process group killed at once (SIGKILL to a cluster job) takes the tracker with it,
+    and the segments stay in memory until reboot. Their names carry the owner's process id:
+    those whose process no longer exists are removed. Linux only (elsewhere segments are not
+    files one can list); returns the names removed."""
+    removed: List[str] = []
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return removed
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    for entry in entries:
+        parts = entry.split("_")
+        if len(parts) != 3 or parts[0] != PREFIX or not parts[1].isdigit():
+            continue
+        path = os.path.join(directory, entry)
+        try:
+            if uid is not None and os.stat(path).st_uid != uid:
+                continue
+        except OSError:
+            continue
+        if _alive(int(parts[1])):
+            continue
+        try:
+            os.unlink(path)
+            removed.append(entry)
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # another user's process, or we cannot tell: keep it
+    return True
+
+
+_RECLAIMED: List[bool] = []
+
+
+def _reclaim_once() -> None:
+    if not _RECLAIMED and sys.platform.startswith("linux"):
+        _RECLAIMED.append(True)
+        reclaim_stale()
 
 
 def attach(name: str) -> shared_memory.SharedMemory:
@@ -113,11 +201,30 @@ def view(reference: Mapping[str, Any], buf: Any) -> np.ndarray:
     """The array a reference names, as a view on a mapped segment's buffer (a segment, or a
     lease's root array: :class:`Pool`); no copy. The view exports the buffer (``np.frombuffer``), so the segment
     cannot be unmapped under it: :func:`release` keeps such a segment until its last view is gone."""
-    shape, dtype = tuple(reference["shape"]), np.dtype(reference["dtype"])
+    shape, dtype, offset = _checked(reference)
     count = int(np.prod(shape, dtype=np.int64))
     if count == 0:
         return np.empty(shape, dtype)
-    return np.frombuffer(getattr(buf, "buf", buf), dtype, count, int(reference["offset"])).reshape(shape)
+    raw = getattr(buf, "buf", buf)
+    size = len(raw) if not isinstance(raw, np.ndarray) else raw.nbytes
+    if offset + count * dtype.itemsize > size:
+        raise ProtocolError(f"an array of {count * dtype.itemsize} bytes at {offset} in a buffer of {size}")
+    return np.frombuffer(raw, dtype, count, offset).reshape(shape)
+
+
+def _checked(reference: Any) -> Tuple[Tuple[int, ...], np.dtype, int]:
+    """A reference's shape, numeric dtype and offset, or :class:`ProtocolError`."""
+    try:
+        shape = tuple(reference["shape"])
+        offset = reference["offset"]
+        dtype = np.dtype(str(reference["dtype"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ProtocolError(f"not an array reference: {str(reference)[:80]}") from e
+    if not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n for n in shape) or len(shape) > 8:
+        raise ProtocolError(f"an array shape {list(shape)[:9]}")
+    if not (isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0) or dtype.kind not in "biuf":
+        raise ProtocolError(f"an array at offset {offset!r} of type {dtype}")
+    return shape, dtype, offset
 
 
 _HELD: List[shared_memory.SharedMemory] = []

@@ -35,8 +35,11 @@ class Server:
 
     # ------------------------------------------------------------------ loop
     def serve(self) -> None:
+        import dlmodel
+
+        # where dlmodel came from: the client checks it is the approved environment's own
         wire.send(self.out, {"hello": wire.PROTOCOL, "python": sys.version.split()[0], "pid": os.getpid(),
-                             "executable": sys.executable, "missing": missing_here()})
+                             "executable": sys.executable, "missing": missing_here(), "dlmodel": dlmodel.__path__[0]})
         while True:
             msg = wire.recv(self.inp)
             if msg is None or msg.get("op") == "close":
