@@ -29,8 +29,7 @@ def _isolated_cache(tmp_path_factory):
     os.environ["DLMODEL_CONFIG"] = str(tmp_path_factory.mktemp("config"))
     from dlmodel import approvals
 
-    for python in {sys.executable, os.environ.get("DLMODEL_ENGINE_PYTHON") or sys.executable}:
-        approvals.approve(python, how="tests")
+    approvals.approve(os.environ.get("DLMODEL_ENGINE_PYTHON") or sys.executable, how="tests")
     yield
 
 
