@@ -434,6 +434,25 @@ def test_trust_no_means_no_for_a_folder_on_disk(cp, torch2d):
     assert m._model().test().ok
 
 
+@builds_packages
+@pytest.mark.parametrize("where", ["in-process", "worker"])
+def test_trust_no_refuses_an_import_from_architecture(cp, torch2d, tmp_path, where):
+    """A package naming subprocess.run as its architecture (issue 25): RunDLModel with Trust No
+    runs nothing, in CellProfiler's process and through a model environment's worker."""
+    import dlmodel
+    from test_package_code import _hostile
+
+    started = tmp_path / "started"
+    rdf = _hostile(torch2d, tmp_path / "pkg", "subprocess", "run", {"args": f"touch {started}", "shell": True})
+    m = cp("RunDLModel")
+    m.model_source.value = str(rdf.parent)
+    m.python.value = _worker_python() if where == "worker" else ""
+    assert m.trust.value is False
+    with pytest.raises(dlmodel.TrustError, match=r"calls subprocess\.run, which is not a network class"):
+        m._model()
+    assert not started.exists()
+
+
 def test_rundlmodel_asks_the_core_which_objects(cp, nuclei_model):
     """New modules start from the core's defaults and hand their settings to the core's
     resolve_recipe (tested in test_instances.py), in validation too (issue 17)."""
