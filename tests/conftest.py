@@ -30,6 +30,8 @@ def _isolated_cache(tmp_path_factory):
     from dlmodel import approvals
 
     approvals.approve(os.environ.get("DLMODEL_ENGINE_PYTHON") or sys.executable, how="tests")
+    if os.environ.get("DLMODEL_CAREAMICS_PYTHON"):  # the opt-in CAREamics tests' own environment
+        approvals.approve(os.environ["DLMODEL_CAREAMICS_PYTHON"], how="tests")
     yield
 
 
