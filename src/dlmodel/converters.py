@@ -28,7 +28,30 @@ def torch_to_torchscript(module: Any, target: Path) -> Path:
     except Exception as e:  # modules with Python-only constructs cannot be scripted
         raise EngineError(f"cannot convert to TorchScript: {one_line(e)}") from e
     scripted.save(str(target))
-    return target
+    return strip_torchscript_debug_info(target)
+
+
+def strip_torchscript_debug_info(path: Path) -> Path:
+    """Rewrite a TorchScript archive without its ``*.debug_pkl`` records, in place.
+
+    Those records hold the source ranges of every scripted line, with the absolute paths of the
+    Python files on the machine that scripted it (``/home/me/.venv/lib/.../torch/nn/...``): a
+    shared package should not carry them. TorchScript loads and runs the same without them (only
+    its error messages lose their source lines); torch.jit.save has no option to leave them out.
+    """
+    import zipfile
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.strip")
+    try:
+        with zipfile.ZipFile(path) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as dst:
+            for info in src.infolist():
+                if not info.filename.endswith(".debug_pkl"):
+                    dst.writestr(info, src.read(info))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def torch_to_onnx(module: Any, example: np.ndarray, target: Path) -> Path:
