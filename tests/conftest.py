@@ -24,6 +24,7 @@ def _isolated_cache(tmp_path_factory):
     # a zoo id or DOI must never resolve to the real internet in tests
     os.environ["DLMODEL_ZOO_URL"] = "http://127.0.0.1:9/{id}/rdf.yaml"
     os.environ["DLMODEL_ZENODO_API"] = "http://127.0.0.1:9/api"
+    os.environ["DLMODEL_CATALOG_URL"] = "http://127.0.0.1:9/children"
     # the approved Python environments (dlmodel env add) are the tests' own, never the user's:
     # this Python, and the engine environment the CellProfiler 4.2.8 leg runs its models in
     os.environ["DLMODEL_CONFIG"] = str(tmp_path_factory.mktemp("config"))

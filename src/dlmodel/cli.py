@@ -5,6 +5,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -175,6 +176,18 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--overwrite", action="store_true")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    sp = sub.add_parser("search", help="find models in the BioImage Model Zoo and on this machine")
+    sp.add_argument("text", nargs="?", default=None, help="words that must all appear in the name, description, id or tags")
+    sp.add_argument("--tag", action="append", default=[], help="a tag the model must carry; repeat for several")
+    sp.add_argument("--task", default=None, help="e.g. instance-segmentation, denoising")
+    sp.add_argument("--runs-here", action="store_true", help="only models that run with what is installed here")
+    sp.add_argument("--local", action="store_true", help="only the models on this machine (no zoo listing)")
+    sp.add_argument("--refresh", action="store_true", help="fetch the zoo's listing even if the cached one is recent")
+    sp.add_argument("--json", action="store_true", help="every field of every entry, as JSON")
+
+    sp = sub.add_parser("fetch", help="download a model into the cache and verify every file")
+    sp.add_argument("source", help="zoo id, URL or DOI")
+
     sp = sub.add_parser("env", help="make a Python environment for models (RunDLModel's 'Python environment for the model')")
     env_sub = sp.add_subparsers(dest="env_command", required=True)
     ep = env_sub.add_parser("create", help="a venv at PATH with dlmodel, bioimageio.spec and the engines")
@@ -198,7 +211,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
             approvals.allow_for_this_process(client.find_python(args.python))
         code = {"info": _info, "test": _test, "predict": _predict, "convert": _convert,
-                "package": _package, "finetune": _finetune, "heatmap": _heatmap, "plate": _plate, "env": _env}[args.command](args)
+                "package": _package, "finetune": _finetune, "heatmap": _heatmap, "plate": _plate, "env": _env,
+                "search": _search, "fetch": _fetch}[args.command](args)
         sys.stdout.flush()  # a closed pipe shows here, not in Python's exit handler
         return code
     except DLModelError as e:
@@ -251,6 +265,52 @@ def _info(args: argparse.Namespace) -> int:
     print(f"  objects: {info['objects']}")
     for note in info["notes"]:
         print(f"  note: {note}")
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from . import catalog
+
+    found = catalog.search(args.text, tags=args.tag, task=args.task, runs_here=True if args.runs_here else None,
+                           zoo=not args.local, refresh=args.refresh)
+    if found.note:
+        print(f"dlmodel: {found.note}", file=sys.stderr)
+    if args.json:
+        print(json.dumps([e.as_dict() for e in found.entries], indent=2))
+        return 0
+    width = shutil.get_terminal_size((100, 20)).columns
+    print(_table([(catalog.display_id(e), e.name, e.task or "-", "3D" if e.is_3d else "2D", e.family,
+                   ",".join(_short(f) for f in e.weight_formats), "yes" if e.runs_here else (e.needs or "no"))
+                  for e in found.entries],
+                 ("id", "name", "task", "dim", "family", "weights", "runs here"), width, shrink=(2, 5, 6, 1, 0)))
+    print(f"{len(found.entries)} model(s); dlmodel info ID shows a card, dlmodel fetch ID downloads one")
+    return 0
+
+
+def _short(weights_format: str) -> str:
+    return {"pytorch_state_dict": "torch", "tensorflow_saved_model_bundle": "tf", "torchscript": "tscript",
+            "keras_hdf5": "keras", "keras_v3": "keras"}.get(weights_format, weights_format)
+
+
+def _table(rows: Sequence[Sequence[str]], header: Sequence[str], width: int, shrink: Sequence[int] = ()) -> str:
+    """Rows as aligned columns that fit ``width``: the columns in ``shrink`` are cut (with an
+    ellipsis) in that order, each down to 12 characters, before the next is touched."""
+    cols = list(zip(header, *rows)) if rows else [(h,) for h in header]
+    widths = [max(len(str(c)) for c in col) for col in cols]
+    for i in shrink:
+        while sum(widths) + 2 * (len(widths) - 1) > width and widths[i] > 12:
+            widths[i] -= 1
+    cut = lambda text, w: text if len(text) <= w else text[: w - 1] + "…"  # noqa: E731
+    lines = ["  ".join(cut(str(c), w).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    return "\n".join(lines)
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from .package import open_spec
+
+    spec, resolved = open_spec(args.source)  # every file the rdf names, downloaded and its sha256 checked
+    print(f"dlmodel: {spec.name!r} is in {resolved.rdf.parent} (every file verified); "
+          f"use it as {args.source} (dlmodel info {args.source})")
     return 0
 
 

@@ -348,7 +348,7 @@ def description_fields(descr: Any, rdf_path: Path) -> Dict[str, Any]:
         description=descr.description or "",
         authors=tuple(a.name for a in descr.authors),
         license=str(descr.license or ""),
-        cite=tuple(c.text for c in descr.cite),
+        cite=tuple(c.text + (f" (doi:{c.doi})" if getattr(c, "doi", None) else "") for c in descr.cite),
         tags=tuple(descr.tags),
     )
 
