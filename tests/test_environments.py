@@ -131,6 +131,19 @@ def test_env_create_fills_only_a_new_or_empty_folder_and_cleans_up_after_itself(
     assert approvals.approved() == []
 
 
+def test_env_create_for_a_model_installs_what_its_environment_file_pins(tmp_path):
+    careamics = ROOT / "tests" / "fixtures" / "careamics_n2v_tiny" / "careamics_n2v_tiny.zip"
+    # its environment.yml pins torch==2.11.0+cu130 etc. for Python 3.12 with pip
+    assert envs.requirements_for(str(careamics)) == ["torch==2.11.0", "torchvision==0.26.0", "careamics==0.3.5"]
+    r = cli("env", "create", tmp_path / "env", "--for", careamics, "--engines", "torch", "--print")
+    assert r.returncode == 0, r.stderr
+    last = r.stdout.splitlines()[-1]
+    assert "careamics==0.3.5" in last and "torch==2.11.0" in last and "'numpy<2'" in last and "[torch]" in last
+    assert not (tmp_path / "env").exists()
+    r = cli("env", "create", tmp_path / "env", "--for", ROOT / "models" / "nuclei_default", "--print")
+    assert r.returncode == 2 and "names no environment file" in r.stderr
+
+
 # --- the worker protocol: a peer is checked, never trusted -------------------------------------
 
 def test_a_huge_frame_header_is_refused_without_allocating():

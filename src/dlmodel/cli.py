@@ -5,6 +5,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -194,6 +195,8 @@ def _parser() -> argparse.ArgumentParser:
     ep.add_argument("path", type=Path)
     ep.add_argument("--engines", default="onnx", help="comma-separated: onnx, torch, tensorflow (default: onnx)")
     ep.add_argument("--python", default=None, help="the Python the venv is made from (default: this one; 3.9 or newer)")
+    ep.add_argument("--for", dest="for_model", default=None, metavar="MODEL",
+                    help="install what the model's own environment file pins (e.g. CAREamics' careamics and torch)")
     ep.add_argument("--print", action="store_true", help="print the commands instead of running them")
     ep = env_sub.add_parser("add", help="approve an existing environment on this machine (checked: a Python with dlmodel)")
     ep.add_argument("path", type=Path, help="the environment's python, or its folder")
@@ -456,11 +459,12 @@ def _env(args: argparse.Namespace) -> int:
             print(f"{entry['python']}\t(dlmodel from {entry.get('dlmodel')}; {entry.get('how')}, {entry.get('added')})")
         return 0
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    requirements = envs.requirements_for(args.for_model) if args.for_model else []
     if args.print:
-        for cmd in envs.install_commands(args.path, engines, args.python):
-            print(" ".join(cmd))
+        for cmd in envs.install_commands(args.path, engines, args.python, requirements):
+            print(shlex.join(cmd))
         return 0
-    python = envs.create(args.path, engines, args.python)
+    python = envs.create(args.path, engines, args.python, requirements)
     print(f"dlmodel: made and approved {args.path} ({', '.join(engines) or 'no engine'}); point RunDLModel's "
           f"'Python environment for the model' (or --python, python=) at {python}")
     return 0

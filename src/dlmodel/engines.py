@@ -436,14 +436,14 @@ def _missing_library(spec: ModelSpec, module_name: str, name: str, error: Import
     name ``careamics.models.unet.UNet``): what to install, from the package's own environment
     file when it has one."""
     top = (getattr(error, "name", None) or module_name).split(".")[0]
-    wanted = [d for d in _environment_packages(spec) if d.split("=")[0].split("<")[0].split(">")[0].strip().replace("-", "_").lower()
+    wanted = [d for d in environment_packages(spec) if d.split("=")[0].split("<")[0].split(">")[0].strip().replace("-", "_").lower()
               == top.replace("-", "_").lower()]
     install = wanted[0] if wanted else top
     return (f"model {spec.name!r} builds its network with {module_name}.{name} from the {top!r} library, which is not "
             f"installed here: pip install '{install}'" + (" (as the package's environment file pins it)" if wanted else ""))
 
 
-def _environment_packages(spec: ModelSpec) -> List[str]:
+def environment_packages(spec: ModelSpec) -> List[str]:
     """The pip and conda requirements in the state dict's conda environment file, if any."""
     if spec.environment_file is None:
         return []

@@ -22,9 +22,48 @@ def env_python(path: Path) -> Path:
     return path / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
-def install_commands(path: Path, engines: Sequence[str], python: Optional[str] = None) -> List[List[str]]:
+def requirements_for(source: str) -> List[str]:
+    """The pip requirements a package's own environment file names (``environment.yaml`` of its
+    state dict, as bioimageio.core's "as described" test environment reads it), for this
+    machine: conda-only entries (python, pip, cudatoolkit) are left out, conda's ``pytorch`` is
+    pip's ``torch``, and CUDA local versions (``torch==2.11.0+cu130``) become the plain release.
+
+    Raises DLModelError when the package names no environment file."""
+    import re
+
+    from .engines import environment_packages
+    from .package import open_spec
+
+    spec, _ = open_spec(source)
+    if spec.environment_file is None:
+        raise DLModelError(f"model {spec.name!r} names no environment file: --for needs one (use --engines instead)")
+    wanted = []
+    for item in environment_packages(spec):
+        name = re.split(r"[=<>!~ ;\[]", item, maxsplit=1)[0].strip().lower()
+        if not name or name in ("python", "pip", "cudatoolkit", "cuda-version", "cudnn", "nvidia") or item.startswith("-"):
+            continue
+        item = re.sub(r"^pytorch(?=[=<>!~ ]|$)", "torch", item)
+        wanted.append(re.sub(r"\+[A-Za-z0-9.]+", "", item))  # torch==2.11.0+cu130: the release on PyPI
+    return wanted
+
+
+def core_pins() -> List[str]:
+    """This project's pins of what dlmodel itself needs (numpy, pydantic, bioimageio.spec), from
+    constraints.txt: an environment made for a package's own pins still gets a dlmodel that works."""
+    import re
+
+    keep = ("numpy", "pydantic", "bioimageio.spec")
+    lines = (PROJECT / "constraints.txt").read_text().splitlines()
+    return [ln.strip() for ln in lines if re.split(r"[=<>!~ ]", ln.strip(), maxsplit=1)[0] in keep]
+
+
+def install_commands(path: Path, engines: Sequence[str], python: Optional[str] = None,
+                     requirements: Sequence[str] = ()) -> List[List[str]]:
     """The commands that make an engine environment at ``path``: a venv, then dlmodel with the
-    engines' extras from this project, pinned by its constraints.txt."""
+    engines' extras from this project, pinned by its constraints.txt, or, with ``requirements``
+    (a package's own environment, :func:`requirements_for`), dlmodel and those requirements as
+    the package pins them (not this project's constraints: they may clash, which is why such a
+    package gets its own environment)."""
     unknown = [e for e in engines if e not in ENGINES]
     if unknown:
         raise DLModelError(f"--engines {','.join(engines)}: unknown {', '.join(unknown)}; use {', '.join(ENGINES)}")
@@ -32,6 +71,14 @@ def install_commands(path: Path, engines: Sequence[str], python: Optional[str] =
         raise DLModelError(f"{PROJECT} is not the RunDLModel project folder: dlmodel env create installs from it")
     target = f"{PROJECT}[{','.join(engines)}]" if engines else str(PROJECT)
     pip = [str(env_python(path)), "-m", "pip", "install", "-q"]
+    if requirements:
+        # the package's pins first, then dlmodel beside them (without this project's pins)
+        return [
+            [python or sys.executable, "-m", "venv", str(path)],
+            pip + ["--upgrade", "pip"],
+            pip + list(requirements),
+            pip + [target, *requirements, *core_pins()],
+        ]
     return [
         [python or sys.executable, "-m", "venv", str(path)],
         pip + ["--upgrade", "pip"],
@@ -42,7 +89,8 @@ def install_commands(path: Path, engines: Sequence[str], python: Optional[str] =
 INCOMPLETE = ".dlmodel-env-incomplete"  # in a folder dlmodel env create is still filling
 
 
-def create(path: Path, engines: Sequence[str] = ("onnx",), python: Optional[str] = None) -> Path:
+def create(path: Path, engines: Sequence[str] = ("onnx",), python: Optional[str] = None,
+           requirements: Sequence[str] = ()) -> Path:
     """Make the environment, approve it on this machine (:mod:`dlmodel.approvals`) and return its
     Python (what RunDLModel's setting points at).
 
@@ -66,7 +114,7 @@ def create(path: Path, engines: Sequence[str] = ("onnx",), python: Optional[str]
     path.mkdir(parents=True, exist_ok=True)
     (path / INCOMPLETE).write_text("made by dlmodel env create; removed when it completes\n")
     try:
-        for cmd in install_commands(path, engines, python):
+        for cmd in install_commands(path, engines, python, requirements):
             try:
                 subprocess.run(cmd, check=True)
             except (OSError, subprocess.CalledProcessError) as e:
