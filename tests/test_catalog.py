@@ -150,3 +150,24 @@ def test_the_command_line_searches_and_fetches(zoo, tmp_path):
     r = subprocess.run([sys.executable, "-m", "dlmodel.cli", "info", "affable-shark"], capture_output=True, text=True,
                        timeout=300)
     assert "cite: Ronneberger" in r.stdout and "(doi:" in r.stdout, r.stdout
+
+
+def test_a_cancelled_download_leaves_nothing_in_the_cache(zoo):
+    from dlmodel import sources
+    from dlmodel.package import open_spec
+
+    seen = []
+
+    def cancel_after_the_rdf(url, done, total):
+        seen.append(url)
+        if not url.endswith("rdf.yaml"):  # the user presses Cancel during the first weights file
+            raise sources.DownloadCancelled("cancelled")
+
+    with sources.reporting(cancel_after_the_rdf), pytest.raises(sources.DownloadCancelled):
+        open_spec("affable-shark")
+    assert any(u.endswith("rdf.yaml") for u in seen)
+    packages = sources.cache_dir() / "packages"
+    # no entry, no staging folder, no part file: only the package's (empty) lock file
+    assert [p.suffix for p in packages.iterdir()] == [".lock"], list(packages.iterdir())
+    spec, _ = open_spec("affable-shark")  # the next try downloads it whole
+    assert spec.name == "UNet 2D Nuclei Broad"

@@ -309,9 +309,24 @@ def _table(rows: Sequence[Sequence[str]], header: Sequence[str], width: int, shr
 
 
 def _fetch(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from . import sources
     from .package import open_spec
 
-    spec, resolved = open_spec(args.source)  # every file the rdf names, downloaded and its sha256 checked
+    bars: dict = {}
+
+    def progress(url: str, done: int, total: Optional[int]) -> None:
+        if url not in bars:
+            bars[url] = tqdm(total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1][:30], leave=False)
+        bars[url].update(done - bars[url].n)
+
+    try:
+        with sources.reporting(progress):  # every file the rdf names, downloaded and its sha256 checked
+            spec, resolved = open_spec(args.source)
+    finally:
+        for bar in bars.values():
+            bar.close()
     print(f"dlmodel: {spec.name!r} is in {resolved.rdf.parent} (every file verified); "
           f"use it as {args.source} (dlmodel info {args.source})")
     return 0

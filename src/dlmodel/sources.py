@@ -13,6 +13,8 @@ half of it. Offline, a cached copy is used.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import json
 import os
@@ -28,7 +30,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple, Union
 
 from .errors import SourceError
 from .trust import DOWNLOAD, FOLDER, ZIP
@@ -309,6 +311,29 @@ def copy_capped(read: Callable[[int], bytes], out: Any, limit: int, too_much: Ca
         out.write(block)
 
 
+class DownloadCancelled(SourceError):
+    """A download stopped by its progress callback (a Cancel button): nothing of it is kept."""
+
+
+# Who is told how a download advances: ``callback(url, bytes_so_far, total_or_None)``, set for a
+# block of code by :func:`reporting` (a progress bar, a dialog's Cancel button, which raises
+# DownloadCancelled from the callback). A context variable: each thread reports to its own.
+_PROGRESS: "contextvars.ContextVar[Optional[Callable[[str, int, Optional[int]], None]]]" = \
+    contextvars.ContextVar("dlmodel_download_progress", default=None)
+
+
+@contextlib.contextmanager
+def reporting(callback: Callable[[str, int, Optional[int]], None]) -> Iterator[None]:
+    """Within the block, every file downloaded calls ``callback(url, done, total)`` after each
+    block; an exception it raises (:class:`DownloadCancelled`) stops the download, and the
+    package's staging folder is removed: nothing half-made stays in the cache."""
+    token = _PROGRESS.set(callback)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
 def download(url: str, target: Path, sha256: Optional[str] = None, max_bytes: Optional[int] = None) -> Path:
     """Download ``url`` to ``target`` atomically (temporary file + rename), checking sha256.
 
@@ -328,6 +353,9 @@ def download(url: str, target: Path, sha256: Optional[str] = None, max_bytes: Op
             announced = resp.headers.get("Content-Length")
             if announced and announced.isdigit() and int(announced) > limit:
                 raise SourceError(f"{url} is {int(announced)} bytes, more than the limit of {limit} for this file")
+            total = int(announced) if announced and announced.isdigit() else None
+            progress, done = _PROGRESS.get(), [0]
+
             def each(block: bytes) -> None:
                 if time.monotonic() > deadline:
                     raise SourceError(
@@ -335,6 +363,9 @@ def download(url: str, target: Path, sha256: Optional[str] = None, max_bytes: Op
                         "(DLMODEL_DOWNLOAD_DEADLINE); stopped"
                     )
                 h.update(block)
+                if progress is not None:
+                    done[0] += len(block)
+                    progress(url, done[0], total)
 
             # read1: whatever has arrived, so that a trickle reaches the deadline check
             copy_capped(resp.read1, out, limit,
