@@ -391,6 +391,7 @@ def _failures(failures) -> None:
 
 def _plate(args: argparse.Namespace) -> int:
     from . import platerun
+    from .outputs import check_output_files
     from .runs import prepare_output, run
 
     folder = Path(args.images)
@@ -405,6 +406,7 @@ def _plate(args: argparse.Namespace) -> int:
                             model_channel=args.model_channel, measure_channels=tuple(args.measure_channel or ["1", "2"]),
                             ring=args.ring)
     tasks = job.tasks(sites)
+    check_output_files(job.tables(), [args.metadata] if args.metadata else [])
     prepare_output(args.output)
     t0 = time.perf_counter()
     summary = run(job, tasks, model, workers=args.workers, scheduler=args.scheduler, resume=args.resume)

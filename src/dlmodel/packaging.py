@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .errors import DLModelError, EngineError, SpecError, one_line
+from .outputs import PACKAGE_MARKER, check_replaceable, marker_text, replace
 
 PathLike = Union[str, os.PathLike]
 TEST_SIDE = 256
@@ -120,8 +121,9 @@ def package(
         cite: ``[{"text": ..., "doi": ...}]`` or with ``"url"``.
     """
     out = Path(out)
-    if out.exists() and not overwrite:
+    if (out.exists() or out.is_symlink()) and not overwrite:
         raise SpecError(f"{out} exists; pass overwrite=True (or --overwrite) to replace it")
+    check_replaceable(out, [p for p in (weights, sample) if isinstance(p, (str, os.PathLike))])
     kind = _weights_kind(weights)
     sample = np.asarray(sample)
     if sample.ndim != len(sample_axes) or set(sample_axes) - set("cyx") or not {"y", "x"} <= set(sample_axes):
@@ -140,6 +142,7 @@ def package(
                       size=size, halo=halo, instances=instances, parent=parent,
                       config=dict(config) if config else None)
         rdf = _assemble(work, kind, weights, sample, about)
+        (work / PACKAGE_MARKER).write_text(marker_text("dlmodel package" if parent is None else "dlmodel finetune"))
         return _move_into_place(work, rdf, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -463,10 +466,8 @@ def _move_into_place(work: Path, rdf: Path, out: Path) -> Path:
                 if p.is_file():
                     zf.write(p, p.relative_to(work).as_posix())
         return out
-    if out.exists():
-        shutil.rmtree(out)
     work.chmod(0o755)  # mkdtemp made it private; a package is for sharing
-    os.replace(work, out)
+    replace(work, out)  # the old package (checked again: ours) is removed only once this one is in place
     work.mkdir()  # so the caller's cleanup has something to remove
     return out / rdf.name
 

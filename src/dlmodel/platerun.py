@@ -121,6 +121,10 @@ class PlateJob(ModelJob):
                               key=(plate, row, col, site, channels)))
         return tasks
 
+    def tables(self) -> List[Path]:
+        """The plate's own tables, written by :func:`collect` (a metadata CSV must not be one)."""
+        return [self.out_dir / "objects.csv", self.out_dir / "wells.csv"]
+
     def __call__(self, task: Task, model: Any = None) -> int:
         plate, row, col, site, channels = task.key
         files = dict(zip(channels, task.inputs))

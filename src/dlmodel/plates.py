@@ -122,6 +122,9 @@ def heatmaps(values: Dict[Tuple[str, int], Dict[str, float]], measures: Sequence
 
 def summarise(table: PathLike, measures: Sequence[str], out: PathLike, **columns: str) -> Tuple[Path, int]:
     """Per-well means of ``measures`` from ``table``, drawn to ``out``; returns (png, wells)."""
+    from .outputs import check_output_files
+
+    check_output_files([out], [table])  # -o naming the table itself would replace it
     values = well_values(table, measures, **columns)
     n = len(values)
     return heatmaps(values, measures, out, title=f"{Path(table).name}: {n} wells"), n

@@ -172,6 +172,10 @@ def run(job: ModelJob, tasks: Sequence[Task], model: Any = None, workers: Option
         scheduler: Optional[str] = None, resume: bool = False, progress: bool = True) -> Summary:
     """Run a job's tasks here (``model``: the job's model, already loaded) or on Dask
     (``workers`` local worker processes, or an existing ``scheduler``); one summary either way."""
+    from .outputs import check_output_files
+
+    # no output may be an input (predict -o into the input folder): refused before anything runs
+    check_output_files((o for t in tasks for o in t.outputs), [i for t in tasks for i in t.inputs])
     summary = Summary()
     remaining = todo(tasks, resume)
     summary.skipped = len(tasks) - len(remaining)

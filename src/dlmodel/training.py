@@ -34,6 +34,7 @@ from scipy import ndimage as ndi
 
 from . import instances, io
 from .errors import InputError, SpecError
+from .outputs import check_replaceable
 
 LOGGER = logging.getLogger("dlmodel")
 PathLike = Union[str, os.PathLike]
@@ -450,8 +451,10 @@ def finetune(
     from .trust import Gate
 
     out = Path(out)
-    if out.exists() and not overwrite:
+    if (out.exists() or out.is_symlink()) and not overwrite:
         raise SpecError(f"{out} exists; pass overwrite=True (or --overwrite) to replace it")
+    # never the training images, their folder, the parent package, '.', or anything not ours
+    check_replaceable(out, [p for p in (model, images, labels) if Path(str(p)).exists()])
     for arg, value, ok in (("epochs", epochs, isinstance(epochs, int) and epochs >= 1),
                            ("batch_size", batch_size, isinstance(batch_size, int) and batch_size >= 1),
                            ("learning_rate", learning_rate, learning_rate > 0),
