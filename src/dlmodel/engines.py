@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .errors import EngineError, one_line
+from .errors import EngineError, SpecError, one_line
 from .spec import ENGINE_EXTRA, ModelSpec
 from .trust import DOWNLOAD, Gate, TrustError
 
@@ -436,7 +436,11 @@ def _missing_library(spec: ModelSpec, module_name: str, name: str, error: Import
     name ``careamics.models.unet.UNet``): what to install, from the package's own environment
     file when it has one."""
     top = (getattr(error, "name", None) or module_name).split(".")[0]
-    wanted = [d for d in environment_packages(spec) if d.split("=")[0].split("<")[0].split(">")[0].strip().replace("-", "_").lower()
+    try:
+        pinned = environment_packages(spec)
+    except SpecError:  # an unreadable environment file must not hide the real error
+        pinned = []
+    wanted = [d for d in pinned if d.split("=")[0].split("<")[0].split(">")[0].strip().replace("-", "_").lower()
               == top.replace("-", "_").lower()]
     install = wanted[0] if wanted else top
     return (f"model {spec.name!r} builds its network with {module_name}.{name} from the {top!r} library, which is not "
@@ -444,21 +448,20 @@ def _missing_library(spec: ModelSpec, module_name: str, name: str, error: Import
 
 
 def environment_packages(spec: ModelSpec) -> List[str]:
-    """The pip and conda requirements in the state dict's conda environment file, if any."""
+    """The pip and conda requirements in the state dict's conda environment file, if any, read
+    under the rdf's limits (a package's file: an alias bomb is refused, SpecError)."""
     if spec.environment_file is None:
         return []
-    from ruyaml import YAML
+    from .spec import load_package_yaml
 
-    try:
-        with open(spec.environment_file) as f:
-            env = YAML(typ="safe", pure=True).load(f) or {}
-    except Exception:  # an unreadable environment file must not hide the real error
-        return []
+    env = load_package_yaml(spec.environment_file, f"{spec.environment_file} of model {spec.name!r}",
+                            "environment file") or {}
     found: List[str] = []
-    for item in env.get("dependencies", []) if isinstance(env, dict) else []:
+    deps = env.get("dependencies", []) if isinstance(env, dict) else []
+    for item in deps if isinstance(deps, list) else []:
         if isinstance(item, str):
             found.append(item.split("::")[-1].replace(" ", ""))
-        elif isinstance(item, dict):
+        elif isinstance(item, dict) and isinstance(item.get("pip", []), list):
             found += [str(p).replace(" ", "") for p in item.get("pip", [])]
     return found
 

@@ -13,7 +13,7 @@ import os
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from .errors import SpecError, one_line
 
@@ -411,9 +411,38 @@ MAX_RDF_BYTES = int(os.environ.get("DLMODEL_MAX_RDF_BYTES", 4 << 20))
 MAX_RDF_NODES = int(os.environ.get("DLMODEL_MAX_RDF_NODES", 200_000))
 
 
-def check_yaml_size(rdf: Path, where: str, max_bytes: int = MAX_RDF_BYTES, max_nodes: int = MAX_RDF_NODES) -> int:
-    """Refuse an rdf larger than ``max_bytes``, or one whose YAML aliases would expand to more
-    than ``max_nodes`` nodes ("billion laughs": a few KB that a YAML loader turns into GBs).
+def load_package_yaml(path: Path, where: str, what: str = "file") -> Any:
+    """Read a YAML file that came with a package (its ``environment.yaml``, ...) under the rdf's
+    limits: :func:`check_yaml_size` first, so an alias bomb or a huge file is refused before a
+    loader expands it; broken YAML is a one-line SpecError naming the file."""
+    from ruyaml import YAML
+
+    check_yaml_size(Path(path), where, what=what)
+    try:
+        with open(path, "rb") as f:
+            return YAML(typ="safe", pure=True).load(f)
+    except Exception as e:  # the YAML library's own errors: many kinds, one line
+        raise SpecError(f"{what} {where} is not valid YAML: {one_line(e)}") from e
+
+
+def load_package_json(data: Union[bytes, str], where: str, what: str = "file", max_bytes: int = MAX_RDF_BYTES) -> Any:
+    """Parse JSON that came with a package (a Keras model's config, ...) under the rdf's size
+    limit; deep nesting and broken JSON are one-line SpecErrors naming it."""
+    import json
+
+    if len(data) > max_bytes:
+        raise SpecError(f"{what} {where} is {len(data)} bytes, more than the limit of {max_bytes} (DLMODEL_MAX_RDF_BYTES)")
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise SpecError(f"{what} {where} is not valid JSON: {one_line(e)}") from e
+
+
+def check_yaml_size(rdf: Path, where: str, max_bytes: int = MAX_RDF_BYTES, max_nodes: int = MAX_RDF_NODES,
+                    what: str = "rdf") -> int:
+    """Refuse an rdf (or another YAML file of a package: ``what``) larger than ``max_bytes``, or
+    one whose YAML aliases would expand to more than ``max_nodes`` nodes ("billion laughs": a few
+    KB that a YAML loader turns into GBs).
 
     Reads the YAML event stream (aliases are not expanded there) and sums each anchored node's
     size; returns the expanded node count."""
@@ -423,9 +452,9 @@ def check_yaml_size(rdf: Path, where: str, max_bytes: int = MAX_RDF_BYTES, max_n
     try:
         size = rdf.stat().st_size
     except OSError as e:
-        raise SpecError(f"cannot read rdf {where}: {e.strerror}") from e
+        raise SpecError(f"cannot read {what} {where}: {e.strerror}") from e
     if size > max_bytes:
-        raise SpecError(f"rdf {where} is {size} bytes, more than the limit of {max_bytes} (DLMODEL_MAX_RDF_BYTES)")
+        raise SpecError(f"{what} {where} is {size} bytes, more than the limit of {max_bytes} (DLMODEL_MAX_RDF_BYTES)")
     anchors: Dict[str, int] = {}
     stack = [[0, None]]  # [nodes so far, anchor] per open collection
     try:
@@ -446,7 +475,8 @@ def check_yaml_size(rdf: Path, where: str, max_bytes: int = MAX_RDF_BYTES, max_n
                         anchors[ev.anchor] = 1
                 if stack[-1][0] > max_nodes or (len(stack) > 1 and sum(n for n, _ in stack) > max_nodes):
                     raise SpecError(
-                        f"rdf {where} expands to more than {max_nodes} YAML nodes (aliases); refusing it (DLMODEL_MAX_RDF_NODES)"
+                        f"{what} {where} expands to more than {max_nodes} YAML nodes (aliases); refusing it "
+                        "(DLMODEL_MAX_RDF_NODES)"
                     )
     except SpecError:
         raise

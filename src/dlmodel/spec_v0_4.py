@@ -75,9 +75,32 @@ def _tensor(t: Any, is_input: bool, root: Path, test: Any, descr: Any) -> Tensor
     )
 
 
+def _per_axis(t: Any, letters: str, field: str, values: Any, whole: bool = True, least: float = 0) -> List[Any]:
+    """A 0.4 per-axis list, checked: one value per axis letter, each a whole number (or a number)
+    of at least ``least``; bioimageio.spec's 0.4 model checks neither, and a short list would fail
+    later with an IndexError, a negative halo crop every tile wrongly."""
+    values = list(values)
+    if len(values) != len(letters):
+        raise SpecError(f"tensor {t.name!r}: {field} has {len(values)} value(s) for the {len(letters)} axes {letters!r}")
+    for letter, v in zip(letters, values):
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+        if not ok or (whole and v != int(v)) or v < least:
+            kind = "a whole number" if whole else "a number"
+            raise SpecError(f"tensor {t.name!r}: {field} along {letter!r} is {v!r}; it must be {kind} >= {least:g}")
+    return values
+
+
 def _axes(t: Any, letters: str, descr: Any) -> List[Axis]:
     shape = t.shape
-    halo = list(getattr(t, "halo", None) or [0] * len(letters))
+    halo = _per_axis(t, letters, "halo", getattr(t, "halo", None) or [0] * len(letters))
+    if isinstance(shape, list):
+        _per_axis(t, letters, "shape", shape, least=1)
+    elif hasattr(shape, "step"):
+        _per_axis(t, letters, "shape.min", shape.min, least=1)
+        _per_axis(t, letters, "shape.step", shape.step)
+    else:
+        _per_axis(t, letters, "shape.scale", shape.scale, whole=False)
+        _per_axis(t, letters, "shape.offset", shape.offset, whole=False, least=-float("inf"))
     axes = []
     for i, letter in enumerate(letters):
         kind = _TYPE.get(letter)
@@ -91,7 +114,10 @@ def _axes(t: Any, letters: str, descr: Any) -> List[Axis]:
             axes.append(_sized(lo, letter, common) if step == 0 else Axis(min=lo, step=step, **common))
         else:  # implicit: out = ref * scale + 2 * offset
             scale, offset = float(shape.scale[i]), float(shape.offset[i])
-            ref_tensor = next(r for r in descr.inputs + descr.outputs if str(r.name) == str(shape.reference_tensor))
+            ref_tensor = next((r for r in descr.inputs + descr.outputs if str(r.name) == str(shape.reference_tensor)), None)
+            if ref_tensor is None or len(str(ref_tensor.axes)) != len(letters):
+                raise SpecError(f"tensor {t.name!r}: its shape refers to tensor {str(shape.reference_tensor)!r}, which "
+                                f"{'is not in the rdf' if ref_tensor is None else 'has other axes'}")
             if scale == 0:
                 axes.append(_sized(int(round(2 * offset)), letter, common))
                 continue
