@@ -122,3 +122,63 @@ def test_a_malformed_0_4_rdf_is_one_line(v04_fixed, tmp_path, change, message):
     assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
     r = subprocess.run([sys.executable, "-m", "dlmodel.cli", "info", rdf], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr and message in r.stderr, r.stderr
+
+
+# --- plate --report: the metadata is checked before any segmentation; text is shown as written ---
+
+SBS = ROOT.parent / "shared" / "data" / "ExampleSBSImages"
+
+
+def _plate_folder(tmp_path: Path, wells=("A-01", "A-02", "E-01", "E-12")) -> Path:
+    import shutil
+
+    folder = tmp_path / "plate"
+    folder.mkdir()
+    for p in SBS.glob("Channel*.tif"):
+        if p.stem.split("-", 2)[2] in wells:
+            shutil.copy(p, folder)
+    return folder
+
+
+def _metadata(tmp_path: Path, change) -> Path:
+    import csv
+
+    with open(SBS / "1049_Metadata.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    header = list(rows[0])
+    header, rows = change(header, rows)
+    path = tmp_path / "meta.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, header)
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda h, rows: (h, [{**r, "Column": "one"} if i == 5 else r for i, r in enumerate(rows)]),
+     "line 7: Column 'one' is not a whole number from 1"),
+    (lambda h, rows: (h, [{**r, "SBS_Doses": "lots"} if i == 3 else r for i, r in enumerate(rows)]),
+     "line 5: SBS_Doses 'lots' is not a number"),
+    (lambda h, rows: (h, rows + rows[:1]), "is listed twice"),
+])
+def test_plate_report_refuses_bad_metadata_before_segmenting(tmp_path, change, message):
+    folder = _plate_folder(tmp_path)
+    meta = _metadata(tmp_path, change)
+    cmd = [sys.executable, "-m", "dlmodel.cli", "plate", ROOT / "models" / "nuclei_default", folder, "-o", tmp_path / "out",
+           "--metadata", meta, "--report", "--controls", "SBS_Controls", "--doses", "SBS_Doses", "--threads", "1"]
+    r = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()  # refused before anything was segmented or written
+
+
+def test_plate_report_shows_a_dollar_in_a_column_name_as_written(tmp_path):
+    folder = _plate_folder(tmp_path)
+    dollars = "cost $ per well"  # an unpaired $: matplotlib's mathtext fails on it
+    meta = _metadata(tmp_path, lambda h, rows: ([dollars if c == "SBS_Doses" else c for c in h],
+                                                [{(dollars if k == "SBS_Doses" else k): v for k, v in r.items()} for r in rows]))
+    cmd = [sys.executable, "-m", "dlmodel.cli", "plate", ROOT / "models" / "nuclei_default", folder, "-o", tmp_path / "out",
+           "--metadata", meta, "--report", "--controls", "SBS_Controls", "--doses", dollars, "--threads", "1"]
+    r = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "report written" in r.stdout, r.stderr[-3000:]
+    assert dollars in (tmp_path / "out" / "report.html").read_text()

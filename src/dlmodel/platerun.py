@@ -223,17 +223,51 @@ def _numbers(row: dict) -> dict:
     return out
 
 
+def read_metadata(metadata: "plates.PathLike", numeric: Sequence[str] = (), present: Sequence[str] = ()
+                  ) -> Dict[Tuple[str, int], Dict[str, str]]:
+    """A per-well metadata CSV, checked whole before any image is segmented: Row (letters) and
+    Column (a whole number from 1) in every row, each well once, the ``present`` columns there
+    and the ``numeric`` ones numbers where given (doses). Each problem is one line naming the
+    file, the line and the column; returns the rows by (row, column)."""
+    metadata = Path(metadata)
+    try:
+        with open(metadata, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DLModelError(f"metadata {metadata} cannot be read as CSV: {e}") from e
+    cols = {k.strip().lower(): k for k in (rows[0] if rows else {}) if k}
+    if "row" not in cols or "column" not in cols:
+        raise DLModelError(f"metadata {metadata} needs Row and Column columns to join on (it has: "
+                           f"{', '.join(cols.values()) or 'no columns'})")
+    for name in present:
+        if name not in (rows[0] if rows else {}):
+            raise DLModelError(f"metadata {metadata} has no column {name!r} (it has: {', '.join(cols.values())})")
+    table: Dict[Tuple[str, int], Dict[str, str]] = {}
+    for line, r in enumerate(rows, start=2):
+        row, col = (r.get(cols["row"]) or "").strip().upper(), (r.get(cols["column"]) or "").strip()
+        if not row.isalpha():
+            raise DLModelError(f"metadata {metadata}, line {line}: Row {row!r} is not a plate row (A, B, ..., AF)")
+        if not col.isdigit() or int(col) < 1:
+            raise DLModelError(f"metadata {metadata}, line {line}: Column {col!r} is not a whole number from 1")
+        if (row, int(col)) in table:
+            raise DLModelError(f"metadata {metadata}, line {line}: well {row}{int(col):02d} is listed twice")
+        for name in numeric:
+            value = (r.get(name) or "").strip()
+            try:
+                float(value) if value else None
+            except ValueError:
+                raise DLModelError(f"metadata {metadata}, line {line}: {name} {value!r} is not a number") from None
+        table[(row, int(col))] = r
+    return table
+
+
 def _join(wells: Dict[Tuple[str, str, int], dict], metadata: Path) -> None:
     """Add a per-well metadata CSV's columns (matched on its Row and Column columns)."""
-    with open(metadata, newline="") as f:
-        rows = list(csv.DictReader(f))
-    cols = {k.lower(): k for k in (rows[0] if rows else {})}
-    if "row" not in cols or "column" not in cols:
-        raise DLModelError(f"{metadata} needs Row and Column columns to join on")
-    table = {(r[cols["row"]].strip().upper(), int(r[cols["column"]])): r for r in rows}
+    table = read_metadata(metadata)
+    skip = {k for k in next(iter(table.values()), {}) if k and k.strip().lower() in ("row", "column")}
     for (_, row, col), w in wells.items():
         extra = table.get((row, col), {})
-        w.update({f"meta_{k}": v for k, v in extra.items() if k not in (cols["row"], cols["column"])})
+        w.update({f"meta_{k}": v for k, v in extra.items() if k not in skip})
 
 
 def _write_csv(path: Path, rows: List[dict], fields: Optional[List[str]] = None) -> Path:

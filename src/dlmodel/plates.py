@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import csv
+import functools
 import os
 import string
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -88,6 +89,21 @@ def plate_grid(values: Dict[Tuple[str, int], Dict[str, float]], measure: str, sh
     return grid
 
 
+def literal_text(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Draw with every text shown as written: a column named ``cost $ per well`` is a dollar
+    sign, not matplotlib's TeX (mathtext), which would fail on an unpaired ``$`` (or typeset a
+    paired one)."""
+    @functools.wraps(fn)
+    def drawn_literally(*args: Any, **kwargs: Any) -> Any:
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+            return fn(*args, **kwargs)
+
+    return drawn_literally
+
+
+@literal_text
 def heatmaps(values: Dict[Tuple[str, int], Dict[str, float]], measures: Sequence[str], out: PathLike,
              title: str = "") -> Path:
     """One plate heatmap per measure, side by side, written atomically to ``out`` (PNG)."""
@@ -122,9 +138,12 @@ def heatmaps(values: Dict[Tuple[str, int], Dict[str, float]], measures: Sequence
 
 def summarise(table: PathLike, measures: Sequence[str], out: PathLike, **columns: str) -> Tuple[Path, int]:
     """Per-well means of ``measures`` from ``table``, drawn to ``out``; returns (png, wells)."""
+    from .errors import InputError
     from .outputs import check_output_files
 
     check_output_files([out], [table])  # -o naming the table itself would replace it
+    if Path(out).suffix.lower() != ".png":  # a picture written over a file of another kind (Objects.csv) ends it
+        raise InputError(f"{out}: the heatmap is a PNG; give -o a file name ending in .png")
     values = well_values(table, measures, **columns)
     n = len(values)
     return heatmaps(values, measures, out, title=f"{Path(table).name}: {n} wells"), n

@@ -67,6 +67,7 @@ def describe(readout: str) -> str:
     return {"count": "objects per well", "mean_area": "mean object area (pixels)"}.get(readout, "")
 
 
+@plates.literal_text
 def plate_report(wells_csv: PathLike, out_dir: PathLike, readouts: Optional[Sequence[str]] = None,
                  controls: Optional[str] = None, doses: Optional[str] = None, negative: Optional[float] = None,
                  positive: Optional[float] = None, about: Mapping[str, str] = {}, title: str = "",
@@ -270,7 +271,7 @@ def _qc_figure(rows, flags: Mapping[int, List[str]], out: Path) -> Path:
     ax.set_xticks(range(n_cols), [str(c + 1) for c in range(n_cols)], fontsize=7)
     ax.set_yticks(range(n_rows), [plates.row_name(r) for r in range(n_rows)], fontsize=7)
     n = sum(1 for f in flags.values() if f)
-    ax.set_title(f"QC flags: {n} of {len(rows)} wells flagged (N no objects, C count outlier, B blurred, S saturated)", fontsize=8)
+    ax.set_title(f"QC flags: {n} of {len(rows)} wells flagged (N no objects, C count outlier, B blurred, S saturated, M model unsure)", fontsize=8)
     fig.tight_layout()
     return _save(fig, out)
 

@@ -119,7 +119,21 @@ def read_pair(image_path: Path, labels_path: Path, channels: int) -> Pair:
         raise InputError(f"labels {labels_path} have no objects; annotate at least one (or leave the pair out)")
     if lab.dtype.kind == "i" and lab.min() < 0:
         raise InputError(f"labels {labels_path} have negative numbers; use 0 for background and 1..N for objects")
-    return Pair(image_path, labels_path, img, lab.astype(np.int32))
+    return Pair(image_path, labels_path, img, exact_labels(lab))
+
+
+def exact_labels(labels: np.ndarray) -> np.ndarray:
+    """Objects numbered 1..N as int32, one number per distinct value of ``labels`` (0 stays
+    background): exact for any integer type, where a cast would wrap (int64 labels 1 and 2**32+1
+    would become one object) or overflow (2**31 and above).
+
+    >>> exact_labels(np.array([[0, 2**32 + 1], [1, 2**40]], dtype=np.int64))
+    array([[0, 2],
+           [1, 3]], dtype=int32)
+    """
+    values, inverse = np.unique(labels, return_inverse=True)
+    numbered = inverse.reshape(labels.shape).astype(np.int32)
+    return numbered if values[0] == 0 else numbered + 1
 
 
 def sha256_of(path: Path) -> str:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ..errors import EngineError
+from ..errors import EngineError, SpecError
 
 if TYPE_CHECKING:
     from ..spec import ModelSpec
@@ -91,6 +91,31 @@ def op_labels(op: Any, x: np.ndarray, axis_ids: Sequence[str]) -> np.ndarray:
     """A spec 0.5 label-making post-processing op on a whole output tensor (its own axis ids,
     batch included): labels with the same axes, one channel."""
     return _module(LABEL_OPS[op.id]).op_labels(op, x, axis_ids)
+
+
+def number(value: Any, what: str, lo: Optional[float] = None, hi: Optional[float] = None,
+           integer: bool = False) -> Any:
+    """A number a package supplies (a threshold, a bin count, a grid), checked before it sizes
+    memory or decides objects: a real number (not a string, not a bool), finite, a whole number
+    if ``integer``, within [``lo``, ``hi``]. Anything else is a one-line SpecError naming ``what``.
+
+    >>> number("0.5", "config.stardist.thresholds.prob", 0, 1)
+    Traceback (most recent call last):
+    ...
+    dlmodel.errors.SpecError: config.stardist.thresholds.prob is '0.5'; it must be a number from 0 to 1
+    """
+    import math
+    import numbers
+
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
+    ok = ok and (not integer or float(value) == int(value))
+    ok = ok and (lo is None or value >= lo) and (hi is None or value <= hi)
+    if not ok:
+        kind = "a whole number" if integer else "a number"
+        bounds = (f" from {lo:g} to {hi:g}" if lo is not None and hi is not None else f" of at least {lo:g}" if lo is not None
+                  else f" of at most {hi:g}" if hi is not None else "")
+        raise SpecError(f"{what} is {value!r}; it must be {kind}{bounds}")
+    return int(value) if integer else float(value)
 
 
 def require(module: str, extra: str, what: str) -> Any:

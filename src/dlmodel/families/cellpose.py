@@ -75,8 +75,14 @@ def labels(output: np.ndarray, axes: str, recipe: Mapping[str, Any]) -> np.ndarr
 
 
 def _masks(flows: np.ndarray, cellprob: np.ndarray, recipe: Mapping[str, Any]) -> np.ndarray:
-    from . import require
+    from . import number, require
 
+    # the package's (or the user's) numbers, checked before Cellpose uses them: the cell
+    # probability threshold is a logit (Cellpose's range -6..6), the flow error a distance
+    cellprob_threshold = number(recipe.get("cellprob_threshold", DEFAULTS["cellprob_threshold"]),
+                                "the Cellpose cell probability threshold", -20, 20)
+    flow_threshold = number(recipe.get("flow_threshold", DEFAULTS["flow_threshold"]), "the Cellpose flow threshold", 0, 100)
+    min_size = number(recipe.get("min_size", DEFAULTS["min_size"]), "the Cellpose minimum size", -1, 1e9, integer=True)
     require("cellpose", "cellpose", "Cellpose's flow dynamics")
     from cellpose.dynamics import compute_masks
     from cellpose.utils import fill_holes_and_remove_small_masks
@@ -86,11 +92,10 @@ def _masks(flows: np.ndarray, cellprob: np.ndarray, recipe: Mapping[str, Any]) -
         raise SpecError(f"a {cellprob.ndim}D Cellpose output needs {cellprob.ndim} flow channels and a cell probability; "
                         f"this one has {flows.shape[0] + 1} channels")
     masks = compute_masks(np.asarray(flows, np.float32), np.asarray(cellprob, np.float32),
-                          cellprob_threshold=float(recipe.get("cellprob_threshold", DEFAULTS["cellprob_threshold"])),
-                          flow_threshold=float(recipe.get("flow_threshold", DEFAULTS["flow_threshold"])), do_3D=do_3d)
+                          cellprob_threshold=cellprob_threshold, flow_threshold=flow_threshold, do_3D=do_3d)
     if isinstance(masks, tuple):  # older Cellpose returns (masks, p)
         masks = masks[0]
-    masks = fill_holes_and_remove_small_masks(masks, min_size=int(recipe.get("min_size", DEFAULTS["min_size"])))
+    masks = fill_holes_and_remove_small_masks(masks, min_size=min_size)
     return np.asarray(masks, dtype=np.int32)
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import os
 import re
 from array import array
 from dataclasses import dataclass, field
@@ -65,7 +66,7 @@ OBJECT_KINDS = ("contours_to_instances", "stardist_2d")
 _TOKEN = re.compile(
     r"""
     (?P<space>\s+)
-    |(?P<comment>//[^\n]*|/\*.*?\*/)
+    |(?P<comment>//[^\n]*|/\*.*?(?:\*/|\Z))
     |(?P<str>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
     |(?P<ph>\$[A-Za-z_]\w*)
     |(?P<num>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
@@ -81,7 +82,10 @@ Token = Tuple[str, str]
 
 def _tokens(text: str) -> List[Token]:
     """The macro's tokens without whitespace, comments, ';' and ``print(...)`` statements
-    (they change no pixel); strings lose their quotes (``'xy'`` is ``"xy"``)."""
+    (they change no pixel); strings lose their quotes (``'xy'`` is ``"xy"``).
+
+    Linear in the text: an unclosed ``/*`` comments out the rest (as in ImageJ) instead of
+    being searched for its end again from every later ``/*``."""
     out: List[Token] = []
     for m in _TOKEN.finditer(text):
         kind = m.lastgroup or "op"
@@ -373,7 +377,35 @@ def recognise(text: str) -> Tuple[Optional[str], Dict[str, Any]]:
     return None, {}
 
 
+MAX_BINS = 65536  # ImageJ's own 16-bit histogram; a macro's nBins = 2e7 would take 800 MB per image
+
+
 def _params(kind: str, fixed: Mapping[str, Any], found: Mapping[str, float]) -> Dict[str, Any]:
+    p = _unchecked_params(kind, fixed, found)
+    _check_params(p)
+    for key in ("bins", "dynamic", "connectivity", "exclude_boundary"):
+        if key in p:
+            p[key] = int(p[key])
+    return p
+
+
+def _check_params(p: Mapping[str, Any]) -> None:
+    """The macro's numbers within what ImageJ's own commands take (they size memory and decide
+    objects): one-line SpecError naming the number."""
+    from . import number
+
+    limits = {"bins": (2, MAX_BINS, True), "min_percentile": (0, 100, False), "max_percentile": (0, 100, False),
+              "threshold": (None, None, False), "upper": (None, None, False), "dynamic": (0, 1e9, False),
+              "connectivity": (4, 26, True), "min_size": (0, 1e9, False), "grid": (1, 64, True),
+              "prob_threshold": (0, 1, False), "nms_threshold": (0, 1, False), "exclude_boundary": (0, 1e6, True)}
+    for key, (lo, hi, integer) in limits.items():
+        if key in p:
+            number(p[key], f"the macro's {key}", lo, hi, integer)
+    if "min_percentile" in p and not p["min_percentile"] < p["max_percentile"]:
+        raise SpecError(f"the macro's percentiles {p['min_percentile']:g}..{p['max_percentile']:g} are not increasing")
+
+
+def _unchecked_params(kind: str, fixed: Mapping[str, Any], found: Mapping[str, float]) -> Dict[str, Any]:
     p: Dict[str, Any] = {}
     if kind == "per_sample_scale_range":
         if fixed["as_percent"]:
@@ -382,19 +414,19 @@ def _params(kind: str, fixed: Mapping[str, Any], found: Mapping[str, float]) -> 
         else:
             lo, hi = found["min_fraction"], found["max_fraction"]
             p.update(min_percentile=lo * 100, max_percentile=hi * 100, min_target=lo, max_target=hi)
-        p.update(bins=int(found["bins"]), rgb_branch=fixed["rgb_branch"])
+        p.update(bins=found["bins"], rgb_branch=fixed["rgb_branch"])
     elif kind == "percentile_normalization":
         lo, hi = found["min_fraction"], found["max_fraction"]
         p.update(min_percentile=lo * 100, max_percentile=hi * 100, min_target=lo, max_target=hi,
-                 bins=int(found["bins"]))
+                 bins=found["bins"])
     elif kind == "binarize":
         p.update(threshold=found["threshold"], foreground=fixed["foreground"])
     elif kind == "contours_to_instances":
-        p.update(threshold=found["threshold"], upper=found["upper"], dynamic=int(found["dynamic"]),
-                 connectivity=int(found["connectivity"]), min_size=found["min_size"])
+        p.update(threshold=found["threshold"], upper=found["upper"], dynamic=found["dynamic"],
+                 connectivity=found["connectivity"], min_size=found["min_size"])
     elif kind == "stardist_2d":
         p.update(grid=found["grid"], prob_threshold=found["prob_threshold"], nms_threshold=found["nms_threshold"],
-                 exclude_boundary=int(found["exclude_boundary"]))
+                 exclude_boundary=found["exclude_boundary"])
     else:
         p.update(found)
     return p
@@ -518,9 +550,17 @@ def macro_steps(config: Mapping[str, Any], root: Path) -> Tuple[MacroStep, ...]:
 
 def step_from_text(file: str, stage: str, text: str) -> MacroStep:
     """The step for a macro text (``file`` names it in messages)."""
-    kind, params = recognise(text)
+    try:
+        kind, params = recognise(text)
+    except SpecError as e:
+        raise SpecError(f"deepImageJ macro {file}: {e}") from e
     return MacroStep(file, stage, kind, MappingProxyType(params), kind in OBJECT_KINDS,
                      EQUIVALENT_OPS.get(kind) if kind else None)
+
+
+def max_macro_bytes() -> int:
+    """The largest macro read (``DLMODEL_MAX_MACRO_BYTES``, 1 MiB; deepImageJ's are a few KB)."""
+    return int(os.environ.get("DLMODEL_MAX_MACRO_BYTES", 1 << 20))
 
 
 def _read_macro(root: Path, name: str) -> str:
@@ -529,6 +569,10 @@ def _read_macro(root: Path, name: str) -> str:
     if base != path and base not in path.parents:
         raise SpecError(f"deepImageJ macro {name}: outside the package")
     try:
+        size = path.stat().st_size
+        if size > max_macro_bytes():
+            raise SpecError(f"deepImageJ macro {name} is {size} bytes, more than the limit of {max_macro_bytes()} "
+                            "(DLMODEL_MAX_MACRO_BYTES)")
         return path.read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError as e:
         raise SpecError(f"deepImageJ macro {name}: listed in config.deepimagej but not in the package") from e

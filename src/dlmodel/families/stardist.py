@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence
 import numpy as np
 
 from ..errors import EngineError, SpecError, one_line
+from . import number
 
 if TYPE_CHECKING:
     from ..spec import ModelSpec
@@ -52,8 +53,10 @@ def recipe(spec: "ModelSpec") -> Optional[Dict[str, Any]]:
                         "probability and at least 3 ray distances")
     spatial = [a for a in out.axes if a.type == "space"]
     found: Dict[str, Any] = {
-        "method": "stardist", "output": out.id, "prob_threshold": float(thresholds["prob"]),
-        "nms_threshold": float(thresholds["nms"]), "n_rays": n_rays, "grid": [_grid(spec, a) for a in spatial],
+        "method": "stardist", "output": out.id,
+        "prob_threshold": number(thresholds.get("prob"), "config.stardist.thresholds.prob", 0, 1),
+        "nms_threshold": number(thresholds.get("nms"), "config.stardist.thresholds.nms", 0, 1),
+        "n_rays": n_rays, "grid": [_grid(spec, a) for a in spatial],
         "from": "config.stardist",
     }
     if len(spatial) == 3:
@@ -108,7 +111,7 @@ def _labels(prob: np.ndarray, dist: np.ndarray, recipe: Mapping[str, Any]) -> np
 
     sd = require("stardist", "stardist", "StarDist's non-maximum suppression")
     ndim = prob.ndim
-    grid = tuple(int(g) for g in recipe.get("grid") or (1,) * ndim)
+    grid = tuple(number(g, "the StarDist grid", 1, 64, integer=True) for g in recipe.get("grid") or (1,) * ndim)
     if len(grid) != ndim:
         raise SpecError(f"StarDist grid {grid} does not fit a {ndim}D output")
     n_rays = recipe.get("n_rays")
@@ -119,7 +122,8 @@ def _labels(prob: np.ndarray, dist: np.ndarray, recipe: Mapping[str, Any]) -> np
     prob = np.ascontiguousarray(prob, dtype=np.float32)
     # as StarDist's own predict does: no distance below 1e-3 (its polygon code needs them positive)
     dist = np.maximum(np.float32(1e-3), np.asarray(dist, dtype=np.float32))
-    kwargs = dict(grid=grid, b=b, prob_thresh=float(recipe["prob_threshold"]), nms_thresh=float(recipe["nms_threshold"]))
+    kwargs = dict(grid=grid, b=b, prob_thresh=number(recipe["prob_threshold"], "the StarDist probability threshold", 0, 1),
+                  nms_thresh=number(recipe["nms_threshold"], "the StarDist overlap (NMS) threshold", 0, 1))
     rays = _rays(sd, recipe, dist.shape[-1]) if ndim == 3 else None
     try:
         if ndim == 2:
