@@ -20,6 +20,7 @@ import numpy as np
 
 from .errors import EngineError, SpecError, one_line
 from .spec import ENGINE_EXTRA, ModelSpec
+from .tf_safety import keras_refusal, saved_model_refusal, saved_model_unsafe_ops
 from .trust import DOWNLOAD, Gate, TrustError
 
 LOGGER = logging.getLogger("dlmodel")
@@ -477,12 +478,10 @@ class TensorflowEngine(Engine):
             from .sources import unpack_to_cache
 
             path = unpack_to_cache(path)
-        risky = saved_model_risky_ops(path)
-        if risky:
-            self.gate.require(
-                f"its TensorFlow graph has operations that reach files, processes or Python ({', '.join(sorted(risky)[:6])})",
-                "its ONNX weights, if any",
-            )
+        # every op the graph could run must be on the allowlist derived from TensorFlow's registry
+        refusal = saved_model_refusal(path)
+        if refusal:
+            self.gate.require(refusal, "its ONNX weights, if any")
         with tf.device(_tf_device(self.device)):
             loaded = tf.saved_model.load(str(path))
         self._loaded = loaded  # keep the trackable objects alive
@@ -544,10 +543,11 @@ class KerasEngine(Engine):
         _tf_threads(_import_tf(), self.threads)
         import keras
 
-        # Lambda layers hold marshalled Python code: found in the saved config, before loading;
-        # safe_mode stays on as Keras' own second guard
-        if keras_lambda_layers(self.path):
-            self.gate.require("its Keras model has Lambda layers (Python code)", "its ONNX weights, if any")
+        # Lambda, custom and other code-carrying layers: found in the saved config, before
+        # anything is built; safe_mode stays on as Keras' own second guard
+        refusal = keras_refusal(self.path)
+        if refusal:
+            self.gate.require(refusal, "its ONNX weights, if any")
         try:
             self.model = keras.models.load_model(str(self.path), compile=False, safe_mode=not self.gate.trusted)
         except Exception as e:
@@ -576,37 +576,6 @@ def _load_tf_keras(path: Path, keras_version: str, error: Exception) -> Any:
     return tf_keras.models.load_model(str(path), compile=False)
 
 
-def keras_lambda_layers(path: Any) -> int:
-    """How many ``Lambda`` layers a ``.keras`` (zip with ``config.json``) or ``.h5`` (attribute
-    ``model_config``) model's saved configuration holds, nested models included."""
-    import json
-    import zipfile
-    from pathlib import Path
-
-    path = Path(path)
-    try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as zf:
-                config = json.loads(zf.read("config.json"))
-        else:
-            import h5py
-
-            with h5py.File(path, "r") as f:
-                raw = f.attrs.get("model_config")
-                config = json.loads(raw.decode() if isinstance(raw, bytes) else raw) if raw is not None else {}
-    except (OSError, KeyError, ValueError) as e:
-        raise EngineError(f"cannot read the Keras model configuration in {path}: {one_line(e)}") from e
-
-    def count(node: Any) -> int:
-        if isinstance(node, dict):
-            return int(node.get("class_name") == "Lambda") + sum(count(v) for v in node.values())
-        if isinstance(node, list):
-            return sum(count(v) for v in node)
-        return 0
-
-    return count(config)
-
-
 class KerasHdf5Engine(KerasEngine):
     format = "keras_hdf5"
 
@@ -622,95 +591,5 @@ def load_engine(spec: ModelSpec, weights_format: str, device: str, threads: Opti
     return ENGINES[weights_format](spec, device=device, threads=threads, gate=gate)
 
 
-# TensorFlow operations that reach outside the graph: files, the file system, processes,
-# Python, the network, summaries and checkpoints. A SavedModel whose serving graph (or anything
-# run when it loads) holds one runs only with consent. Checked: every node reachable from the
-# signatures, the init ops and the restored functions, through nested functions (calls, cond,
-# while, map bodies). Not checked: bugs in TensorFlow's own kernels (crafted inputs to ordinary
-# ops have crashed TensorFlow before), and custom op libraries (not loadable from a package).
-RISKY_TF_OPS = frozenset("""
-ReadFile WriteFile MatchingFiles DeleteFile FileSystemSetConfiguration
-Save SaveV2 SaveSlices Restore RestoreV2 RestoreSlice MergeV2Checkpoints
-PyFunc PyFuncStateless EagerPyFunc
-PrintV2 Print
-TextLineReader TextLineReaderV2 WholeFileReader WholeFileReaderV2 FixedLengthRecordReader
-FixedLengthRecordReaderV2 TFRecordReader TFRecordReaderV2 IdentityReader IdentityReaderV2 LMDBReader
-ReaderReadV2 ReaderRead ReaderReadUpToV2 ReaderReadUpTo ReaderRestoreStateV2 ReaderRestoreState
-TextLineDataset TFRecordDataset TFRecordDatasetV2 FixedLengthRecordDataset FixedLengthRecordDatasetV2
-SqlDataset ExperimentalSqlDataset LMDBDataset ExperimentalLMDBDataset CSVDataset CSVDatasetV2
-ExperimentalCSVDataset LoadDataset ExperimentalLoadDataset SaveDataset SaveDatasetV2
-ExperimentalSaveDataset SnapshotDataset SnapshotDatasetV2 ExperimentalSnapshotDataset
-DatasetToTFRecord ExperimentalDatasetToTFRecord DataServiceDataset DataServiceDatasetV2
-DataServiceDatasetV3 DataServiceDatasetV4
-InitializeTableFromTextFile InitializeTableFromTextFileV2
-CreateSummaryFileWriter CreateSummaryDbWriter WriteSummary WriteRawProtoSummary WriteScalarSummary
-WriteHistogramSummary WriteImageSummary WriteAudioSummary WriteGraphSummary ImportEvent
-FlushSummaryWriter CloseSummaryWriter
-DecodeProtoV2 EncodeProto
-Rpc TryRpc CollectiveBcastSend CollectiveBcastRecv _Send _Recv _HostSend _HostRecv
-DebugIdentity DebugIdentityV2 DebugIdentityV3 DebugNanCount DebugNumericSummary DebugNumericSummaryV2
-ImmutableConst LoadAndRemapMatrix GenerateVocabRemapping
-""".split())
-
-
-def saved_model_risky_ops(path: Any) -> set:
-    """The :data:`RISKY_TF_OPS` that a SavedModel's graph would run when loaded and called,
-    read from ``saved_model.pb`` without loading it. The graph's saver (save and restore of the
-    bundle's own ``variables/``, which the loader runs with the bundle's path) is not reachable
-    from these roots and is not counted; a saver op that the model's outputs depend on is."""
-    from pathlib import Path
-
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    path = Path(path)
-    pb = path / "saved_model.pb"
-    model = saved_model_pb2.SavedModel()
-    if pb.is_file():
-        model.ParseFromString(pb.read_bytes())
-    else:
-        from google.protobuf import text_format
-
-        text_format.Parse((path / "saved_model.pbtxt").read_text(), model)
-    found: set = set()
-    for meta in model.meta_graphs:
-        graph = meta.graph_def
-        nodes = {n.name: n for n in graph.node}
-        functions = {f.signature.name: f for f in graph.library.function}
-        todo_nodes: List[str] = []
-        for sig in meta.signature_def.values():
-            for info in list(sig.inputs.values()) + list(sig.outputs.values()):
-                todo_nodes.append(info.name)
-        for key in ("saved_model_main_op", "legacy_init_op", "table_initializer", "init_op", "saved_model_train_op"):
-            if key in meta.collection_def:
-                todo_nodes += list(meta.collection_def[key].node_list.value)
-        todo_funcs = list(meta.object_graph_def.concrete_functions.keys())
-        seen_nodes: set = set()
-        seen_funcs: set = set()
-
-        def visit_node(node: Any) -> None:
-            if node.op in RISKY_TF_OPS:
-                found.add(node.op)
-            if node.op in functions:
-                todo_funcs.append(node.op)
-            for attr in node.attr.values():
-                if attr.HasField("func"):
-                    todo_funcs.append(attr.func.name)
-                todo_funcs.extend(f.name for f in attr.list.func)
-
-        while todo_nodes or todo_funcs:
-            while todo_nodes:
-                name = todo_nodes.pop().lstrip("^").split(":")[0]
-                if name in seen_nodes or name not in nodes:
-                    continue
-                seen_nodes.add(name)
-                node = nodes[name]
-                visit_node(node)
-                todo_nodes.extend(node.input)
-            while todo_funcs:
-                fname = todo_funcs.pop()
-                if fname in seen_funcs or fname not in functions:
-                    continue
-                seen_funcs.add(fname)
-                for node in functions[fname].node_def:
-                    visit_node(node)
-    return found
+# the TensorFlow graph check's earlier name (tests/test_security.py imports it from here)
+saved_model_risky_ops = saved_model_unsafe_ops
