@@ -33,6 +33,10 @@ def test_package_yaml_and_json_have_the_rdf_limits(tmp_path):
     broken.write_text("dependencies: [unclosed\n")
     with pytest.raises(SpecError, match="broken.yaml is not valid YAML"):
         load_package_yaml(broken, str(broken))
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("a: " + "[" * 500 + "]" * 500 + "\n")
+    with pytest.raises(SpecError, match="deep.yaml nests deeper than 100 levels"):
+        load_package_yaml(deep, str(deep))
     with pytest.raises(SpecError, match="is not valid JSON"):
         load_package_json("[" * 100_000 + "]" * 100_000, "config.json")
     with pytest.raises(SpecError, match="more than the limit"):
@@ -182,3 +186,4 @@ def test_plate_report_shows_a_dollar_in_a_column_name_as_written(tmp_path):
     r = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and "report written" in r.stdout, r.stderr[-3000:]
     assert dollars in (tmp_path / "out" / "report.html").read_text()
+

@@ -117,9 +117,9 @@ def _marked_kind(folder: Path) -> Optional[str]:
     marker = folder / COMPLETE
     if not marker.is_file():
         return None
-    try:
-        kind = json.loads(marker.read_text()).get("kind")
-    except (OSError, ValueError, AttributeError):
+    try:  # a marker is a few bytes; a larger one (a copy of someone else's folder) is not read
+        kind = json.loads(marker.read_text()).get("kind") if marker.stat().st_size < 4096 else None
+    except (OSError, ValueError, AttributeError, RecursionError):
         kind = None
     return kind if kind in (ZIP, DOWNLOAD) else DOWNLOAD
 
@@ -399,8 +399,13 @@ def _from_doi(doi: str, origin: str, files_of: FileList) -> Path:
         req = urllib.request.Request(rec_url, headers={"User-Agent": "dlmodel", "Accept": "application/json"})
         timeout = float(os.environ.get("DLMODEL_HTTP_TIMEOUT", "30"))
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            meta = json.loads(resp.read().decode())
-    except (urllib.error.URLError, OSError, ValueError) as e:
+            from .spec import MAX_RDF_BYTES
+
+            data = resp.read(MAX_RDF_BYTES + 1)  # a record is a few KB: never more than an rdf may be
+            if len(data) > MAX_RDF_BYTES:
+                raise SourceError(f"Zenodo record {rec_url} is larger than {MAX_RDF_BYTES} bytes; refused")
+            meta = json.loads(data.decode())
+    except (urllib.error.URLError, OSError, ValueError, RecursionError) as e:
         raise SourceError(
             f"cannot look up {origin!r} at {rec_url} ({getattr(e, 'reason', e)}) and there is no cached copy in {cached}"
         ) from e

@@ -411,6 +411,9 @@ MAX_RDF_BYTES = int(os.environ.get("DLMODEL_MAX_RDF_BYTES", 4 << 20))
 MAX_RDF_NODES = int(os.environ.get("DLMODEL_MAX_RDF_NODES", 200_000))
 
 
+MAX_YAML_DEPTH = 100  # real rdfs nest about 8 deep; a recursive walk of 10,000 would fail
+
+
 def load_package_yaml(path: Path, where: str, what: str = "file") -> Any:
     """Read a YAML file that came with a package (its ``environment.yaml``, ...) under the rdf's
     limits: :func:`check_yaml_size` first, so an alias bomb or a huge file is refused before a
@@ -473,6 +476,8 @@ def check_yaml_size(rdf: Path, where: str, max_bytes: int = MAX_RDF_BYTES, max_n
                     stack[-1][0] += 1
                     if ev.anchor:
                         anchors[ev.anchor] = 1
+                if len(stack) > MAX_YAML_DEPTH:
+                    raise SpecError(f"{what} {where} nests deeper than {MAX_YAML_DEPTH} levels; refusing it")
                 if stack[-1][0] > max_nodes or (len(stack) > 1 and sum(n for n, _ in stack) > max_nodes):
                     raise SpecError(
                         f"{what} {where} expands to more than {max_nodes} YAML nodes (aliases); refusing it "

@@ -98,8 +98,8 @@ def _axes(t: Any, letters: str, descr: Any) -> List[Axis]:
     elif hasattr(shape, "step"):
         _per_axis(t, letters, "shape.min", shape.min, least=1)
         _per_axis(t, letters, "shape.step", shape.step)
-    else:
-        _per_axis(t, letters, "shape.scale", shape.scale, whole=False)
+    else:  # an axis the output adds has scale null (0.4): its size is 2 * offset
+        _per_axis(t, letters, "shape.scale", [0 if s is None else s for s in shape.scale], whole=False)
         _per_axis(t, letters, "shape.offset", shape.offset, whole=False, least=-float("inf"))
     axes = []
     for i, letter in enumerate(letters):
@@ -113,7 +113,7 @@ def _axes(t: Any, letters: str, descr: Any) -> List[Axis]:
             lo, step = int(shape.min[i]), int(shape.step[i])
             axes.append(_sized(lo, letter, common) if step == 0 else Axis(min=lo, step=step, **common))
         else:  # implicit: out = ref * scale + 2 * offset
-            scale, offset = float(shape.scale[i]), float(shape.offset[i])
+            scale, offset = float(shape.scale[i] or 0), float(shape.offset[i])
             ref_tensor = next((r for r in descr.inputs + descr.outputs if str(r.name) == str(shape.reference_tensor)), None)
             if ref_tensor is None or len(str(ref_tensor.axes)) != len(letters):
                 raise SpecError(f"tensor {t.name!r}: its shape refers to tensor {str(shape.reference_tensor)!r}, which "
