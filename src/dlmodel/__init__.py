@@ -20,7 +20,8 @@ __version__ = "0.1.0"
 _MODULES = ("api", "axes", "client", "engines", "instances", "package", "processing", "sources", "tiling", "training",
             "trust")
 _NAMES = {"Model": "api", "Prediction": "results", "TestReport": "results", "RemoteModel": "client",
-          "TrustError": "trust", "finetune": "training", "FinetuneResult": "training"}
+          "TrustError": "trust", "finetune": "training", "FinetuneResult": "training", "compare": "comparison",
+          "CompareResult": "comparison"}
 
 
 def __getattr__(name: str) -> Any:
@@ -46,6 +47,8 @@ __all__ = [
     "TrustError",
     "WorkerError",
     "finetune",
+    "compare",
+    "CompareResult",
     "clear_cache",
     "load",
     "load_cached",

@@ -177,6 +177,20 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--overwrite", action="store_true")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    sp = sub.add_parser("compare", help="run several models on your images and say which segments them best")
+    sp.add_argument("models", nargs="+", metavar="MODEL", help="package folders, zips, rdfs, URLs or zoo ids")
+    sp.add_argument("images", help="folder of images (with --labels); else an image file, folder or glob")
+    sp.add_argument("--labels", default=None, help="folder of label images named as the images: score each model")
+    sp.add_argument("-o", "--output", required=True, type=Path,
+                    help="folder for compare.csv, compare_images.csv, compare.html and overlays/")
+    sp.add_argument("--engine", default="auto", help="auto, onnx, torchscript, pytorch, tensorflow, keras (every model)")
+    sp.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    sp.add_argument("--threads", type=_positive, default=None, help="engine threads (default: all cores)")
+    sp.add_argument("--trust", action="store_true", default=None,
+                    help="run code shipped in downloaded packages (architecture files, custom ops, Keras Lambda layers)")
+    python_arg(sp)
+    sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+
     sp = sub.add_parser("search", help="find models in the BioImage Model Zoo and on this machine")
     sp.add_argument("text", nargs="?", default=None, help="words that must all appear in the name, description, id or tags")
     sp.add_argument("--tag", action="append", default=[], help="a tag the model must carry; repeat for several")
@@ -215,7 +229,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             approvals.allow_for_this_process(client.find_python(args.python))
         code = {"info": _info, "test": _test, "predict": _predict, "convert": _convert,
                 "package": _package, "finetune": _finetune, "heatmap": _heatmap, "plate": _plate, "env": _env,
-                "search": _search, "fetch": _fetch}[args.command](args)
+                "search": _search, "fetch": _fetch, "compare": _compare}[args.command](args)
         sys.stdout.flush()  # a closed pipe shows here, not in Python's exit handler
         return code
     except DLModelError as e:
@@ -442,6 +456,22 @@ def _convert(args: argparse.Namespace) -> int:
     rdf = convert(args.source, args.to, trust=args.trust)
     print(f"dlmodel: added {args.to} weights to {rdf} (they reproduce the package's test outputs)")
     return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .comparison import compare
+
+    result = compare(args.models, args.images, labels=args.labels, out=args.output, engine=args.engine,
+                     device=args.device, threads=args.threads, trust=args.trust, python=args.python,
+                     progress=not args.no_progress)
+    header, rows = result.table()
+    print(_table(rows, header, min(shutil.get_terminal_size((100, 20)).columns, 100), shrink=(0,)))
+    for line in result.notes():
+        print(line)
+    f = result.files
+    print(f"dlmodel: wrote {f['csv']} (per model), {f['images_csv']} (per image), {f['html']} (overlays in "
+          f"{f['overlays']})")
+    return 1 if result.failures else 0
 
 
 def _finetune(args: argparse.Namespace) -> int:

@@ -190,7 +190,7 @@ def describe_recipe(recipe: Optional[Mapping[str, Any]]) -> str:
     """One line on how a recipe makes objects (``dlmodel info``, RunDLModel's model information).
 
     >>> describe_recipe({"method": "threshold", "threshold": 0.7, "output": "prob"})
-    "threshold 0.7, then connected components, of output 'prob'"
+    "threshold 0.7, then connected components of output 'prob'"
     """
     from . import families
 
@@ -354,13 +354,32 @@ def f1_at_iou(pred: np.ndarray, truth: np.ndarray, iou: float = 0.5) -> tuple:
     """True positives, false positives and false negatives at an IoU threshold (matches unique).
 
     With IoU > 0.5 a match is necessarily unique, so pairs are counted from the overlap table."""
+    ious, n_p, n_t = _matches(pred, truth, iou)
+    tp = int(ious.size)
+    return tp, n_p - tp, n_t - tp
+
+
+def matched_ious(pred: np.ndarray, truth: np.ndarray, iou: float = 0.5) -> np.ndarray:
+    """The IoU of each matched pair of objects (IoU above ``iou``): one value per true positive
+    of :func:`f1_at_iou`, so their mean says how well the matched outlines fit.
+
+    >>> truth = np.array([[1, 1, 1, 0, 2, 2]])
+    >>> pred = np.array([[1, 1, 0, 0, 0, 2]])   # object 1: 2 of 3 pixels; object 2: IoU 0.5, no match
+    >>> matched_ious(pred, truth).round(3)
+    array([0.667])
+    """
+    return _matches(pred, truth, iou)[0]
+
+
+def _matches(pred: np.ndarray, truth: np.ndarray, iou: float) -> "tuple[np.ndarray, int, int]":
+    """IoUs of the pairs above ``iou``, and the numbers of predicted and true objects."""
     from skimage.segmentation import relabel_sequential
 
     pred = relabel_sequential(np.asarray(pred).astype(np.int64))[0].ravel()
     truth = relabel_sequential(np.asarray(truth).astype(np.int64))[0].ravel()
     n_p, n_t = int(pred.max()), int(truth.max())
     if n_p == 0 or n_t == 0:
-        return 0, n_p, n_t
+        return np.zeros(0), n_p, n_t
     both = (pred > 0) & (truth > 0)
     pairs = np.bincount(pred[both] * (n_t + 1) + truth[both], minlength=(n_p + 1) * (n_t + 1))
     inter = pairs.reshape(n_p + 1, n_t + 1)
@@ -371,9 +390,8 @@ def f1_at_iou(pred: np.ndarray, truth: np.ndarray, iou: float = 0.5) -> tuple:
     pi, ti = pi[keep], ti[keep]
     i = inter[pi, ti]
     union = area_p[pi] + area_t[ti] - i
-    matched = i / union > iou
-    tp = int(matched.sum())
-    return tp, n_p - tp, n_t - tp
+    ious = i / union
+    return ious[ious > iou], n_p, n_t
 
 
 def pooled_f1(pairs: Any, iou: float = 0.5) -> tuple:
