@@ -259,8 +259,9 @@ def _intervals(result: CompareResult) -> None:
     def counts(label: str, images: Sequence[ImageResult]) -> np.ndarray:
         return np.array([[r.outcomes[label].tp, r.outcomes[label].fp, r.outcomes[label].fn] for r in images])
 
-    def scored(label: str) -> List[ImageResult]:
-        return [r for r in result.images if label in r.outcomes and r.outcomes[label].tp is not None]
+    def scored(label: str) -> List[ImageResult]:  # by name: the same draws whatever the report's order
+        return sorted((r for r in result.images if label in r.outcomes and r.outcomes[label].tp is not None),
+                      key=lambda r: str(r.path))
 
     for m in result.models:
         images = scored(m.label)
@@ -642,14 +643,14 @@ def write_overlay(target: Path, image: np.ndarray, axes: Optional[str], truth: O
         panels.append(("no model segmented this image", np.zeros(plane.shape[:2], np.int32), "#000000"))
     plt = _pyplot()
     width, height = base.shape[1] / 100.0, base.shape[0] / 100.0  # inches at 100 dpi: one PNG pixel per pixel
-    title = 0.32
+    title = 0.4
     fig, axs = plt.subplots(1, len(panels), figsize=(width * len(panels) * 1.01, height + title), dpi=100,
                             squeeze=False)
     for ax, (name, labels, colour) in zip(axs[0], panels):
         rgb = base.copy()
         rgb[find_boundaries(_resample(_label_plane(labels), step, up), mode="inner")] = _rgb(colour)
         ax.imshow(rgb, interpolation="nearest")
-        ax.set_title(name, fontsize=13, loc="left", pad=3)
+        ax.set_title(name, fontsize=16, loc="left", pad=4)
         ax.set_axis_off()
     fig.subplots_adjust(left=0, right=1, bottom=0, top=height / (height + title), wspace=0.01)
     try:
@@ -888,7 +889,8 @@ def _figure(r: ImageResult, result: CompareResult, out: Path) -> str:
     img = ""
     if r.overlay is not None:
         rel = os.path.relpath(r.overlay, out).replace(os.sep, "/")
-        img = f'<img src="{e(urllib.parse.quote(rel))}" alt="{e(r.path.name)}" loading="lazy">'
+        src = e(urllib.parse.quote(rel))  # a click opens the overlay at its full size
+        img = f'<a href="{src}"><img src="{src}" alt="{e(r.path.name)}" loading="lazy"></a>'
     return (f'<figure id="{e(r.path.name)}" data-disagreement="{"" if r.disagreement is None else f"{r.disagreement:.4f}"}">'
             f"<figcaption><b>{e(r.path.name)}</b> · {dis}{' · '.join(parts)}</figcaption>{img}</figure>")
 
