@@ -9,9 +9,11 @@ post-processing, and turns its outputs into images and objects that the usual mo
 ExportToSpreadsheet...) measure.
 
 Point **Model** at a model package: its folder, its ``bioimageio.yaml``/``rdf.yaml``, its
-``.zip``, a URL, or a zoo id such as ``affable-shark`` (downloaded once into a cache). The
-module shows the model's name, authors, licence and tensors. **Check model** runs the package's
-own test images and reports whether this computer reproduces them.
+``.zip``, a URL, or a zoo id such as ``affable-shark`` (downloaded once into a cache), or press
+**Choose a model…** to search the BioImage Model Zoo and this computer's models, read each
+model's card and use one. The module shows the model's cover, name, authors, licence, citation
+and tensors. **Check model** runs the package's own test images and reports whether this
+computer reproduces them.
 
 Images of any size are tiled as the model needs, with per-image normalisation computed on the
 whole image. Intensities reach the model as stored in the file (CellProfiler's 0-1 rescaling is
@@ -85,6 +87,7 @@ N_PER_OUTPUT_V1 = 10
 
 
 WORKERS_ENV = "DLMODEL_CP_WORKERS"
+ZOO_CITATION = {"BioImage Model Zoo": "https://doi.org/10.1101/2022.06.07.495102"}
 
 
 def _worker_threads():
@@ -189,8 +192,6 @@ class RunDLModel(Module):
     module_name = "RunDLModel"
     category = "Object Processing"
     variable_revision_number = 4
-    doi = {"BioImage Model Zoo": "https://doi.org/10.1101/2022.06.07.495102"}
-
     def create_settings(self):
         self.model_source = Text(
             "Model",
@@ -203,7 +204,18 @@ checked against the hash the package gives. Relative paths are looked up in the 
 then in the RunDLModel project folder. The default, *models/nuclei_default*, is the nuclei
 model shipped with RunDLModel (2D fluorescence nuclei, with its own recipe for objects).""",
         )
-        self.model_info = HTMLText("Model information", content="", size=(20, 7))
+        self.choose_model_button = DoSomething(
+            "", "Choose a model…", self.do_choose_model,
+            doc="""\
+Search the BioImage Model Zoo and the models on this computer (shipped, downloaded, and the
+folders in *DLMODEL_MODEL_FOLDERS*) by words, task, tag and whether they run here; read each
+model's card (cover, description, authors, licence, citation, weights, inputs and outputs).
+*Use this model* downloads a zoo model (every file checked against its sha256; *Cancel* keeps
+nothing), fills **Model** and runs **Check model**. *Browse…* picks a package folder, .zip or
+rdf file on this computer. Needs bioimageio.spec in CellProfiler's Python (not in CellProfiler
+4.2.8's app: there, type the model's zoo id or folder).""",
+        )
+        self.model_info = HTMLText("Model information", content="", size=(20, 9))
         self.check_model = DoSomething(
             "", "Check model", self.do_check_model,
             doc="Run the package's own test images through the model and report whether this computer reproduces its test outputs.",
@@ -347,7 +359,8 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
         return setting_values, variable_revision_number
 
     def visible_settings(self):
-        result = [self.model_source, self.model_info, self.check_model, self.engine, self.device, self.python, self.tile_mode]
+        result = [self.model_source, self.choose_model_button, self.model_info, self.check_model, self.engine, self.device,
+                  self.python, self.tile_mode]
         if self.tile_mode.value == TILE_CUSTOM:
             result.append(self.tile_size)
         result += [self.batch_size, self.trust]
@@ -379,6 +392,28 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
     def volumetric(self):
         return True
 
+    @property
+    def doi(self):
+        """What CellProfiler 5's File > Export > Citation list (Pipeline.save_pipeline_citations)
+        fetches from doi.org for this module: the BioImage Model Zoo's paper and every citation
+        of the model that has a DOI (the others have nothing that list can fetch)."""
+        found = dict(ZOO_CITATION)
+        if "model_source" not in self.__dict__:  # Module.__init__ asks before create_settings
+            return found
+        try:
+            spec = self._read_spec()
+            cite = _dlmodel().client.describe(spec)["cite"] if spec is not None else []
+        except Exception:  # a model that cannot be read has nothing to cite; the settings say why
+            return found
+        from dlmodel.gui.cards import cited_dois
+
+        dois = cited_dois(cite)
+        for i, (text, url) in enumerate(dois, 1):
+            found[f"Model '{spec.name}' ({self.model_source.value})" + (f", citation {i}" if len(dois) > 1 else "")
+                  + ":"] = url
+        return found
+
+
     # ------------------------------------------------------------------ model
     def _source(self):
         return resolve_source(self.model_source.value)
@@ -398,19 +433,46 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
         except Exception as e:  # shown in the panel, not raised: the user is still typing
             return f"<b>Cannot read the model:</b> {_escape(str(e))}"
         rows = "".join(
-            f"<li>{kind} <b>{t['id']}</b>: axes {t['axes']}, "
+            f"<li>{kind} <b>{_escape(t['id'])}</b>: axes {t['axes']}, "
             + ", ".join(f"{k}={v}" for k, v in t["shape"].items())
             + (f"; halo {_pairs(t['halo'])}" if t["halo"] else "") + "</li>"
             for kind, ts in (("input", info["inputs"]), ("output", info["outputs"])) for t in ts
         )
         note = f"Format {info['format_version']}: {_escape(info['format_note'])}<br>" if info["format_note"] else ""
-        return (
+        cite = "".join(f"<br>Cite: {_escape(c)}" for c in info["cite"])
+        text = (
             f"<b>{_escape(info['name'])}</b><br>{_escape(info['description'])}<br>"
-            f"Authors: {_escape(', '.join(info['authors']))}<br>Licence: {_escape(info['license'])}<br>{note}"
+            f"Authors: {_escape(', '.join(info['authors']))}<br>Licence: {_escape(info['license'])}{cite}<br>{note}"
             f"Weights: {', '.join(info['weights'])}<ul>{rows}</ul>"
             f"Objects (method Automatic): {_escape(info['objects'])}"
             + "".join(f"<br>Note: {_escape(n)}" for n in info["notes"])
         )
+        cover = self._cover(info["rdf"])
+        if cover is None:
+            return text
+        from urllib.request import pathname2url
+
+        return (f"<table cellspacing=0 cellpadding=0><tr><td valign=top><img src='file:{pathname2url(str(cover))}'>"
+                f"&nbsp;&nbsp;</td><td valign=top>{text}</td></tr></table>")
+
+    def _cover(self, rdf):
+        """The model's cover as a small thumbnail (a PNG in the cache), or None: in the window
+        only, where this Python can read the package's card (not CellProfiler 4.2.8's app), and
+        without making the window wait for it more than a moment."""
+        if not _in_gui():
+            return None
+        from dlmodel.gui import cards
+
+        if cards.unavailable():
+            return None
+        job = _in_background(("cover", rdf, _mtime(rdf)), lambda: cards.package_cover(Path(rdf)))
+        try:
+            return job.result(timeout=GUI_WAIT_S)
+        except FutureTimeout:
+            return None
+        except Exception as e:  # no cover is no reason to hide the rest
+            LOGGER.info("RunDLModel: no cover for %s: %s", rdf, e)
+            return None
 
     def _read_spec(self):
         """The model's description; in the GUI None while it is still being read or downloaded
@@ -474,8 +536,35 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
             message = job.result()
         except Exception as e:
             message = f"Cannot check the model: {e}"
+        LOGGER.info("Check model (%s): %s", self.model_source.value, message)  # the log keeps what the box said
         wx.MessageBox(message, caption="RunDLModel: check model", style=wx.OK | wx.CENTRE)
         return message
+
+    def do_choose_model(self):
+        """The *Choose a model…* button: the catalogue's dialog (dlmodel.gui.chooser); the model
+        chosen fills Model, then Check model runs. Where this Python cannot read the catalogue
+        (CellProfiler 4.2.8's app has no bioimageio.spec) one line says why. Returns the model
+        chosen, or that line ('' when cancelled)."""
+        _dlmodel()  # dlmodel importable (the project's copy in an app without it installed)
+        from dlmodel.gui.cards import unavailable
+
+        why = unavailable()
+        if not _in_gui():  # only the window has the button; headless, say what it would do
+            return why
+        import wx
+
+        if why:
+            wx.MessageBox(why, caption="RunDLModel: choose a model", style=wx.OK | wx.CENTRE | wx.ICON_INFORMATION)
+            return why
+        from dlmodel.gui.chooser import choose_model  # wx and the catalogue: only now
+
+        chosen = choose_model(wx.GetActiveWindow() or wx.GetApp().GetTopWindow(), self.model_source.value)
+        if not chosen:
+            return ""
+        self.model_source.value = chosen
+        # once CellProfiler has shown the new model's settings (after this button's handler returns)
+        wx.CallAfter(self.do_check_model)
+        return chosen
 
     def validate_module(self, pipeline):
         if not self.model_source.value.strip():

@@ -5,8 +5,10 @@ CellProfiler starts exactly as ``cellprofiler -p PIPELINE -i IMAGES -o OUT --plu
 plugins`` does; a second thread then plays the user through wx's own event loop
 (``wx.CallAfter``): it opens the Add-module dialog on RunDLModel's category, selects the module in
 the pipeline to show its settings, runs it in test mode with its display window open, and then
-presses Analyze Images with the number of workers given. Screenshots are taken from the X
-display (ImageMagick's ``import``), so they show what a user would see.
+presses Analyze Images with the number of workers given. Last, it presses *Choose a model…*:
+types "nuclei" in the search box, ticks "Runs here", picks a zoo model, presses *Use this model*
+(downloaded with its progress dialog), and reads what *Check model* then says. Screenshots are
+taken from the X display (ImageMagick's ``import``), so they show what a user would see.
 
 Prints one JSON line at the end: what it saw (``{"ok": true, ...}``), or the first failure.
 ``--write-preferences`` only writes CellProfiler's preferences for a fresh HOME (no telemetry
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -78,11 +81,14 @@ class Driver:
             raise box["error"]
         return box.get("value")
 
-    def wait(self, what: str, check: Callable[[], Any], timeout: float = 300, every: float = 0.5) -> Any:
+    def wait(self, what: str, check: Callable[[], Any], timeout: float = 300, every: float = 0.5,
+             dialogs: bool = False) -> Any:
+        """Poll ``check`` in the GUI thread until it is true; a modal dialog fails the wait
+        unless ``dialogs`` (the step itself opened one)."""
         print(f"GUI-DRIVER waiting for {what}", file=sys.stderr, flush=True)
         t0 = time.time()
         while time.time() - t0 < timeout:
-            value, dialog = self.gui(lambda: (check(), _modal_dialog()))
+            value, dialog = self.gui(lambda: (check(), "" if dialogs else _modal_dialog()))
             if dialog:  # an error box instead of what we wait for: report it, do not hang
                 raise AssertionError(f"while waiting for {what}, a dialog appeared: {dialog}")
             if value:
@@ -90,10 +96,12 @@ class Driver:
             time.sleep(every)
         raise TimeoutError(f"waited {timeout} s for {what}")
 
-    def shot(self, name: str, window: Any) -> None:
-        """Screenshot of one window, as the X display shows it."""
+    def shot(self, name: str, window: Any, raise_window: bool = True) -> None:
+        """Screenshot of one window's part of the X display (raised first, unless a dialog that
+        is not a wx window, such as GTK's message box, must stay on top of it)."""
         def rect() -> tuple:
-            window.Raise()
+            if raise_window:
+                window.Raise()
             window.Refresh()
             window.Update()
             r = window.GetScreenRect()
@@ -133,6 +141,8 @@ class Driver:
             self.settings_panel(frame, module)
             self.test_mode(frame, plc, pipeline, module)
             self.analyze(plc)
+            if self.args.choose:
+                self.choose_model(frame, module)
             self.report["ok"] = True
         except BaseException as e:  # noqa: BLE001 - reported to the test, then the app ends
             self.report["error"] = f"{type(e).__name__}: {e}"
@@ -224,6 +234,79 @@ class Driver:
         self.wait("the analysis to finish", lambda: not plc.is_running(), timeout=self.args.timeout, every=2)
         self.report["analysis_seconds"] = round(time.time() - t0, 1)
 
+    def choose_model(self, frame: Any, module: Any) -> None:
+        """Choose a model…: search "nuclei", tick Runs here, pick the zoo model ``--choose``, Use
+        this model (downloaded with a progress dialog); the Model setting then holds it and Check
+        model runs, its answer in a message box that a user closes with Return."""
+        import wx
+
+        checked = _Caught("Check model (")
+        logging.getLogger().addHandler(checked)
+
+        def press() -> None:
+            frame._CPFrame__pipeline_list_view.select_one_module(module.module_num)
+            panel = frame._CPFrame__module_view.module_panel
+            button = next(w for w in _descendants(panel) if isinstance(w, wx.Button) and w.GetLabel() == "Choose a model…")
+            evt = wx.CommandEvent(wx.wxEVT_BUTTON, button.GetId())
+            evt.SetEventObject(button)
+            # posted, not waited for: the dialog is modal, this call returns when it closes
+            wx.CallAfter(button.GetEventHandler().ProcessEvent, evt)
+
+        self.gui(press)
+        dlg = self.wait("the Choose a model dialog and its catalogue", lambda: (
+            _chooser() is not None and _chooser().loading is not None and _chooser().loading.done() and _chooser()),
+            timeout=300, dialogs=True)
+        self.report["chooser_all"] = self.gui(lambda: [e.id for e in dlg.entries])
+
+        def search_and_filter() -> list:
+            dlg.search.SetValue("nuclei")  # as typed: the list follows each keystroke (EVT_TEXT)
+            dlg.runs_here.SetValue(True)
+            evt = wx.CommandEvent(wx.wxEVT_CHECKBOX, dlg.runs_here.GetId())
+            evt.SetInt(1)
+            evt.SetEventObject(dlg.runs_here)
+            dlg.runs_here.GetEventHandler().ProcessEvent(evt)
+            return [(e.id, e.runs_here) for e in dlg.shown]
+
+        self.report["chooser_shown"] = self.gui(search_and_filter)
+
+        def pick() -> str:
+            index = next((i for i, e in enumerate(dlg.shown) if e.id == self.args.choose), None)
+            if index is None:
+                raise AssertionError(f"{self.args.choose} is not listed: {[e.id for e in dlg.shown]}")
+            dlg.models.Select(index)  # a click on the row (EVT_LIST_ITEM_SELECTED shows its card)
+            dlg.models.Focus(index)
+            return dlg.selected.id if dlg.selected else ""
+
+        self.report["chooser_selected"] = self.gui(pick)
+        self.wait("the model's card with its cover", lambda: "Loading the cover" not in dlg.card.ToText(), timeout=120,
+                  dialogs=True)
+        self.report["chooser_card"] = self.gui(dlg.card.ToText)
+        self.shot("choose_model_dialog", dlg)
+
+        def use() -> None:
+            evt = wx.CommandEvent(wx.wxEVT_BUTTON, dlg.use.GetId())
+            evt.SetEventObject(dlg.use)
+            wx.CallAfter(dlg.use.GetEventHandler().ProcessEvent, evt)  # the download's progress dialog is modal
+
+        self.gui(use)
+        self.wait("the download, and the dialog to close", lambda: _chooser() is None, timeout=600, dialogs=True)
+        self.wait("Check model's answer", lambda: checked.messages, timeout=600, dialogs=True)
+        self.report["chosen_model"] = self.gui(lambda: module.model_source.value)
+        self.report["check_message"] = checked.messages[0]
+        time.sleep(1.5)  # the message box is native (GTK): a screenshot, then Return as a user would
+        self.shot("choose_model_checked", frame, raise_window=False)
+        subprocess.run(["xdotool", "key", "Return"], check=True, capture_output=True)
+        self.wait("the message box to close", lambda: not _native_dialog("RunDLModel: check model"), timeout=60,
+                  dialogs=True)
+
+        def settings() -> list:
+            frame._CPFrame__pipeline_list_view.select_one_module(module.module_num)
+            panel = frame._CPFrame__module_view.module_panel
+            return [w.ToText() for w in _descendants(panel) if hasattr(w, "ToText")]
+
+        self.report["settings_html_chosen"] = self.gui(settings)
+        logging.getLogger().removeHandler(checked)
+
     def quit(self) -> None:
         import wx
 
@@ -259,6 +342,34 @@ def _modal_dialog() -> str:
     return ""
 
 
+class _Caught(logging.Handler):
+    """The log messages that start with ``prefix`` (what Check model said)."""
+
+    def __init__(self, prefix: str):
+        super().__init__(logging.INFO)
+        self.prefix, self.messages = prefix, []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith(self.prefix):
+            self.messages.append(message)
+
+
+def _chooser() -> Any:
+    """RunDLModel's Choose a model dialog, if shown."""
+    import wx
+
+    from dlmodel.gui.chooser import ChooserDialog
+
+    return next((w for w in wx.GetTopLevelWindows() if isinstance(w, ChooserDialog) and w.IsShown()), None)
+
+
+def _native_dialog(title: str) -> bool:
+    """Whether a window titled ``title`` is mapped on the display (GTK's message boxes are not wx windows)."""
+    found = subprocess.run(["xdotool", "search", "--onlyvisible", "--name", title], capture_output=True, text=True)
+    return bool(found.stdout.strip())
+
+
 def _figure_of(module: Any) -> Any:
     import wx
 
@@ -280,6 +391,7 @@ def main() -> int:
     ap.add_argument("--objects", default="Nuclei")
     ap.add_argument("--min-files", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--choose", default="", help="the zoo id to pick in Choose a model… (last step; none: skipped)")
     ap.add_argument("--write-preferences", action="store_true")
     args = ap.parse_args()
     if args.write_preferences:

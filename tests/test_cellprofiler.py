@@ -377,6 +377,19 @@ def test_model_information_is_shown(cp):
     assert "reproduces its test outputs" in report and "NOT" not in report
 
 
+def test_choose_a_model_says_in_one_line_why_it_cannot_open_without_bioimageio_spec(cp):
+    """The button is shown in both CellProfilers; 4.2.8's app has no bioimageio.spec to read the
+    catalogue's cards, and the button says so (in the window, in a message box) in one line."""
+    m = cp("RunDLModel")
+    assert m.choose_model_button in m.visible_settings() and m.choose_model_button not in m.settings()
+    why = m.do_choose_model()  # headless: what the window would show ('' where the dialog opens)
+    if importlib.util.find_spec("bioimageio") is None:
+        assert why.startswith("Choose a model… needs bioimageio.spec in CellProfiler's own Python") and "\n" not in why
+        assert "type a zoo id, folder, zip or rdf in Model" in why
+    else:
+        assert why == ""
+
+
 @builds_packages
 def test_check_model_says_when_a_package_is_not_reproduced(cp, torch2d, tmp_path):
     import zoo

@@ -3,8 +3,10 @@
 A real Xvfb server, the real CellProfiler 5 GUI (Debian's wxPython) with the plugins folder,
 driven by tests/gui_driver.py as a user would: Add-module dialog, the module's settings, test mode
 with the display window, then Analyze Images with two worker processes. The exported CSVs must
-equal those of a headless run of the same pipeline. Screenshots go to $DLMODEL_GUI_SHOTS (default:
-the test's temporary folder); ``make gui-test`` copies them into docs/images/.
+equal those of a headless run of the same pipeline. Last, *Choose a model…* (issue 26): search,
+filter, pick a model of a zoo listing served from 127.0.0.1, use it (downloaded), and Check model
+says it reproduces its test outputs. Screenshots go to $DLMODEL_GUI_SHOTS (default: the test's
+temporary folder); ``make gui-test`` copies them into docs/images/.
 """
 import csv
 import json
@@ -19,13 +21,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import DSB_VAL, ROOT
+from conftest import DSB_VAL, NUCLEI_MODEL, ROOT
 
 pytestmark = pytest.mark.gui
 
 CELLPROFILER = Path(sys.executable).parent / "cellprofiler"
 DRIVER = ROOT / "tests" / "gui_driver.py"
 PIPELINE = ROOT / "example_pipelines" / "nuclei.cppipe"
+CHOSEN = "affable-shark"  # the zoo model Choose a model… picks: UNet 2D Nuclei Broad, served from 127.0.0.1
 # Columns that differ between any two runs: timings, and where the files were written.
 VOLATILE = ("ExecutionTime_", "DLModel_InferenceSeconds_", "PathName_", "URL_", "ModuleError_")
 
@@ -80,12 +83,34 @@ def display():
 
 
 @pytest.fixture(scope="module")
-def gui_run(display, tmp_path_factory):
+def zoo_listing(tmp_path_factory):
+    """The zoo's listing and packages, in the service's own format, served from 127.0.0.1: two
+    models that run here, one that needs TensorFlow, one whose rdf is invalid."""
+    from test_catalog import _publish
+    from test_sources import Server
+
+    www = tmp_path_factory.mktemp("zoo")
+    items = [
+        _publish(www, CHOSEN, NUCLEI_MODEL, 500),
+        _publish(www, "fixed-unet", ROOT / "tests" / "fixtures" / "spec_examples" / "unet2d_fixed_shape", 5),
+        _publish(www, "tf-nuclei", ROOT / "models" / "nuclei_default", 3, lambda m: m.update(name="TF-only nuclei", weights={
+            "tensorflow_saved_model_bundle": {"source": "weights.onnx", "tensorflow_version": "2.15.0"}})),
+        _publish(www, "broken-nuclei", ROOT / "models" / "nuclei_default", 2, lambda m: m.pop("inputs")),
+    ]
+    (www / "children").write_text(json.dumps(items))
+    server = Server(www)
+    yield {"DLMODEL_CATALOG_URL": f"{server.url}/children", "DLMODEL_ZOO_URL": f"{server.url}/{{id}}/files/rdf.yaml"}
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def gui_run(display, zoo_listing, tmp_path_factory):
     home = tmp_path_factory.mktemp("home")  # fresh CellProfiler preferences
     out = tmp_path_factory.mktemp("gui_out")
+    cache = tmp_path_factory.mktemp("gui_cache")  # what Choose a model… downloads
     shots = Path(os.environ.get("DLMODEL_GUI_SHOTS") or tmp_path_factory.mktemp("shots"))
     env = {**os.environ, "DISPLAY": display, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
-           "NO_AT_BRIDGE": "1"}
+           "NO_AT_BRIDGE": "1", "DLMODEL_CACHE": str(cache), **zoo_listing}
     prefs = subprocess.run([sys.executable, str(DRIVER), "--write-preferences", "--workers", "2"],
                            env=env, capture_output=True, text=True, timeout=120)
     assert prefs.returncode == 0, prefs.stderr[-2000:]
@@ -93,13 +118,14 @@ def gui_run(display, tmp_path_factory):
     res = subprocess.run(
         [sys.executable, str(DRIVER), "--pipeline", str(PIPELINE), "--images", str(DSB_VAL / "images"),
          "--out", str(out), "--plugins", str(ROOT / "plugins"), "--shots", str(shots), "--workers", "2",
-         "--min-files", "32"],
+         "--min-files", "32", "--choose", CHOSEN],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     line = next((ln for ln in res.stdout.splitlines() if ln.startswith("GUI-DRIVER {")), None)
     assert line, f"the driver reported nothing (exit {res.returncode}):\n{res.stdout[-2000:]}\n{res.stderr[-4000:]}"
     report = json.loads(line[len("GUI-DRIVER "):])
     report["seconds"] = time.time() - t0
     report["log"] = res.stderr
+    report["cache"] = cache
     return report, out, shots
 
 
@@ -129,6 +155,7 @@ def test_settings_panel_shows_the_model(gui_run):
     report, _, shots = gui_run
     info = " ".join(report["settings_html"])
     assert "RunDLModel default nuclei" in info and "Licence: MIT" in info and "input raw" in info, info
+    assert "Cite: Caicedo et al. Nucleus segmentation" in info and "(doi:10.1038/s41592-019-0612-7)" in info, info
     labels = " ".join(report["settings_labels"])
     for setting in ("Model", "Model information", "Input image", "Name the objects"):
         assert setting in labels, labels
@@ -186,3 +213,34 @@ def _looks_like_a_window(png: Path) -> None:
     img = np.asarray(Image.open(png).convert("RGB"))
     assert img.shape[0] > 150 and img.shape[1] > 200, img.shape
     assert len(np.unique(img.reshape(-1, 3), axis=0)) > 50, f"{png} is nearly blank"
+
+
+def test_choose_a_model_searches_filters_and_shows_the_card(gui_run):
+    report, _, shots = gui_run
+    everything = set(report["chooser_all"])
+    assert {CHOSEN, "fixed-unet", "tf-nuclei", "broken-nuclei"} <= everything  # the zoo's
+    assert str(ROOT / "models" / "nuclei_default") in everything  # and this computer's
+    shown = dict(report["chooser_shown"])  # after typing "nuclei" and ticking Runs here
+    assert CHOSEN in shown and all(shown.values()) and "broken-nuclei" not in shown and "fixed-unet" not in shown
+    assert report["chooser_selected"] == CHOSEN
+    card = report["chooser_card"]
+    for words in ("UNet 2D Nuclei Broad", "zoo id affable-shark", "Runs here", "MIT", "Constantin Pape",
+                  "Ronneberger", "doi:10.1007/978-3-319-24574-4_28", "onnx, torchscript", "raw: axes bcyx, 1 channel"):
+        assert words in card, (words, card)
+    assert "No cover" not in card, card
+    _looks_like_a_window(shots / "choose_model_dialog.png")
+
+
+def test_use_this_model_downloads_fills_the_setting_and_checks_the_model(gui_run):
+    report, _, shots = gui_run
+    assert report["chosen_model"] == CHOSEN
+    # downloaded and verified into the cache the CellProfiler process was given
+    assert any((p / ".dlmodel-complete").is_file() for p in (report["cache"] / "packages").iterdir()), list(
+        (report["cache"] / "packages").iterdir())
+    assert report["check_message"].startswith(f"Check model ({CHOSEN}):"), report["check_message"]
+    assert report["check_message"].endswith("The model reproduces its test outputs."), report["check_message"]
+    info = " ".join(report["settings_html_chosen"])
+    assert "UNet 2D Nuclei Broad" in info and "Cite: Ronneberger" in info, info
+    # cover thumbnails: the card's and each model information's
+    assert len(list((report["cache"] / "covers").glob("*.png"))) >= 3
+    _looks_like_a_window(shots / "choose_model_checked.png")
