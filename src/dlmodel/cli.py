@@ -405,7 +405,7 @@ def _failures(failures) -> None:
 
 def _plate(args: argparse.Namespace) -> int:
     from . import platerun
-    from .outputs import check_output_files
+    from .outputs import check_beside_inputs, check_output_files
     from .runs import prepare_output, run
 
     folder = Path(args.images)
@@ -420,7 +420,10 @@ def _plate(args: argparse.Namespace) -> int:
                             model_channel=args.model_channel, measure_channels=tuple(args.measure_channel or ["1", "2"]),
                             ring=args.ring)
     tasks = job.tasks(sites)
-    check_output_files(job.tables(), [args.metadata] if args.metadata else [])
+    # the plate's tables and the report never replace the metadata, nor a file of the user's beside the images
+    written = job.tables() + ([args.output / "report.html", args.output / "screen.csv"] if args.report else [])
+    check_output_files(written, [args.metadata] if args.metadata else [])
+    check_beside_inputs(written, [i for t in tasks for i in t.inputs])
     prepare_output(args.output)
     t0 = time.perf_counter()
     summary = run(job, tasks, model, workers=args.workers, scheduler=args.scheduler, resume=args.resume)
@@ -519,8 +522,11 @@ def _env(args: argparse.Namespace) -> int:
 
 
 def _package(args: argparse.Namespace) -> int:
+    from .outputs import check_replaceable
     from .packaging import package
 
+    if args.overwrite:  # package() sees the sample as an array: its file is an input all the same
+        check_replaceable(args.output, [args.weights, args.sample])
     sample, axes = io.read_image(Path(args.sample))
     size = [int(s) for s in args.size.split(",")]
     cites = []

@@ -129,6 +129,9 @@ def convert(source: Union[str, os.PathLike], to: str, trust: Optional[bool] = No
         target.unlink(missing_ok=True)
         trial.unlink(missing_ok=True)
         raise
+    from .outputs import note_written
+
+    note_written(spec.root, [target, spec.rdf_path])  # a package dlmodel wrote stays replaceable by --overwrite
     return spec.rdf_path
 
 

@@ -165,17 +165,22 @@ def atomic_path(path: Path) -> Iterator[Path]:
             Path(tmp).unlink(missing_ok=True)
 
 
-def remove_stale_parts(folder: Path, older_than: float = 3600.0) -> int:
+def remove_stale_parts(folder: Path, older_than: float = 3600.0, names: Optional[Iterable[str]] = None) -> int:
     """Remove temporary outputs that a killed run left in ``folder``; returns how many.
 
     Only what is provably stale: a part file of this machine whose process is gone, or one of
     another machine (a cluster job writing to a shared folder) untouched for ``older_than``
-    seconds. A part file in flight, this machine's or another's, is left alone."""
+    seconds. A part file in flight, this machine's or another's, is left alone. ``names``: only
+    part files of these outputs (``.<name>.*.part``): an output folder may hold other programs'
+    ``.*.part`` files (a browser's paused download), which are never dlmodel's to remove."""
     import time
 
     removed = 0
     now = time.time()
+    own = None if names is None else set(names)
     for part in Path(folder).glob(".*.part"):
+        if own is not None and not any(part.name.startswith(f".{n}.") for n in own):
+            continue
         m = re.match(r"^\.(.+)\.(?P<host>[^.]+)-(?P<pid>\d+)\.[^.]+\.part$", part.name)
         try:
             if m and m.group("host") == _HOST:

@@ -131,7 +131,10 @@ def package(
     pre = _processing(preprocessing, "pre")
     post = _processing(postprocessing, "post")
     folder = out.parent
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # -o under a file (weights.pt/pkg), or no permission: one line
+        raise SpecError(f"cannot make the folder of {out}: {e.strerror or e}") from e
     work = Path(tempfile.mkdtemp(prefix=f".{out.stem}.", dir=folder))
     try:
         about = About(name=name, description=description, authors=tuple(authors), license=license, cite=tuple(cite),
@@ -142,7 +145,8 @@ def package(
                       size=size, halo=halo, instances=instances, parent=parent,
                       config=dict(config) if config else None)
         rdf = _assemble(work, kind, weights, sample, about)
-        (work / PACKAGE_MARKER).write_text(marker_text("dlmodel package" if parent is None else "dlmodel finetune"))
+        # every file with its sha256: --overwrite later replaces the package only if nothing was added or changed
+        (work / PACKAGE_MARKER).write_text(marker_text("dlmodel package" if parent is None else "dlmodel finetune", work))
         return _move_into_place(work, rdf, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)

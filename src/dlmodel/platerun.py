@@ -122,8 +122,11 @@ class PlateJob(ModelJob):
         return tasks
 
     def tables(self) -> List[Path]:
-        """The plate's own tables, written by :func:`collect` (a metadata CSV must not be one)."""
-        return [self.out_dir / "objects.csv", self.out_dir / "wells.csv"]
+        """The plate's own tables and heatmaps, written by :func:`collect` (a metadata CSV must
+        not be one, nor a file of the user's beside the images)."""
+        measures = ("count", "mean_area", *measure_columns(self.measure_channels, self.ring))
+        return [self.out_dir / "objects.csv", self.out_dir / "wells.csv",
+                *(self.out_dir / f"plate_{m}.png" for m in measures)]
 
     def __call__(self, task: Task, model: Any = None) -> int:
         plate, row, col, site, channels = task.key

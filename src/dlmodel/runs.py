@@ -163,8 +163,12 @@ def todo(tasks: Sequence[Task], resume: bool) -> List[Task]:
     concurrent run's files in flight stay, :func:`io.remove_stale_parts`)."""
     if not resume:
         return list(tasks)
-    for folder in {p.parent for t in tasks for p in t.outputs}:
-        io.remove_stale_parts(folder)
+    names: Dict[Path, set] = {}
+    for t in tasks:
+        for p in t.outputs:
+            names.setdefault(p.parent, set()).add(p.name)
+    for folder, own in names.items():  # only part files of this job's outputs: -o may hold others' .part files
+        io.remove_stale_parts(folder, names=own)
     return [t for t in tasks if not t.done()]
 
 
@@ -172,12 +176,15 @@ def run(job: ModelJob, tasks: Sequence[Task], model: Any = None, workers: Option
         scheduler: Optional[str] = None, resume: bool = False, progress: bool = True) -> Summary:
     """Run a job's tasks here (``model``: the job's model, already loaded) or on Dask
     (``workers`` local worker processes, or an existing ``scheduler``); one summary either way."""
-    from .outputs import check_output_files
+    from .outputs import check_beside_inputs, check_output_files
 
     # no output may be an input (predict -o into the input folder): refused before anything runs
-    check_output_files((o for t in tasks for o in t.outputs), [i for t in tasks for i in t.inputs])
+    inputs = [i for t in tasks for i in t.inputs]
+    check_output_files((o for t in tasks for o in t.outputs), inputs)
     summary = Summary()
     remaining = todo(tasks, resume)
+    # nor overwrite an existing file beside an input (the user's a_labels.tif): what resume skips is not written
+    check_beside_inputs((o for t in remaining for o in t.outputs), inputs)
     summary.skipped = len(tasks) - len(remaining)
     if not remaining:
         return summary
