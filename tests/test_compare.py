@@ -382,3 +382,17 @@ def test_docstring_examples():
     for module in (comparison, instances):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0
+
+
+def test_overlays_never_overwrite_an_input(val8, tmp_path, capsys):
+    # images kept in OUT/overlays (a folder named as compare's own): each overlay would replace its image
+    out = tmp_path / "out"
+    images = out / "overlays"
+    images.mkdir(parents=True)
+    source = sorted((val8 / "images").glob("*.tif"))[0]
+    iio.imwrite(images / "cells.png", tifffile.imread(source))
+    before = (images / "cells.png").read_bytes()
+    code = cli.main(["compare", str(DEFAULT), str(images), "-o", str(out), "--no-progress"])
+    line = _one_line_error(capsys, code, images / "cells.png")
+    assert "would overwrite the input" in line
+    assert (images / "cells.png").read_bytes() == before and sorted(p.name for p in out.iterdir()) == ["overlays"]
