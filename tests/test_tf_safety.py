@@ -457,3 +457,16 @@ def test_tf_keras_op_layers_may_call_only_tensorflow_functions_of_allowed_catego
         layer["config"]["function"] = symbol
         assert tf_safety.keras_config_refusals(hostile) == [
             f"'{layer['config']['name']}' (a tf.keras layer calling tf.{symbol}, outside the allowed TensorFlow operations)"]
+
+
+def test_an_unreadable_keras_configuration_is_one_line_naming_it(tmp_path):
+    import h5py
+
+    from dlmodel import tf_safety
+
+    for name, value in (("not_json.h5", "{'class_name': "), ("not_text.h5", np.arange(3))):
+        with h5py.File(tmp_path / name, "w") as f:
+            f.attrs["model_config"] = value
+        with pytest.raises(dlmodel.DLModelError, match=f"Keras model configuration in .*{name}") as err:
+            tf_safety.keras_unsafe_layers(tmp_path / name)
+        assert "\n" not in str(err.value)

@@ -3,15 +3,20 @@
 **TensorFlow graphs.** TensorFlow registers every operation with a generated Python module per op
 library, ``tensorflow/python/ops/gen_<category>.py`` (``gen_math_ops``, ``gen_io_ops``,
 ``gen_dataset_ops``, ...). A SavedModel runs without trust only when every operation that
-loading or calling it could run is in one of :data:`ALLOWED_CATEGORIES` (ops that compute on
-tensors in memory), is not one of :data:`EXCLUDED_OPS` (the few in those categories that reach
-outside, reviewed one by one, plus any whose arguments name a file, a path, an address or a
-stream: :func:`reaching_ops`), or is one of :data:`EXTRA_OPS`. Everything else is refused:
-the categories of :data:`REFUSED_CATEGORIES`, an operation registered in C++ with no generated
-module (XLA, TPU, DTensor, RPC, oneDNN-internal, test ops), a category a newer TensorFlow adds,
-an operation this TensorFlow does not know, and a function the graph calls but does not define.
-The list is computed from the installed TensorFlow (:func:`allowed_ops`), once per process, so
-it follows TensorFlow's own registry; ``python -m dlmodel.tf_safety`` prints it.
+loading or calling it could run is either
+
+- in one of :data:`ALLOWED_CATEGORIES` (ops that compute on tensors in memory), and not one of
+  :data:`EXCLUDED_OPS` (the few there that reach outside, reviewed one by one) nor an op whose
+  string arguments name a file, a path, an address or a stream (:func:`reaching_ops`, a guard
+  for ops a newer TensorFlow adds), or
+- one of :data:`EXTRA_OPS` (``Assert``).
+
+Everything else is refused: the categories of :data:`REFUSED_CATEGORIES`, a category a newer
+TensorFlow adds, an operation registered in C++ with no generated module (XLA, TPU, DTensor,
+RPC, oneDNN-internal and test ops), an operation this TensorFlow does not know, and a function
+the graph calls but does not define. The list is computed from the installed TensorFlow
+(:func:`allowed_ops`, once per process), so it follows TensorFlow's own registry;
+``python -m dlmodel.tf_safety`` prints it.
 
 What is checked (:func:`saved_model_unsafe_ops`): every node of every meta graph and every
 function of its library, read from ``saved_model.pb`` before TensorFlow loads it. The saver's
@@ -32,7 +37,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import json
 import pkgutil
 import re
 import sys
@@ -241,10 +245,9 @@ class _Graph:
         if node.op in self.functions:
             yield node.op
         for attr in node.attr.values():
-            if attr.HasField("func"):
+            if attr.HasField("func") and attr.func.name:
                 yield attr.func.name
-            for f in attr.list.func:
-                yield f.name
+            yield from (f.name for f in attr.list.func if f.name)
 
     def reach(self, nodes: Iterable[str] = (), functions: Iterable[str] = ()) -> Tuple[Set[str], Set[str], Set[str]]:
         """The graph nodes, library functions and undefined names reachable from ``nodes``
@@ -277,6 +280,7 @@ class _Graph:
     def run_roots(self) -> List[str]:
         """Graph nodes that loading or calling the SavedModel runs by name: signature tensors
         (the init op's too), the loader's collections and the TF1 variables' initialisers."""
+        from google.protobuf import message
         from tensorflow.core.framework import variable_pb2
 
         meta = self.meta
@@ -288,7 +292,10 @@ class _Graph:
             elif key in _VARIABLE_COLLECTIONS:
                 for raw in collection.bytes_list.value:
                     var = variable_pb2.VariableDef()
-                    var.ParseFromString(raw)
+                    try:
+                        var.ParseFromString(raw)
+                    except message.DecodeError:  # TensorFlow's loader cannot read it either
+                        continue
                     roots += [var.initializer_name, var.snapshot_name, var.initial_value_name]
         return [r for r in roots if r]
 
@@ -304,14 +311,16 @@ def _unsafe_in(graph: _Graph, allowed: FrozenSet[str]) -> Set[str]:
     saver = graph.meta.saver_def if graph.meta.HasField("saver_def") else None
     save = graph.reach([saver.save_tensor_name] if saver else [])
     restore = graph.reach([saver.restore_op_name] if saver else [])
+    saver_nodes, saver_funcs = save[0] | restore[0], save[1] | restore[1]
     # everything but the saver's two sides, plus whatever loading or calling runs by name (so
     # that a saver claiming the serving graph as its own still has that graph checked)
     nodes, funcs, missing = graph.reach(
-        [n for n in graph.nodes if n not in save[0] | restore[0]] + graph.run_roots(),
-        [f for f in graph.functions if f not in save[1] | restore[1]]
-        + list(graph.meta.object_graph_def.concrete_functions))
+        [n for n in graph.nodes if n not in saver_nodes] + graph.run_roots(),
+        [f for f in graph.functions if f not in saver_funcs] + list(graph.meta.object_graph_def.concrete_functions))
     found = {op for op in graph.ops(nodes, funcs) if op not in allowed}
-    found |= {op for op in graph.ops(restore[0] - nodes, restore[1] - funcs) if op not in allowed | set(RESTORE_OPS)}
+    # the restore side, run by the TF1 loader with the bundle's variables path, may also read them
+    on_restore = allowed | set(RESTORE_OPS)
+    found |= {op for op in graph.ops(restore[0] - nodes, restore[1] - funcs) if op not in on_restore}
     registry = _registry()
     for name in missing | restore[2]:  # named by a function attribute: an op, or undefined
         if name not in allowed:
@@ -415,21 +424,21 @@ def _tf_keras_builtins() -> Dict[str, type]:
 
 
 def _keras_class(class_name: str, module: Optional[str]) -> Optional[type]:
-    """The built-in class a configuration entry names, resolved as Keras resolves it (a
-    ``keras.*`` module's attribute, or by name), or None when it is not one of Keras' own."""
+    """The built-in class a configuration entry names, resolved as Keras resolves it (an
+    attribute of a ``keras.*`` module, or by name; tf_keras's by name for what Keras 3 lacks),
+    or None when it is not one of Keras' own built-ins."""
+    builtins = _keras_builtins()
     if module is not None:
         if not (module == "keras" or module.startswith("keras.")):
             return None
+        # every built-in's module is imported by now: nothing the package names is imported
         loaded = sys.modules.get(module)
-        if loaded is None:
-            try:
-                loaded = importlib.import_module(module)  # Keras' own module: Keras would import it too
-            except ImportError:
-                return None
-        cls = vars(loaded).get(class_name)
-        builtins = set(_keras_builtins().values())
-        return cls if cls in builtins else None
-    return _keras_builtins().get(class_name) or _tf_keras_builtins().get(class_name)
+        cls = vars(loaded).get(class_name) if loaded is not None else None
+        if cls in set(builtins.values()):
+            return cls
+    elif class_name in builtins:
+        return builtins[class_name]
+    return _tf_keras_builtins().get(class_name)
 
 
 def _tf_function_allowed(symbol: str) -> bool:
@@ -524,21 +533,27 @@ def _keras_entry_refusal(entry: dict, class_name: Any, inner: Any) -> Optional[s
 
 def read_keras_config(path: Any) -> Any:
     """The model configuration a ``.keras`` zip (``config.json``) or an ``.h5`` file (attribute
-    ``model_config``) holds, as JSON, without building anything; EngineError when unreadable."""
+    ``model_config``) holds, parsed as JSON under the rdf's size limit, without building
+    anything; EngineError (or SpecError: too large, not JSON) naming the file."""
+    from .spec import MAX_RDF_BYTES, load_package_json
+
     path = Path(path)
     try:
         if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as zf:
-                return json.loads(zf.read("config.json"))
-        import h5py
+            with zipfile.ZipFile(path) as zf, zf.open("config.json") as f:
+                raw = f.read(MAX_RDF_BYTES + 1)  # a zip member stops at its stated size
+        else:
+            import h5py
 
-        with h5py.File(path, "r") as f:
-            raw = f.attrs.get("model_config")
-        if raw is None:
-            return {}
-        return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+            with h5py.File(path, "r") as f:
+                raw = f.attrs.get("model_config")
+            if raw is None:
+                return {}
+            if not isinstance(raw, (bytes, str)):
+                raise ValueError(f"its model_config attribute is {type(raw).__name__}, not text")
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
         raise EngineError(f"cannot read the Keras model configuration in {path}: {one_line(e)}") from e
+    return load_package_json(raw, str(path), "the Keras model configuration in")
 
 
 def keras_unsafe_layers(path: Any) -> List[str]:
