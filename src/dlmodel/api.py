@@ -5,7 +5,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Union
 
 import numpy as np
 
@@ -17,6 +17,9 @@ from .prediction import DEFAULT_TILE_PIXELS, TileArg, check_options, plan_checke
 from .results import OutputCheck, Prediction, TestReport
 from .spec import ModelSpec, Tensor
 from .trust import DOWNLOAD, FOLDER, Gate, TrustError
+
+if TYPE_CHECKING:
+    from .confidence import Confidence
 
 LOGGER = logging.getLogger("dlmodel")
 
@@ -263,6 +266,49 @@ class Model:
         if oid not in prediction:
             raise InputError(f"the recipe names output {oid!r}; the model has {', '.join(prediction)}")
         return instances.from_recipe(prediction[oid], prediction.axes[oid], recipe)
+
+    # ------------------------------------------------------------------ confidence
+    def confidence(
+        self,
+        image: Union[np.ndarray, Mapping[str, np.ndarray]],
+        axes: Union[None, str, Mapping[str, str]] = None,
+        *,
+        augmentations: Optional[int] = None,
+        seed: int = 0,
+        objects: Union[None, bool, Mapping[str, Any]] = None,
+        tile: TileArg = None,
+        batch_size: Optional[int] = None,
+        pad_mode: Optional[str] = None,
+        name: str = "image",
+    ) -> "Confidence":
+        """How far to trust this model's prediction of ``image``, without ground truth.
+
+        Predicts the image and ``augmentations`` flipped or rotated copies (only the transforms
+        the model's axes and tiles allow), and measures their disagreement, how far the image
+        lies from the package's test input after pre-processing, and how undecided the
+        probabilities are (:mod:`dlmodel.confidence`, docs/confidence.md).
+
+        Args:
+            augmentations: transformed copies to predict (default
+                :data:`dlmodel.confidence.DEFAULT_AUGMENTATIONS`); each costs one prediction.
+            seed: which copies are drawn when fewer than all are asked for.
+            objects: None: compare objects when the package has a recipe for them; True: with
+                the default recipe otherwise; a dict: :meth:`labels`' keyword arguments; False:
+                compare outputs only.
+            tile, batch_size, pad_mode, name: as in :meth:`predict`.
+
+        Returns:
+            A :class:`dlmodel.confidence.Confidence`: ``confidence`` in [0, 1], its components,
+            per object the fraction of copies that found it again, the transforms used (and
+            why others were not), and the plain ``prediction`` and ``labels``.
+        """
+        from . import confidence as conf
+
+        check_options(tile, batch_size, pad_mode)
+        self._check_axes_arg(axes)
+        k = conf.DEFAULT_AUGMENTATIONS if augmentations is None else augmentations
+        return conf.measure(self, image, axes, augmentations=k, seed=seed, objects=objects, tile=tile,
+                            batch_size=batch_size, pad_mode=pad_mode, name=name)
 
     # ------------------------------------------------------------------ test
     def test(self, weights_format: Optional[str] = None) -> TestReport:

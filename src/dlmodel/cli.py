@@ -75,6 +75,14 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--allow-unapproved-python", action="store_true",
                         help="start --python for this command even though it is not approved on this machine")
 
+    def confidence_args(sp: argparse.ArgumentParser, what: str) -> None:
+        from .confidence import DEFAULT_AUGMENTATIONS
+
+        sp.add_argument("--confidence", action="store_true", help=f"also measure the model's confidence: {what}")
+        sp.add_argument("--augmentations", type=_nonnegative, default=None, metavar="K",
+                        help=f"flipped or rotated copies predicted per image for --confidence (default "
+                             f"{DEFAULT_AUGMENTATIONS}; each costs one prediction)")
+
     def batch_args(sp: argparse.ArgumentParser, what: str) -> None:
         sp.add_argument("--threads", type=_positive, default=None, help="engine threads (default: all cores)")
         sp.add_argument("--workers", type=_positive, default=None, help="run on a local Dask cluster of N worker processes")
@@ -104,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--labels", action=argparse.BooleanOptionalAction, default=None,
                     help="also write <image>_labels.tif: objects by the package's own step (else the default watershed "
                          "split); on by default for packages whose outputs only lead to objects (StarDist, Cellpose)")
+    confidence_args(sp, "confidence.csv: per image, the model's confidence and its components (docs/confidence.md)")
 
     sp = sub.add_parser("plate", help="segment a plate and write per-object and per-well CSVs and heatmaps")
     model_args(sp)
@@ -124,6 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--negative", type=float, default=None, help="the control column's value for negative controls (default -1)")
     sp.add_argument("--positive", type=float, default=None, help="the control column's value for positive controls (default 1)")
     sp.add_argument("--readout", action="append", default=None, help="a wells.csv column to report on; repeat (default: all)")
+    confidence_args(sp, "per-well confidence columns in wells.csv and the QC flag 'model unsure' (docs/confidence.md)")
     batch_args(sp, "sites")
 
     sp = sub.add_parser("heatmap", help="plate heatmaps of per-well means from a per-image CSV (e.g. Image.csv)")
@@ -368,8 +378,10 @@ def _test(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .runs import Job, prepare_output, run
+    from .runs import Job, collect_confidence, prepare_output, run
 
+    if args.augmentations is not None and not args.confidence:
+        raise DLModelError("--augmentations sets how many copies --confidence predicts: add --confidence")
     paths = io.find_images(args.inputs)
     if not paths:
         raise DLModelError(f"no images found in {' '.join(args.inputs)}")
@@ -377,7 +389,8 @@ def _predict(args: argparse.Namespace) -> int:
     job = Job(source=str(model.spec.rdf_path) if model.local else args.source, out_dir=args.output,
               output_ids=[o.id for o in model.spec.outputs], engine=model.weights_format, device=args.device,
               threads=args.threads, trust=args.trust, axes=args.axes, tile=args.tile, batch_size=args.batch_size,
-              fmt=args.format, labels=model.makes_objects if args.labels is None else args.labels)
+              fmt=args.format, labels=model.makes_objects if args.labels is None else args.labels,
+              confidence=args.confidence, augmentations=args.augmentations)
     tasks = job.tasks(paths)  # inputs whose outputs would overwrite each other: refused before anything runs
     prepare_output(args.output)
     t0 = time.perf_counter()
@@ -388,6 +401,9 @@ def _predict(args: argparse.Namespace) -> int:
         + f"{_where(args, model)} in {time.perf_counter() - t0:.1f} s; {len(summary.failures)} failed; "
         + f"{summary.written} files written to {args.output}"
     )
+    table = collect_confidence(job, tasks)
+    if table is not None:
+        print(f"dlmodel: confidence per image: {table}")
     _failures(summary.failures)
     return 1 if summary.failures else 0
 
@@ -408,6 +424,8 @@ def _plate(args: argparse.Namespace) -> int:
     from .outputs import check_beside_inputs, check_output_files
     from .runs import prepare_output, run
 
+    if args.augmentations is not None and not args.confidence:
+        raise DLModelError("--augmentations sets how many copies --confidence predicts: add --confidence")
     folder = Path(args.images)
     if not folder.is_dir():
         raise DLModelError(f"{folder} is not a folder")
@@ -418,7 +436,7 @@ def _plate(args: argparse.Namespace) -> int:
     job = platerun.PlateJob(source=str(model.spec.rdf_path) if model.local else args.source, engine=model.weights_format,
                             device=args.device, threads=args.threads, trust=args.trust, out_dir=args.output,
                             model_channel=args.model_channel, measure_channels=tuple(args.measure_channel or ["1", "2"]),
-                            ring=args.ring)
+                            ring=args.ring, confidence=args.confidence, augmentations=args.augmentations)
     tasks = job.tasks(sites)
     # the plate's tables and the report never replace the metadata, nor a file of the user's beside the images
     written = job.tables() + ([args.output / "report.html", args.output / "screen.csv"] if args.report else [])

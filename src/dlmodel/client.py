@@ -438,6 +438,36 @@ class RemoteModel:
             self.worker_seconds = float(result["seconds"])
             return wire.view(result["arrays"]["labels"], out)
 
+    def confidence(self, image: Union[np.ndarray, Mapping[str, np.ndarray]],
+                   axes: Union[None, str, Mapping[str, str]] = None, *, augmentations: Optional[int] = None,
+                   seed: int = 0, objects: Union[None, bool, Mapping[str, Any]] = None, tile: Any = None,
+                   batch_size: Optional[int] = None, pad_mode: Optional[str] = None, name: str = "image") -> Any:
+        """As :meth:`dlmodel.api.Model.confidence`, measured in the worker; the plain prediction,
+        objects and per-object fractions are views on a shared buffer (no copy)."""
+        from .confidence import Confidence
+
+        inputs = self._as_inputs(image)
+        ids = list(inputs)
+        arrays = [_sendable(inputs[k], name) for k in ids]
+        with self.worker.lock:  # the lent input buffer is this request's until it is answered
+            segment, buf = self.worker.pool.lease(wire.layout(arrays)[1])
+            refs = dict(zip(ids, wire.put(arrays, segment, buf)))
+            del arrays, buf
+            result, out = self._call({"op": "confidence", "inputs": refs, "axes": axes, "augmentations": augmentations,
+                                      "seed": seed, "objects": objects if isinstance(objects, (bool, type(None))) else dict(objects),
+                                      "tile": tile, "batch_size": batch_size, "pad_mode": pad_mode, "name": name},
+                                     "measuring the confidence of")
+        with _reading(self.worker, f"measuring the confidence of model {self.spec.name!r}"):
+            self.worker_seconds = float(result["seconds"])
+            found = dict(result["arrays"])
+            outputs = {k[len("output:"):]: r for k, r in found.items() if k.startswith("output:")}
+            pred = Prediction({k: wire.view(r, out) for k, r in outputs.items()}, result["axes"], None)
+            pred._refs = outputs  # type: ignore[attr-defined]  # labels() of it needs no copy
+            c = Confidence.from_dict(result["confidence"], wire.view(found["object_fraction"], out))
+            c.prediction = pred
+            c.labels = wire.view(found["labels"], out) if "labels" in found else None
+        return c
+
     # ------------------------------------------------------------------ the rest of Model's interface
     def test(self, weights_format: Optional[str] = None) -> TestReport:
         result, _ = self._call({"op": "test", "weights_format": weights_format}, "testing", LOAD_TIMEOUT_S)

@@ -7,6 +7,7 @@ expression with the groups ``row``, ``col`` and ``channel`` (``plate`` and ``sit
 from __future__ import annotations
 
 import csv
+import math
 import re
 from collections import defaultdict
 from dataclasses import dataclass
@@ -110,6 +111,8 @@ class PlateJob(ModelJob):
     model_channel: str = "2"
     measure_channels: Tuple[str, ...] = ("1", "2")
     ring: int = 0
+    confidence: bool = False  # measure the model's confidence per site (dlmodel.confidence)
+    augmentations: Optional[int] = None
 
     def tasks(self, sites: Dict[Site, Dict[str, Path]]) -> List[Task]:
         tasks = []
@@ -135,18 +138,31 @@ class PlateJob(ModelJob):
             raise DLModelError(f"{task.name}: no channel {self.model_channel} image")
         model = model or self.model()
         image, axes = io.read_image(files[self.model_channel])
-        labels = model.labels(model.predict(image, axes=axes, name=str(files[self.model_channel])))
+        measured = None
+        if self.confidence:  # its plain prediction and objects are the site's: nothing is predicted twice
+            measured = model.confidence(image, axes=axes, augmentations=self.augmentations, objects=True,
+                                        name=str(files[self.model_channel]))
+            labels = measured.labels
+        else:
+            labels = model.labels(model.predict(image, axes=axes, name=str(files[self.model_channel])))
         images = {ch: image if ch == self.model_channel else io.read_image(files[ch])[0] for ch in files}
         values = measure(labels, {ch: images[ch] for ch in self.measure_channels if ch in images}, self.ring)
         where = {"plate": plate, "row": row, "column": col, "site": site}
+        if measured is not None:  # per object: the fraction of flipped or rotated copies that found it again
+            values["found_in_copies"] = measured.object_fraction
         rows = [{**where, **{k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in values.items()}}
                 for i in range(len(values["object"]))]
         _write_csv(task.outputs[0], rows, fields=OBJECT_FIELDS + measure_columns(self.measure_channels, self.ring))
-        _write_csv(task.outputs[1], [{**where, **qc.image_measures(images)}])
+        scores = {k: (math.nan if v is None else v) for k, v in measured.to_dict().items()
+                  if k in CONFIDENCE_COLUMNS} if measured is not None else {}
+        _write_csv(task.outputs[1], [{**where, **qc.image_measures(images), **scores}])
         return 2
 
 
 OBJECT_FIELDS = ["plate", "row", "column", "site", "object", "area", "center_y", "center_x"]
+#: the per-site (and per-well: their mean) confidence columns, with --confidence (docs/confidence.md)
+CONFIDENCE_COLUMNS = ("confidence", "consistency", "tta_f1", "tta_mad", "foreground_mad", "ambiguity",
+                      "outside_fraction", "histogram_distance")
 
 
 def collect(job: PlateJob, tasks: Sequence[Task], metadata: Optional[Path] = None,
@@ -174,6 +190,10 @@ def collect(job: PlateJob, tasks: Sequence[Task], metadata: Optional[Path] = Non
     values = {(r, c): {m: w[m] for m in w if m in ("count", "mean_area", *measured)} for (_, r, c), w in wells.items()}
     for m in ("count", "mean_area", *measured):
         paths[f"heatmap_{m}"] = plates.heatmaps(values, [m], out / f"plate_{m}.png", title=f"{m} per well")
+    if any("confidence" in w for w in wells.values()):
+        scores = {(r, c): {"confidence": w.get("confidence", math.nan)} for (_, r, c), w in wells.items()}
+        paths["heatmap_confidence"] = plates.heatmaps(scores, ["confidence"], out / "plate_confidence.png",
+                                                      title="the model's confidence per well")
     return paths
 
 
@@ -209,6 +229,9 @@ def _add_quality(wells: Dict[Tuple[str, str, int], dict], image_rows: Sequence[d
         for col in sorted({c for r in by_well[key] for c in r if c.startswith(("sharpness_", "saturation_"))}):
             vals = [r[col] for r in by_well[key] if col in r]
             w[col] = _finite_mean(vals) if col.startswith("sharpness_") else float(np.nanmax(np.asarray(vals, dtype=np.float64)))
+        for col in CONFIDENCE_COLUMNS:  # a well's confidence: the mean of its sites'
+            if any(col in r for r in by_well[key]):
+                w[col] = _finite_mean([r.get(col, math.nan) for r in by_well[key]])
     for key, found in qc.flags(wells, thresholds=thresholds).items():
         wells[key]["flags"] = "; ".join(found)
 

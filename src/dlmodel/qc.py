@@ -28,17 +28,27 @@ FLAGS = {
                "objects merge or go missing.",
     "saturated": "more than {saturated_percent:g} % of {channel}'s pixels sit at the image's maximum "
                  "value: intensities there are clipped, so mean intensities understate.",
+    "model unsure": "the model's confidence (dlmodel predict --confidence; docs/confidence.md) is far below the "
+                    "plate's typical well (z < -{unsure_z:g}, z = (confidence - median) / max(1.4826 x MAD, "
+                    "{unsure_floor:g}) over the plate): its flipped and rotated copies disagree, its probabilities "
+                    "are undecided or the image is unlike the model's test input; check the objects before "
+                    "trusting the well.",
 }
 
 
 @dataclass(frozen=True)
 class Thresholds:
     """When a well is flagged: ``count_z`` (|robust z| of the count), ``blur_z`` (robust z of
-    the sharpness below minus this), ``saturated_percent`` (percent of pixels at the maximum)."""
+    the sharpness below minus this), ``saturated_percent`` (percent of pixels at the maximum),
+    ``unsure_z`` (z of the model's confidence below minus this, its scale at least ``unsure_floor``)."""
 
     count_z: float = 3.5
     blur_z: float = 3.5
     saturated_percent: float = 0.5
+    unsure_z: float = 3.5
+    #: the smallest scale of the confidence's z (confidence units): on a plate where every well
+    #: scores nearly alike, a well 0.01 below the rest is not "unsure"
+    unsure_floor: float = 0.05
 
 
 def sharpness(image: np.ndarray) -> float:
@@ -100,11 +110,27 @@ def robust_z(values: Sequence[float]) -> np.ndarray:
     return z
 
 
+def unsure_z(value: float, plate: Sequence[float], floor: float = Thresholds.unsure_floor) -> float:
+    """How far a confidence lies below the plate's: (value - median) / max(1.4826 x MAD, floor)
+    over the plate's values (NaN ignored; NaN when there is none).
+
+    >>> round(unsure_z(0.5, [0.9, 0.91, 0.89, 0.9, 0.5]), 1)
+    -8.0
+    """
+    a = np.asarray(plate, dtype=np.float64)
+    a = a[np.isfinite(a)]
+    if not a.size or not np.isfinite(value):
+        return math.nan
+    med = float(np.median(a))
+    return float((value - med) / max(1.4826 * float(np.median(np.abs(a - med))), floor))
+
+
 def flags(wells: Mapping[Hashable, Mapping[str, float]], count: str = "count",
           thresholds: Thresholds = Thresholds()) -> Dict[Hashable, List[str]]:
     """The flags of each well (``{well: {column: value}}``, e.g. wells.csv rows), each flag a
     short text: ``no objects``, ``count outlier (z = 5.1)``, ``blurred (channel 2, z = -4.2)``,
-    ``saturated (channel 1, 2.3 %)``. Channels are found from the ``sharpness_*`` and
+    ``saturated (channel 1, 2.3 %)``, ``model unsure (confidence 0.41, z = -6.2)`` (from a
+    ``confidence`` column: :func:`unsure_z`). Channels are found from the ``sharpness_*`` and
     ``saturation_*`` columns (:func:`image_measures`).
 
     >>> w = {k: {"count": c} for k, c in zip("abcdef", [100, 104, 98, 101, 0, 400])}
@@ -128,6 +154,12 @@ def flags(wells: Mapping[Hashable, Mapping[str, float]], count: str = "count",
             for k, z in zip(keys, robust_z([float(wells[k].get(col, math.nan)) for k in keys])):
                 if np.isfinite(z) and z < -thresholds.blur_z:
                     out[k].append(f"blurred (channel {channel}, z = {z:.1f})")
+        elif col == "confidence":
+            plate = [float(wells[k].get(col, math.nan)) for k in keys]
+            for k, v in zip(keys, plate):
+                z = unsure_z(v, plate, thresholds.unsure_floor)
+                if np.isfinite(z) and z < -thresholds.unsure_z:
+                    out[k].append(f"model unsure (confidence {v:.2f}, z = {z:.1f})")
         elif col.startswith("saturation_"):
             channel = col[len("saturation_"):]
             for k in keys:
@@ -148,4 +180,5 @@ def explain(flag: str, thresholds: Thresholds = Thresholds()) -> str:
     name = flag.split(" (")[0]
     channel = "channel " + flag.split("channel ")[1].split(",")[0] if "channel " in flag else "a channel"
     return FLAGS[name].format(channel=channel, count_z=thresholds.count_z, blur_z=thresholds.blur_z,
-                              saturated_percent=thresholds.saturated_percent)
+                              saturated_percent=thresholds.saturated_percent, unsure_z=thresholds.unsure_z,
+                              unsure_floor=thresholds.unsure_floor)

@@ -61,12 +61,18 @@ class Job(ModelJob):
     batch_size: Optional[int] = None
     fmt: str = "tif"
     labels: bool = False
+    confidence: bool = False  # also measure each image's confidence (dlmodel.confidence)
+    augmentations: Optional[int] = None  # its transformed copies (None: the default)
 
     def targets(self, stem: str) -> Dict[str, Path]:
-        """The output files of the input whose outputs are named ``stem`` (:func:`output_stems`)."""
+        """The output files of the input whose outputs are named ``stem`` (:func:`output_stems`);
+        with ``confidence``, its row of ``confidence.csv`` (``confidence/<stem>.csv``), which
+        :func:`collect_confidence` gathers."""
         found = {oid: self.out_dir / f"{stem}_{oid}.{self.fmt}" for oid in self.output_ids}
         if self.labels:
             found["labels"] = self.out_dir / f"{stem}_labels.{self.fmt}"
+        if self.confidence:
+            found["confidence"] = self.out_dir / "confidence" / f"{stem}.csv"
         return found
 
     def tasks(self, paths: Sequence[Path]) -> List[Task]:
@@ -136,12 +142,60 @@ def predict_file(job: Job, task: Task, model: Any) -> List[Path]:
     path = task.inputs[0]
     model.check_file_fits(path, axes=job.axes, tile=job.tile, batch_size=job.batch_size)
     image, file_axes = io.read_image(path)
-    pred = model.predict(image, axes=job.axes or file_axes, tile=job.tile, batch_size=job.batch_size, name=str(path))
+    axes = job.axes or file_axes
     targets = job.targets(task.key[0])
+    measured = None
+    if job.confidence:  # the plain prediction and objects come with it: nothing is predicted twice
+        measured = model.confidence(image, axes=axes, augmentations=job.augmentations, objects=True if job.labels else None,
+                                    tile=job.tile, batch_size=job.batch_size, name=str(path))
+        pred = measured.prediction
+    else:
+        pred = model.predict(image, axes=axes, tile=job.tile, batch_size=job.batch_size, name=str(path))
     written = [io.write_image(targets[oid], pred[oid], pred.axes[oid]) for oid in job.output_ids]
     if job.labels:
-        written.append(io.write_image(targets["labels"], model.labels(pred)))
+        labels = measured.labels if measured is not None and measured.labels is not None else model.labels(pred)
+        written.append(io.write_image(targets["labels"], labels))
+    if measured is not None:
+        written.append(write_rows(targets["confidence"], [confidence_row(str(path), measured)], CONFIDENCE_FIELDS))
     return written
+
+
+#: the columns of confidence.csv (docs/confidence.md defines each)
+CONFIDENCE_FIELDS = ["image", "confidence", "consistency", "tta_f1", "tta_mad", "foreground_mad", "ambiguity",
+                     "outside_fraction", "histogram_distance", "transforms", "left_out"]
+
+
+def confidence_row(image: str, measured: Any) -> Dict[str, Any]:
+    """One image's row of confidence.csv: its confidence and components (empty: does not apply)."""
+    values = {k: ("" if v is None else v) for k, v in measured.to_dict().items()}
+    return {"image": image, **{k: values[k] for k in CONFIDENCE_FIELDS[1:-2]},
+            "transforms": "; ".join(measured.transforms), "left_out": "; ".join(measured.left_out)}
+
+
+def write_rows(path: Path, rows: Sequence[Dict[str, Any]], fields: Sequence[str]) -> Path:
+    """A CSV written atomically (a reader never sees half of it)."""
+    import csv
+
+    with io.atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(fields))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def collect_confidence(job: Job, tasks: Sequence[Task]) -> Optional[Path]:
+    """``confidence.csv`` in the output folder: one row per image whose outputs are all written
+    (this run's or an earlier one's, with ``resume``), in input order; None without confidence."""
+    import csv
+
+    if not job.confidence:
+        return None
+    rows: List[Dict[str, Any]] = []
+    for t in tasks:
+        if t.done():
+            with open(job.targets(t.key[0])["confidence"], newline="") as f:
+                rows += list(csv.DictReader(f))
+    return write_rows(job.out_dir / "confidence.csv", rows, CONFIDENCE_FIELDS)
 
 
 def attempt(job: ModelJob, task: Task, model: Any = None) -> Tuple[int, Optional[str]]:

@@ -142,6 +142,22 @@ class Server:
         del arrays
         self.reply_arrays({"labels": labels}, {"seconds": seconds})
 
+    def op_confidence(self, msg: Mapping[str, Any]) -> None:
+        model = self._model(msg)
+        inputs = {tid: wire.view(r, self.segment(r["shm"])) for tid, r in msg["inputs"].items()}
+        t0 = time.perf_counter()
+        c = model.confidence(inputs, axes=msg.get("axes"), augmentations=msg.get("augmentations"),
+                             seed=msg.get("seed", 0), objects=msg.get("objects"), tile=_tile(msg.get("tile")),
+                             batch_size=msg.get("batch_size"), pad_mode=msg.get("pad_mode"), name=msg.get("name", "image"))
+        seconds = time.perf_counter() - t0
+        del inputs
+        # the plain prediction and objects come back too: the client never predicts the image twice
+        arrays = {f"output:{k}": v for k, v in c.prediction.items()}
+        arrays["object_fraction"] = c.object_fraction
+        if c.labels is not None:
+            arrays["labels"] = c.labels
+        self.reply_arrays(arrays, {"confidence": c.to_dict(), "axes": c.prediction.axes, "seconds": seconds})
+
     def op_test(self, msg: Mapping[str, Any]) -> Dict[str, Any]:
         report = self._model(msg).test(msg.get("weights_format"))
         return {"weights_format": report.weights_format, "error": report.error, "untrusted": report.untrusted,
@@ -173,7 +189,7 @@ class Server:
 
     OPS: Dict[str, Callable[["Server", Mapping[str, Any]], Any]] = {
         "spec": op_spec, "choose_format": op_choose_format, "resolve_recipe": op_resolve_recipe, "load": op_load,
-        "predict": op_predict, "labels": op_labels, "test": op_test, "info": op_info,
+        "predict": op_predict, "labels": op_labels, "confidence": op_confidence, "test": op_test, "info": op_info,
         "check_file_fits": op_check_file_fits, "unload": op_unload,
     }
 
