@@ -310,13 +310,75 @@ RunDLModel:[module_num:1|svn_version:'Unknown'|variable_revision_number:1|show_w
     p = Pipeline()
     p.load(io.StringIO(v1))
     m = p.modules()[0]
-    assert m.variable_revision_number == 4
+    assert m.variable_revision_number == 5
     assert m.trust.value is False and m.python.value == ""
+    assert m.measure_confidence.value is False and m.augmentations.value == 3
     assert m.model_source.value == "models/nuclei3d_demo" and m.engine.value == "ONNX" and m.device.value == "CPU"
     assert m.tile_mode.value == "Custom" and m.tile_size.value == 64 and m.batch_size.value == 1
     g = m.outputs[0]
     assert g.objects_name.value == "Nuclei3D" and g.threshold.value == 0.6 and g.min_size.value == 5
     assert g.fill_holes.value is True and g.discard_border.value is False
+
+
+def test_revision_4_pipelines_load_with_confidence_off(cp):
+    """Pipelines saved before the confidence settings (revision 4: every example pipeline) load
+    with them off, and then list no confidence measurement."""
+    from cellprofiler_core.pipeline import Pipeline
+
+    p = Pipeline()
+    p.load(str(pipeline_file("nuclei.cppipe")))
+    m = next(m for m in p.modules() if m.module_name == "RunDLModel")
+    assert m.variable_revision_number == 5
+    assert m.measure_confidence.value is False and m.augmentations.value == 3
+    assert m.augmentations not in m.visible_settings()
+    assert not any("Confidence" in c[1] or "Copies" in c[1] for c in m.get_measurement_columns(p))
+    m.measure_confidence.value = True
+    cols = {(c[0], c[1]) for c in m.get_measurement_columns(p)}
+    assert {("Image", "DLModel_Confidence_Nuclei"), ("Image", "DLModel_ConfidenceAmbiguity_Nuclei"),
+            ("Image", "DLModel_ConfidenceCopies_Nuclei"), ("Nuclei", "DLModel_FoundInCopies")} <= cols
+    assert "FoundInCopies" in m.get_measurements(p, "Nuclei", "DLModel")
+    assert "Confidence" in m.get_measurements(p, "Image", "DLModel")
+
+
+def with_confidence(pipeline_text, copies=2):
+    """A pipeline whose RunDLModel modules measure the model's confidence with ``copies``
+    augmented copies (revision 5's last two settings)."""
+    out, in_module = [], False
+    for line in pipeline_text.splitlines():
+        if line.startswith("RunDLModel:["):
+            in_module = True
+            line = line.replace("variable_revision_number:4|", "variable_revision_number:5|")
+        out.append(line)
+        if in_module and line.startswith("    Python environment for the model:"):
+            out += ["    Measure the model's confidence?:Yes", f"    Number of augmented copies:{copies}"]
+            in_module = False
+    return "\n".join(out) + "\n"
+
+
+def test_confidence_measurements_in_a_headless_run(tmp_path):
+    """Measure the model's confidence? Yes: per image DLModel_Confidence and its components, per
+    nucleus the fraction of copies that found it again; sane values (in 4.2.8, through the worker)."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for f in sorted((DSB_VAL / "images").glob("*.tif"))[:2]:
+        shutil.copy(f, images / f.name)
+    pipeline = tmp_path / "nuclei_confidence.cppipe"
+    pipeline.write_text(with_confidence(pipeline_file("nuclei.cppipe").read_text()))
+    res = run_cellprofiler(str(pipeline), images, tmp_path / "out")
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = read_csv(tmp_path / "out" / "Image.csv")
+    assert len(rows) == 2
+    for r in rows:
+        assert 0 < float(r["DLModel_Confidence_Nuclei"]) <= 1
+        assert 0 < float(r["DLModel_ConfidenceTTAF1_Nuclei"]) <= 1
+        assert 0 <= float(r["DLModel_ConfidenceAmbiguity_Nuclei"]) < 1
+        assert 0 <= float(r["DLModel_ConfidenceHistogramDistance_Nuclei"]) <= 1
+        assert r["DLModel_ConfidenceCopies_Nuclei"].startswith("copies: ")
+        assert "5 of the 7 valid transforms not drawn" in r["DLModel_ConfidenceCopies_Nuclei"]
+    nuclei = read_csv(tmp_path / "out" / "Nuclei.csv")
+    assert len(nuclei) == sum(int(float(r["Count_Nuclei"])) for r in rows)
+    found = np.array([float(n["DLModel_FoundInCopies"]) for n in nuclei])
+    assert set(np.unique(found)) <= {0.0, 0.5, 1.0} and found.mean() > 0.8
 
 
 def _validate(module, volumetric=False):
