@@ -19,6 +19,7 @@ Two ways a package asks for it:
 """
 from __future__ import annotations
 
+import importlib.util
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence
 
@@ -192,6 +193,6 @@ def describe(recipe: Mapping[str, Any]) -> str:
     sub = f", grid {'x'.join(str(g) for g in grid)}" if any(int(g) != 1 for g in grid) else ""
     return (f"StarDist: non-maximum suppression of output {recipe.get('output')!r} (probability + "
             f"{recipe.get('n_rays')} rays{sub}), probability threshold {recipe['prob_threshold']:.3g}, overlap "
-            f"threshold {recipe['nms_threshold']:.3g} ({recipe.get('from', 'the package')}); "
-            "needs pip install 'dlmodel[stardist]'")
+            f"threshold {recipe['nms_threshold']:.3g} ({recipe.get('from', 'the package')})"
+            + ("" if importlib.util.find_spec("stardist") else "; needs pip install 'dlmodel[stardist]'"))
 
