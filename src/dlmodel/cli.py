@@ -432,6 +432,9 @@ def _plate(args: argparse.Namespace) -> int:
     if not args.report and any(v is not None for v in (args.controls, args.doses, args.negative, args.positive, args.readout)):
         raise DLModelError("--controls, --doses, --negative, --positive and --readout choose what --report shows: add --report")
     sites = platerun.parse_layout(io.find_images([str(folder)]), args.layout)
+    if args.metadata:  # checked whole before any image is segmented
+        named = [c for c in (args.controls, args.doses) if c is not None] if args.report else []
+        platerun.read_metadata(args.metadata, numeric=[args.doses] if args.report and args.doses else [], present=named)
     model = _load(args)
     job = platerun.PlateJob(source=str(model.spec.rdf_path) if model.local else args.source, engine=model.weights_format,
                             device=args.device, threads=args.threads, trust=args.trust, out_dir=args.output,
