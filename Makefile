@@ -65,7 +65,8 @@ gui-test: gui-setup
 	DLMODEL_GUI_SHOTS=out/gui-shots $(GUI_VENV)/bin/python -m pytest -m gui tests/test_gui.py
 	mkdir -p docs/images
 	cp out/gui-shots/add_module_dialog.png out/gui-shots/settings_panel.png out/gui-shots/display_window.png \
-		out/gui-shots/choose_model_dialog.png out/gui-shots/choose_model_checked.png docs/images/
+		out/gui-shots/choose_model_dialog.png out/gui-shots/choose_model_download.png out/gui-shots/choose_model_checked.png \
+		docs/images/
 
 # make test-cp4: the CellProfiler tests against CellProfiler 4.2.8.1 (Python 3.9, headless), the
 # release most biologists run. .venv-cp4 holds CellProfiler and its needs only: no engine, no

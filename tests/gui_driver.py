@@ -99,11 +99,13 @@ class Driver:
     def shot(self, name: str, window: Any, raise_window: bool = True) -> None:
         """Screenshot of one window's part of the X display (raised first, unless a dialog that
         is not a wx window, such as GTK's message box, must stay on top of it)."""
+        import wx
+
         def rect() -> tuple:
             if raise_window:
                 window.Raise()
             window.Refresh()
-            window.Update()
+            wx.Window.Update(window)  # (a ProgressDialog's own Update sets its value)
             r = window.GetScreenRect()
             return r.x, r.y, r.width, r.height
 
@@ -269,25 +271,36 @@ class Driver:
 
         self.report["chooser_shown"] = self.gui(search_and_filter)
 
-        def pick() -> str:
-            index = next((i for i, e in enumerate(dlg.shown) if e.id == self.args.choose), None)
+        def pick(model: str) -> str:
+            index = next((i for i, e in enumerate(dlg.shown) if e.id == model), None)
             if index is None:
-                raise AssertionError(f"{self.args.choose} is not listed: {[e.id for e in dlg.shown]}")
+                raise AssertionError(f"{model} is not listed: {[e.id for e in dlg.shown]}")
             dlg.models.Select(index)  # a click on the row (EVT_LIST_ITEM_SELECTED shows its card)
             dlg.models.Focus(index)
             return dlg.selected.id if dlg.selected else ""
 
-        self.report["chooser_selected"] = self.gui(pick)
+        def use() -> None:
+            wx.CallAfter(_click, dlg.use)  # posted: the download's progress dialog is modal
+
+        self.report["chooser_selected"] = self.gui(lambda: pick(self.args.choose))
         self.wait("the model's card with its cover", lambda: "Loading the cover" not in dlg.card.ToText(), timeout=120,
                   dialogs=True)
         self.report["chooser_card"] = self.gui(dlg.card.ToText)
         self.shot("choose_model_dialog", dlg)
-
-        def use() -> None:
-            evt = wx.CommandEvent(wx.wxEVT_BUTTON, dlg.use.GetId())
-            evt.SetEventObject(dlg.use)
-            wx.CallAfter(dlg.use.GetEventHandler().ProcessEvent, evt)  # the download's progress dialog is modal
-
+        if self.args.cancel:  # first a download the user cancels: the dialog stays, the cache keeps nothing
+            self.gui(lambda: pick(self.args.cancel))
+            self.gui(use)
+            progress = self.wait("the download's progress dialog, with a first block", lambda: (
+                (p := _shown_titled("RunDLModel: downloading the model")) and " MB" in _texts(p) and p), timeout=120,
+                dialogs=True)
+            self.report["download_progress"] = self.gui(lambda: _texts(progress))
+            self.shot("choose_model_download", progress)
+            self.gui(lambda: _click(next(b for b in _descendants(progress) if isinstance(b, wx.Button)
+                                         and b.GetId() == wx.ID_CANCEL)))
+            self.wait("the download to stop", lambda: _shown_titled("RunDLModel: downloading the model") is None
+                      and "cancelled" in dlg.status.GetLabel(), timeout=120, dialogs=True)
+            self.report["chooser_status_after_cancel"] = self.gui(dlg.status.GetLabel)
+            self.gui(lambda: pick(self.args.choose))
         self.gui(use)
         self.wait("the download, and the dialog to close", lambda: _chooser() is None, timeout=600, dialogs=True)
         self.wait("Check model's answer", lambda: checked.messages, timeout=600, dialogs=True)
@@ -355,6 +368,27 @@ class _Caught(logging.Handler):
             self.messages.append(message)
 
 
+def _click(button: Any) -> None:
+    """A click on a wx button, as its own event."""
+    import wx
+
+    evt = wx.CommandEvent(wx.wxEVT_BUTTON, button.GetId())
+    evt.SetEventObject(button)
+    button.GetEventHandler().ProcessEvent(evt)
+
+
+def _shown_titled(title: str) -> Any:
+    import wx
+
+    return next((w for w in wx.GetTopLevelWindows() if w.IsShown() and w.GetTitle() == title), None)
+
+
+def _texts(window: Any) -> str:
+    import wx
+
+    return " | ".join(c.GetLabel() for c in _descendants(window) if isinstance(c, wx.StaticText) and c.GetLabel())
+
+
 def _chooser() -> Any:
     """RunDLModel's Choose a model dialog, if shown."""
     import wx
@@ -392,6 +426,7 @@ def main() -> int:
     ap.add_argument("--min-files", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--choose", default="", help="the zoo id to pick in Choose a model… (last step; none: skipped)")
+    ap.add_argument("--cancel", default="", help="a zoo id whose download is started, then cancelled, before that")
     ap.add_argument("--write-preferences", action="store_true")
     args = ap.parse_args()
     if args.write_preferences:

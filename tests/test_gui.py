@@ -29,6 +29,7 @@ CELLPROFILER = Path(sys.executable).parent / "cellprofiler"
 DRIVER = ROOT / "tests" / "gui_driver.py"
 PIPELINE = ROOT / "example_pipelines" / "nuclei.cppipe"
 CHOSEN = "affable-shark"  # the zoo model Choose a model… picks: UNet 2D Nuclei Broad, served from 127.0.0.1
+CANCELLED = "slow-shark"  # the same package, its files served slowly: its download is cancelled in the window
 # Columns that differ between any two runs: timings, and where the files were written.
 VOLATILE = ("ExecutionTime_", "DLModel_InferenceSeconds_", "PathName_", "URL_", "ModuleError_")
 
@@ -54,7 +55,11 @@ def display():
     # -displayfd: Xvfb picks a free display and writes its number once it accepts clients (its
     # socket file appears earlier, and a client that connects then can fail: seen in CI)
     read, write = os.pipe()
-    proc = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
+    # -noreset: by default Xvfb resets itself when its last client leaves, and a client that
+    # connects during the reset fails ("unable to initialize wxWidgets"): seen after the
+    # connection check below, and after the preferences process
+    proc = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", "1600x1000x24", "-nolisten", "tcp",
+                             "-noreset"],
                             pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     os.close(write)
     number = b""
@@ -82,23 +87,60 @@ def display():
     proc.wait(10)
 
 
+class _SlowServer:
+    """A static file server on 127.0.0.1 that sends the files of ``slow-*`` packages (all but
+    their rdf) 32 kB at a time, 10 times a second: a download a user has time to cancel."""
+
+    def __init__(self, root: Path):
+        import functools
+        import http.server
+        import threading
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def copyfile(self, source, outputfile):
+                if "/slow-" not in self.path or self.path.endswith(".yaml"):
+                    return super().copyfile(source, outputfile)
+                try:
+                    while True:
+                        block = source.read(32 << 10)
+                        if not block:
+                            return
+                        outputfile.write(block)
+                        time.sleep(0.1)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the download was cancelled
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
 @pytest.fixture(scope="module")
 def zoo_listing(tmp_path_factory):
-    """The zoo's listing and packages, in the service's own format, served from 127.0.0.1: two
-    models that run here, one that needs TensorFlow, one whose rdf is invalid."""
+    """The zoo's listing and packages, in the service's own format, served from 127.0.0.1: three
+    models that run here (one of them slow to download), one that needs TensorFlow, one whose
+    rdf is invalid."""
     from test_catalog import _publish
-    from test_sources import Server
 
     www = tmp_path_factory.mktemp("zoo")
     items = [
         _publish(www, CHOSEN, NUCLEI_MODEL, 500),
+        _publish(www, CANCELLED, NUCLEI_MODEL, 7, lambda m: m.update(name="Nuclei U-Net on a slow server")),
         _publish(www, "fixed-unet", ROOT / "tests" / "fixtures" / "spec_examples" / "unet2d_fixed_shape", 5),
         _publish(www, "tf-nuclei", ROOT / "models" / "nuclei_default", 3, lambda m: m.update(name="TF-only nuclei", weights={
             "tensorflow_saved_model_bundle": {"source": "weights.onnx", "tensorflow_version": "2.15.0"}})),
         _publish(www, "broken-nuclei", ROOT / "models" / "nuclei_default", 2, lambda m: m.pop("inputs")),
     ]
     (www / "children").write_text(json.dumps(items))
-    server = Server(www)
+    server = _SlowServer(www)
     yield {"DLMODEL_CATALOG_URL": f"{server.url}/children", "DLMODEL_ZOO_URL": f"{server.url}/{{id}}/files/rdf.yaml"}
     server.stop()
 
@@ -118,7 +160,7 @@ def gui_run(display, zoo_listing, tmp_path_factory):
     res = subprocess.run(
         [sys.executable, str(DRIVER), "--pipeline", str(PIPELINE), "--images", str(DSB_VAL / "images"),
          "--out", str(out), "--plugins", str(ROOT / "plugins"), "--shots", str(shots), "--workers", "2",
-         "--min-files", "32", "--choose", CHOSEN],
+         "--min-files", "32", "--choose", CHOSEN, "--cancel", CANCELLED],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     line = next((ln for ln in res.stdout.splitlines() if ln.startswith("GUI-DRIVER {")), None)
     assert line, f"the driver reported nothing (exit {res.returncode}):\n{res.stdout[-2000:]}\n{res.stderr[-4000:]}"
@@ -218,10 +260,10 @@ def _looks_like_a_window(png: Path) -> None:
 def test_choose_a_model_searches_filters_and_shows_the_card(gui_run):
     report, _, shots = gui_run
     everything = set(report["chooser_all"])
-    assert {CHOSEN, "fixed-unet", "tf-nuclei", "broken-nuclei"} <= everything  # the zoo's
+    assert {CHOSEN, CANCELLED, "fixed-unet", "tf-nuclei", "broken-nuclei"} <= everything  # the zoo's
     assert str(ROOT / "models" / "nuclei_default") in everything  # and this computer's
     shown = dict(report["chooser_shown"])  # after typing "nuclei" and ticking Runs here
-    assert CHOSEN in shown and all(shown.values()) and "broken-nuclei" not in shown and "fixed-unet" not in shown
+    assert CHOSEN in shown and CANCELLED in shown and all(shown.values()) and "broken-nuclei" not in shown and "fixed-unet" not in shown
     assert report["chooser_selected"] == CHOSEN
     card = report["chooser_card"]
     for words in ("UNet 2D Nuclei Broad", "zoo id affable-shark", "Runs here", "MIT", "Constantin Pape",
@@ -229,6 +271,20 @@ def test_choose_a_model_searches_filters_and_shows_the_card(gui_run):
         assert words in card, (words, card)
     assert "No cover" not in card, card
     _looks_like_a_window(shots / "choose_model_dialog.png")
+
+
+def test_a_download_cancelled_in_the_window_keeps_nothing(gui_run):
+    report, _, shots = gui_run
+    progress = report["download_progress"]  # what the progress dialog said before Cancel was pressed
+    assert "Nuclei U-Net on a slow server" in progress and " MB" in progress, progress
+    assert report["chooser_status_after_cancel"] == (
+        f"The download of {CANCELLED} was cancelled; nothing of it was kept"), report["chooser_status_after_cancel"]
+    packages = report["cache"] / "packages"
+    folders = [p for p in packages.iterdir() if p.is_dir()]
+    # only the model used afterwards, complete: no staging folder, no part file, nothing of the cancelled one
+    assert len(folders) == 1 and (folders[0] / ".dlmodel-complete").is_file(), list(packages.iterdir())
+    assert not list(packages.rglob("*.part-*")), list(packages.rglob("*"))
+    _looks_like_a_window(shots / "choose_model_download.png")
 
 
 def test_use_this_model_downloads_fills_the_setting_and_checks_the_model(gui_run):

@@ -94,7 +94,7 @@ def card_html(entry: "Entry", cover: Optional[Path] = None, cover_note: str = ""
     e = _esc
     where = ORIGINS.get(entry.origin, entry.origin)
     ident = f"zoo id <b>{e(entry.id)}</b>" if entry.origin == "zoo" else e(entry.id)
-    downloads = f" · {entry.downloads:,} downloads" if entry.downloads else ""
+    downloads = f" · {entry.downloads:,} download{'s' if entry.downloads != 1 else ''}" if entry.downloads else ""
     if entry.problem:
         verdict = f"<font color='#b00000'><b>Cannot be read:</b> {e(entry.problem)}</font>"
     elif entry.runs_here:

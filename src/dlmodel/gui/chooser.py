@@ -54,6 +54,38 @@ def _read_catalog(refresh: bool) -> catalog.Catalog:
     return catalog.Catalog(local.entries + list(_ZOO["entries"]), _ZOO["note"])
 
 
+class ModelList(wx.ListCtrl):
+    """The models listed: a virtual list (the zoo has over a thousand; each keystroke lists them
+    again without making a row each), greyed where they do not run here."""
+
+    COLUMNS = (("Model", 240), ("Task", 160), ("From", 100), ("Runs here", 110))
+
+    def __init__(self, parent: wx.Window):
+        super().__init__(parent, style=wx.LC_REPORT | wx.LC_SINGLE_SEL | wx.LC_VIRTUAL, name="models")
+        for i, (label, width) in enumerate(self.COLUMNS):
+            self.InsertColumn(i, label, width=width)
+        self.rows: List[catalog.Entry] = []
+        self.grey = wx.ItemAttr()
+        self.grey.SetTextColour(wx.Colour(120, 120, 120))
+
+    def show(self, entries: List[catalog.Entry]) -> None:
+        selected = self.GetFirstSelected()
+        if selected != -1:
+            self.Select(selected, False)
+        self.rows = entries
+        self.SetItemCount(len(entries))
+        self.Refresh()
+
+    def OnGetItemText(self, item: int, column: int) -> str:
+        e = self.rows[item]
+        runs = "cannot be read" if e.problem else "yes" if e.runs_here else "no"
+        return (e.name, e.task or "—", cards.SHORT_ORIGINS.get(e.origin, e.origin), runs)[column]
+
+    def OnGetItemAttr(self, item: int) -> Optional[wx.ItemAttr]:
+        e = self.rows[item]
+        return self.grey if e.problem or not e.runs_here else None
+
+
 class ChooserDialog(wx.Dialog):
     """Search box, task / tag / runs-here filters, the list, the selected model's card;
     *Browse…*, *Cancel*, *Use this model*. ``chosen`` holds the answer once it closes with OK."""
@@ -79,9 +111,7 @@ class ChooserDialog(wx.Dialog):
         self.runs_here.SetToolTip("Only models that run with the engines installed in CellProfiler's Python")
         self.refresh = wx.Button(self, label="Refresh")
         self.refresh.SetToolTip("Fetch the BioImage Model Zoo's list of models again")
-        self.models = wx.ListCtrl(self, style=wx.LC_REPORT | wx.LC_SINGLE_SEL, name="models")
-        for i, (label, width) in enumerate((("Model", 250), ("Task", 165), ("From", 105), ("Runs here", 90))):
-            self.models.InsertColumn(i, label, width=width)
+        self.models = ModelList(self)
         self.card = wx.html.HtmlWindow(self, name="card", style=wx.html.HW_SCROLLBAR_AUTO | wx.BORDER_THEME)
         self.status = wx.StaticText(self, label="Reading the catalogue (the BioImage Model Zoo and this computer)…",
                                     style=wx.ST_ELLIPSIZE_END)
@@ -173,15 +203,9 @@ class ChooserDialog(wx.Dialog):
         tag = self.tag.GetStringSelection()
         self.shown = cards.filter_entries(self.entries, self.search.GetValue().strip(), "" if task == ANY_TASK else task,
                                           "" if tag == ANY_TAG else tag, self.runs_here.GetValue())
-        self.models.DeleteAllItems()
-        for i, e in enumerate(self.shown):
-            self.models.InsertItem(i, e.name)
-            self.models.SetItem(i, 1, e.task or "—")
-            self.models.SetItem(i, 2, cards.SHORT_ORIGINS.get(e.origin, e.origin))
-            self.models.SetItem(i, 3, "cannot be read" if e.problem else "yes" if e.runs_here else "no")
-            if e.problem or not e.runs_here:
-                self.models.SetItemTextColour(i, wx.Colour(120, 120, 120))
+        self.models.show(self.shown)
         loading = self.loading is not None and not self.loading.done()
+        self.status.SetForegroundColour(wx.NullColour)
         self.status.SetLabel(cards.status_line(len(self.shown), len(self.entries), self.note) if not loading else
                              self.status.GetLabel())
         keep = self.selected or next((e for e in self.shown if catalog.display_id(e) == self.current), None)
@@ -239,9 +263,12 @@ class ChooserDialog(wx.Dialog):
         except DLModelError as e:  # cancelled, or the download failed: the dialog stays, and says so
             from ..sources import DownloadCancelled
 
-            cancelled = isinstance(e, DownloadCancelled)
-            self.status.SetForegroundColour(wx.Colour(0, 0, 0) if cancelled else wx.Colour(176, 0, 0))
-            self.status.SetLabel(str(e) if cancelled else f"Cannot download {entry.id}: {one_line(e)}")
+            if isinstance(e, DownloadCancelled):
+                self.status.SetForegroundColour(wx.NullColour)
+                self.status.SetLabel(str(e)[:1].upper() + str(e)[1:])
+            else:
+                self.status.SetForegroundColour(wx.Colour(176, 0, 0))
+                self.status.SetLabel(f"Cannot download {entry.id}: {one_line(e)}")
             return
         self._close_with(entry.id)
 
@@ -271,6 +298,9 @@ class ChooserDialog(wx.Dialog):
                     going = dlg.Update(state["percent"], text)[0]
                 if not going:
                     cancelled.set()
+                # Update yields to user input only: let the rest of the window's events run too
+                # (repaints, timers, calls posted from other threads)
+                wx.YieldIfNeeded()
                 wx.MilliSleep(100)
         finally:
             dlg.Destroy()
