@@ -414,16 +414,20 @@ def compared_channels(spec: Any, output_id: str, recipe: Optional[Mapping[str, A
 
 def is_probability(spec: Any, output_id: str, recipe: Optional[Mapping[str, Any]]) -> bool:
     """Whether an output holds probabilities: its post-processing ends in a sigmoid or softmax,
-    or the instance recipe thresholds it as one (StarDist's probability, a threshold recipe)."""
+    or the instance recipe thresholds it as one. Not StarDist's: its "object probability" is the
+    normalised distance to the object's edge, between 0.3 and 0.7 over most of every object by
+    design, so its ambiguity would measure object size, not doubt."""
     try:
         post = spec.output(output_id).postprocessing
     except Exception:  # a worker's RemoteSpec has no processing: the recipe decides
         post = ()
     ids = [getattr(op, "id", None) for op in post if getattr(op, "id", None) != "ensure_dtype"]
+    if _family(recipe) is not None and (recipe or {}).get("output", output_id) == output_id:
+        return False  # a family's outputs: StarDist's distances, Cellpose's flows and logits
     if ids and ids[-1] in _PROBABILITY_OPS:
         return True
     method = (recipe or {}).get("method")
-    return method in ("threshold", "watershed", "seeded_watershed", "stardist") and (recipe or {}).get(
+    return method in ("threshold", "watershed", "seeded_watershed") and (recipe or {}).get(
         "output", output_id) == output_id
 
 
@@ -431,8 +435,8 @@ def foreground_probability(prediction: Mapping[str, np.ndarray], axes: Mapping[s
                            recipe: Optional[Mapping[str, Any]]) -> Optional[np.ndarray]:
     """The probability that each pixel belongs to an object, from the output the objects are
     made from (the recipe's, else the first): the recipe's foreground channels summed (seeded
-    watershed), its channel (threshold, watershed), StarDist's probability; None when that
-    output is not a probability (intensities, Cellpose's flows, labels)."""
+    watershed), its channel (threshold, watershed); None when that
+    output is not a probability (intensities, StarDist's distances, Cellpose's flows, labels)."""
     recipe = dict(recipe or {})
     oid = recipe.get("output") or next(iter(prediction))
     if oid not in prediction or recipe.get("method") in ("labels", "cellpose", "deepimagej"):
@@ -446,8 +450,6 @@ def foreground_probability(prediction: Mapping[str, np.ndarray], axes: Mapping[s
 
     if recipe.get("method") == "seeded_watershed":
         return np.clip(sum(channel(i) for i in recipe.get("foreground", [0])), 0.0, 1.0)
-    if recipe.get("method") == "stardist":
-        return channel(0)
     if "c" in ax and out.shape[ax.index("c")] > 1 and "channel" not in recipe:
         # a softmax over classes with no recipe: everything but the first class (background)
         return np.clip(1.0 - channel(0), 0.0, 1.0)
