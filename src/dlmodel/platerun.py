@@ -129,7 +129,8 @@ class PlateJob(ModelJob):
         not be one, nor a file of the user's beside the images)."""
         measures = ("count", "mean_area", *measure_columns(self.measure_channels, self.ring))
         return [self.out_dir / "objects.csv", self.out_dir / "wells.csv",
-                *(self.out_dir / f"plate_{m}.png" for m in measures)]
+                *(self.out_dir / f"plate_{m}.png" for m in measures),
+                *([self.out_dir / "plate_confidence.png"] if self.confidence else [])]
 
     def __call__(self, task: Task, model: Any = None) -> int:
         plate, row, col, site, channels = task.key

@@ -31,8 +31,8 @@ from typing import IO, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 # Raised with every change of the messages; client and worker must agree.
-# 2: the worker starts isolated and says where its dlmodel comes from.
-PROTOCOL = 2
+# 2: the worker starts isolated and says where its dlmodel comes from; 3: the confidence op.
+PROTOCOL = 3
 _HEADER = struct.Struct(">I")
 # Messages are small (descriptions, references); the largest, a model's info, is a few KB.
 MAX_MESSAGE_BYTES = 16 * 2**20
