@@ -451,7 +451,6 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
                   + ":"] = url
         return found
 
-
     # ------------------------------------------------------------------ model
     def _source(self):
         return resolve_source(self.model_source.value)
