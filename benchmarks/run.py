@@ -3,6 +3,7 @@ not, and writes docs/performance.md. Not a test, never run by CI.
 
     .venv/bin/python benchmarks/run.py                  # everything (about an hour on 2 cores)
     .venv/bin/python benchmarks/run.py --quick          # 512 and 2048 only, no plate pipeline
+    .venv/bin/python benchmarks/run.py --smoke          # a check that it runs: seconds, writes no docs
 
 Every measurement runs in its own process (so peak RSS is that measurement's alone) after one
 warm-up pass on tiles of the shape it will use, and times its case twice in a row (once at
@@ -20,6 +21,11 @@ At 2048x2048 one more process per round alternates (a) and (c) pass by pass (a c
 (a)/(c) with the minute-to-minute drift taken out; it decides no target).
 Then the plate pipeline: RunDLModel's wall time per image set next to the bare model timed in
 the same CellProfiler process (benchmarks/plugins/baremodel.py, appended to the pipeline).
+
+``--smoke`` runs every case once on a wide U-Net of base width 4 (built in a temporary folder)
+at 256x256 in tiles of 192, the in-process alternation, every target check (their verdicts mean
+nothing at this size) and the plate pipeline on 2 image sets; the table goes to a temporary
+file, not docs/performance.md.
 """
 from __future__ import annotations
 
@@ -42,7 +48,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 IMAGES = SHARED / "data" / "dsb2018_nuclei_val" / "images"
 PLATE = SHARED / "data" / "ExampleSBSImages"
-CACHE = ROOT / "out" / "benchmarks"
+# the wide model is built here; --smoke points its children at a temporary folder instead
+CACHE = Path(os.environ.get("DLMODEL_BENCH_CACHE") or ROOT / "out" / "benchmarks")
 MODELS = {
     "zoo": SHARED / "models" / "unet2d_nuclei_broad" / "bioimageio.yaml",
     "wide": CACHE / "wide_unet" / "bioimageio.yaml",  # built on first use, see build_wide()
@@ -75,20 +82,21 @@ def peak_rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def build_wide() -> None:
+def build_wide(base: int = 32) -> None:
     """A wider U-Net of our own (random weights: speed does not depend on them), packaged with
-    dlmodel's own packager as ONNX + TorchScript."""
+    dlmodel's own packager as ONNX + TorchScript. The architecture is the default model's
+    (models/nuclei_default/nuclei_unet.py), with base width ``base``."""
     if MODELS["wide"].exists():
         return
     import torch
 
-    sys.path.insert(0, str(ROOT / "scripts"))
+    sys.path.insert(0, str(ROOT / "models" / "nuclei_default"))
     from nuclei_unet import NucleiUNet
 
     from dlmodel import packaging
 
     torch.manual_seed(0)
-    net = NucleiUNet(base=32, classes=1).eval()
+    net = NucleiUNet(base=base, classes=1).eval()
     packaging.package(
         net, image(256).astype(np.float32), MODELS["wide"].parent, overwrite=True,
         name="benchmark wide U-Net", description="Random-weight U-Net for speed measurements only.",
@@ -122,12 +130,13 @@ def measure(case: str, model: str, size: int, extra: dict) -> dict:
         from dlmodel.prediction import make_plan
 
         m = dlmodel.load(rdf)
+        tile = extra.get("tile")  # None: dlmodel's own choice
         # warm-up on tiles of the shape the timed pass will use, as (b) and (c) warm up: the
         # engine's memory arena grows to that shape once, outside the timing
         t = m.spec.inputs[0]
-        shape = make_plan(m.spec, {t.id: to_model_layout(img, "yx", t, "image")[0]}).tile_shape
+        shape = make_plan(m.spec, {t.id: to_model_layout(img, "yx", t, "image")[0]}, tile).tile_shape
         m.predict(img[: shape["y"], : shape["x"]], tile=(shape["y"], shape["x"]))
-        seconds, pred = timed(lambda: m.predict(img))
+        seconds, pred = timed(lambda: m.predict(img, tile=tile))
         inner = {a.id: p.size - 2 * a.margin for a, p in zip(pred.plan.axes, pred.plan.axis_plans)}
         result = {"engine": m.weights_format, "tiles": len(pred.plan.tiles), "tile_shape": pred.plan.tile_shape,
                   "inner": inner, "fixed": all(a.constraint.size is not None for a in pred.plan.axes),
@@ -144,7 +153,7 @@ def measure(case: str, model: str, size: int, extra: dict) -> dict:
         a_best = c_best = math.inf
         for _ in range(int(extra["alternations"])):
             t0 = time.perf_counter()
-            m.predict(img)
+            m.predict(img, tile=(t["y"], t["x"]))
             t1 = time.perf_counter()
             for _ in range(extra["tiles"]):
                 run()
@@ -222,8 +231,11 @@ def child(case: str, model: str, size: int, extra: dict | None = None) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def bench(model: str, size: int, repeat: int) -> dict:
-    """(a), (c), (b default), (b same engine) for one image size, ``repeat`` interleaved rounds."""
+def bench(model: str, size: int, repeat: int, smoke: bool = False) -> dict:
+    """(a), (c), (b default), (b same engine) for one image size, ``repeat`` interleaved rounds;
+    (a) and (c) alternated in one process too at 2048x2048. ``smoke``: one pass per case, tiles
+    of 192 (so that bioimageio.core's blocks fit in a small image), and the alternation too."""
+    tile = 192 if smoke else None  # None: dlmodel's own choice
     best: dict = {}
 
     def keep(name: str, r: dict) -> None:
@@ -234,16 +246,16 @@ def bench(model: str, size: int, repeat: int) -> dict:
             old["peak_rss_mb"] = max(old["peak_rss_mb"], r["peak_rss_mb"])
 
     alt: list = []  # (a)/(c) alternated in one process, one ratio per round
-    passes = 2 if size <= 4096 else 1  # one pass at 8192 takes 40-80 s: long enough to even out
+    passes = 2 if size <= 4096 and not smoke else 1  # one pass at 8192 takes 40-80 s: long enough to even out
     for _ in range(repeat):
-        keep("a", child("dlmodel", model, size, {"passes": passes}))
+        keep("a", child("dlmodel", model, size, {"passes": passes, "tile": tile}))
         a = best["a"]
         shape = [1, 1, a["tile_shape"]["y"], a["tile_shape"]["x"]]
         keep("c", child("bare", model, size, {"engine": a["engine"], "tiles": a["tiles"], "shape": shape, "passes": passes}))
         extra = {"engine": a["engine"], "tile_shape": a["tile_shape"], "passes": passes}
         keep("b_default", child("core_default", model, size, extra))
         keep("b_same", child("core_same", model, size, extra))
-        if size == 2048:  # a few seconds a pass: cheap enough to alternate
+        if size == 2048 or smoke:  # a few seconds a pass: cheap enough to alternate
             alt.append(child("alternate", model, size, {**extra, "tiles": a["tiles"], "alternations": 5})["seconds"])
     a = best["a"]
     geometric = size * size / math.prod(a["inner"].values())
@@ -330,6 +342,8 @@ def verdict(ok: bool) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="512 and 2048 with the zoo model, no plate pipeline")
+    ap.add_argument("--smoke", action="store_true",
+                    help="every case once at the smallest sizes, plate on 2 image sets; writes no docs (seconds)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--wells", type=int, default=13)
     ap.add_argument("--child")
@@ -338,13 +352,40 @@ def main() -> int:
         case, model, size, extra = json.loads(args.child)
         print(json.dumps(measure(case, model, int(size), extra)))
         return 0
+    if args.smoke:
+        return smoke(args)
     build_wide()
     plan = [("zoo", 512), ("zoo", 2048)]
     if not args.quick:
         plan += [("zoo", 4096), ("zoo", 8192), ("wide", 2048), ("wide", 4096), ("default", 2048)]
+    return measure_all(plan, args, ROOT / "docs" / "performance.md")
+
+
+def smoke(args: argparse.Namespace) -> int:
+    """Every case of ``main`` at the smallest sizes, into temporary folders: a check that the
+    benchmark still runs. Its verdicts mean nothing."""
+    args.repeat, args.wells = 1, 2
+    with tempfile.TemporaryDirectory(prefix="dlmodel-bench-smoke-") as tmp:
+        os.environ["DLMODEL_BENCH_CACHE"] = tmp  # the children find the wide model there
+        MODELS["wide"] = Path(tmp) / "wide_unet" / "bioimageio.yaml"
+        build_wide(base=4)
+        doc = Path(tmp) / "performance.md"
+        doc.write_text(f"{START}\n{END}\n")
+        print("smoke: a base-4 wide U-Net at 256x256 in tiles of 192 (the zoo model's fixed 512x512 takes minutes "
+              "through bioimageio.core on 2 cores), every case once, plate pipeline on 2 image sets; the verdicts "
+              "below mean nothing at these sizes", flush=True)
+        measure_all([("wide", 256)], args, doc)
+        print(f"smoke: the table went to a temporary {doc.name} ({len(doc.read_text().splitlines())} lines), "
+              "not docs/performance.md")
+    return 0  # the verdicts decide nothing here
+
+
+def measure_all(plan: list, args: argparse.Namespace, doc: Path) -> int:
+    """Measure ``plan`` ((model, size) pairs) and the plate pipeline unless ``--quick``; print
+    the targets as met or not and write the table into ``doc``."""
     rows, checks = [], []
     for model, size in plan:
-        r = bench(model, size, args.repeat)
+        r = bench(model, size, args.repeat, smoke=args.smoke)
         rows.append(r)
         a, c, bd, bs = r["a"], r["c"], r["b_default"], r["b_same"]
         print(f"{model} {size}x{size}: dlmodel {a['seconds']:.2f} s ({a['engine']}, {a['tiles']} tiles of "
@@ -353,7 +394,7 @@ def main() -> int:
               f"({bs['peak_rss_mb']:.0f} MB) | bare {c['seconds']:.2f} s ({c['peak_rss_mb']:.0f} MB)"
               + (f" | (a)/(c) alternated in one process {alternated(r)}" if r["alt"] else ""), flush=True)
         tag = f"{model} {size}x{size}"
-        if size >= 2048:
+        if size >= 2048 or args.smoke:
             checks.append((f"{tag}: (a)/(c) = {a['seconds'] / c['seconds']:.3f} <= {TARGETS['a_c']}",
                            a["seconds"] / c["seconds"] <= TARGETS["a_c"]))
             ratio = a["tiles"] / r["geometric"]
@@ -369,7 +410,7 @@ def main() -> int:
                            f"{TARGETS['b_default']}", bd["seconds"] / a["seconds"] >= TARGETS["b_default"]))
         checks.append((f"{tag}: (b, core {bs['engine']})/(a) = {bs['seconds'] / a['seconds']:.2f} >= {TARGETS['b_same']}",
                        bs["seconds"] / a["seconds"] >= TARGETS["b_same"]))
-        if size == 8192:
+        if size == 8192 or args.smoke:
             limit = size * size * 2 / 2**20 + 1.5 * a["out_bytes"] / 2**20 + 300
             checks.append((f"{tag}: peak RSS {a['peak_rss_mb']:.0f} MB <= input + 1.5 x output + 300 MB = {limit:.0f} MB "
                            f"(bioimageio.core, same engine: {bs['peak_rss_mb']:.0f} MB)", a["peak_rss_mb"] <= limit))
@@ -390,11 +431,12 @@ def main() -> int:
     for text, ok in checks:
         print(f"[{verdict(ok)}] {text}")
     print(threads_line())
-    write_doc(rows, pl, checks, args)
+    write_doc(rows, pl, checks, args, doc)
     return 0 if all(ok for _, ok in checks) else 1
 
 
-def write_doc(rows: list, pl: dict | None, checks: list, args: argparse.Namespace) -> None:
+def write_doc(rows: list, pl: dict | None, checks: list, args: argparse.Namespace, doc: Path) -> None:
+    """Replace the text between ``START`` and ``END`` in ``doc`` with the tables."""
     cpu = "unknown CPU"
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
@@ -455,7 +497,6 @@ def write_doc(rows: list, pl: dict | None, checks: list, args: argparse.Namespac
         ]
     lines += ["", "Targets (issue 6):", ""]
     lines += [f"- {verdict(ok)}: {text}" for text, ok in checks]
-    doc = ROOT / "docs" / "performance.md"
     text = doc.read_text() if doc.exists() else f"{START}\n{END}\n"
     head, rest = text.split(START, 1)
     tail = rest.split(END, 1)[1]
