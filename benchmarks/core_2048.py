@@ -2,15 +2,19 @@
 image with the shared nuclei model, measured side by side in one run (best of N).
 
     .venv/bin/python benchmarks/core_2048.py [--size 2048] [--repeat 2]
+    .venv/bin/python benchmarks/core_2048.py --smoke     # 512x512, the smallest bioimageio.core takes, once
 """
 import argparse
-import glob
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import tifffile
 
-MODEL = "../shared/models/unet2d_nuclei_broad/bioimageio.yaml"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+MODEL = SHARED / "models" / "unet2d_nuclei_broad" / "bioimageio.yaml"
 
 
 def best(fn, repeat):
@@ -26,13 +30,17 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=2048)
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--smoke", action="store_true", help="512x512 (the smallest image core takes here), once: seconds")
     args = ap.parse_args()
+    if args.smoke:
+        args.size, args.repeat = 512, 1
+        print("smoke: 512x512, once: a check that it runs, not a measurement")
     import dlmodel
     from bioimageio.core import Sample, Tensor, create_prediction_pipeline, predict
     from bioimageio.core.axis import AxisId
     from bioimageio.spec import load_model_description
 
-    base = tifffile.imread(sorted(glob.glob("../shared/data/dsb2018_nuclei_val/images/*.tif"))[-1])
+    base = tifffile.imread(sorted((SHARED / "data" / "dsb2018_nuclei_val" / "images").glob("*.tif"))[-1])
     img = np.tile(base, (args.size // base.shape[0] + 1, args.size // base.shape[1] + 1))[: args.size, : args.size]
     img = img.astype(np.float32)
 
@@ -53,4 +61,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -4,6 +4,7 @@ Not a test, never run by CI.
     .venv/bin/python benchmarks/worker.py                       # about 3 minutes on 2 cores
     .venv/bin/python benchmarks/worker.py --appose PATH         # also Appose, from a folder with `appose`
                                                                 # (pip install --target PATH appose)
+    .venv/bin/python benchmarks/worker.py --smoke               # 1 image set, 256x256: a check that it runs
 
 1. Per image set on the 640x640 plate images (../shared/data/ExampleSBSImages, Channel2 = DNA),
    what RunDLModel's run() asks of the model: ``predict`` then ``labels`` (the default model, its
@@ -21,7 +22,11 @@ Not a test, never run by CI.
    No extra copy means: the client grows by the shared buffers only (input, outputs, labels), and
    the worker by the in-process peak plus the output buffers.
 
-Writes the tables between the markers in docs/performance.md (section "Models in their own environment").
+Writes the tables between the markers in docs/performance.md (section "Models in their own environment"),
+except with ``--no-write`` or ``--smoke`` (every case once: 1 image set, 1 round, peak RSS at
+256x256; prints the tables only).
+
+The worker runs this very Python, which need not be approved (``dlmodel env add``) for a benchmark.
 """
 from __future__ import annotations
 
@@ -93,7 +98,7 @@ def child_timing(case: str, n_images: int, appose_path: str | None, reference: s
     else:
         if case == "in_process_nospin":
             os.environ["DLMODEL_ORT_SPINNING"] = "0"
-        model = dlmodel.load(MODEL, python=sys.executable if case == "worker" else None)
+        model = _load(case == "worker")
         step = lambda image: step_in_process(model, image)  # noqa: E731
     for image in images[:2]:  # warm-up: first passes allocate
         step(image)
@@ -160,7 +165,7 @@ def child_memory(mode: str, size: int) -> dict:
 
     tile = plate_images(1)[0]
     image = np.tile(tile, (size // tile.shape[0] + 1, size // tile.shape[1] + 1))[:size, :size].copy()
-    model = dlmodel.load(MODEL, python=sys.executable if mode == "worker" else None)
+    model = _load(mode == "worker")
     step_in_process(model, image[:256, :256])  # warm-up on a small image: engine allocations
     base = _rss_now()
     pred = model.predict(image, axes="yx")
@@ -173,6 +178,16 @@ def child_memory(mode: str, size: int) -> dict:
         status = Path(f"/proc/{model.worker.pid}/status").read_text()
         result["worker_peak_mb"] = int(next(l for l in status.splitlines() if l.startswith("VmHWM")).split()[1]) / 1024
     return result
+
+
+def _load(in_worker: bool):
+    """The default model in this process, or in a worker running this Python (approved or not:
+    it is the benchmark's own)."""
+    import dlmodel
+
+    if not in_worker:
+        return dlmodel.load(MODEL)
+    return dlmodel.load(MODEL, python=sys.executable, allow_unapproved_python=True)
 
 
 def _rss_now() -> float:
@@ -257,7 +272,11 @@ def main() -> int:
     p.add_argument("--child-timing", choices=("in_process", "in_process_nospin", "worker", "appose"))
     p.add_argument("--reference", default=None)
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--smoke", action="store_true", help="1 image set, 1 round, 256x256, no Appose, writes no docs")
     args = p.parse_args()
+    if args.smoke:
+        args.images, args.rounds, args.size, args.appose, args.no_write = 1, 1, 256, None, True
+        print("smoke: 1 image set, 1 round, peak RSS at 256x256, no Appose; docs/performance.md left as it is")
     if args.child:
         print(json.dumps(child_memory(args.child, args.size)))
         return 0
