@@ -12,8 +12,14 @@ the split into scores and distances) is compared, and StarDist's Python NMS then
 the ``stardist`` package is importable.
 
     python benchmarks/deepimagej_macros_check.py [--plugins DIR] [--json results.json]
+    python benchmarks/deepimagej_macros_check.py --smoke     # seconds; without ImageJ: dlmodel's side only
 
 Prints one line per case; docs/deepimagej-macros.md records the numbers.
+
+``--smoke`` checks that the script runs. With ImageJ it compares the number strings and one
+input per intensity and binarize macro. Without ImageJ (CI) it compares nothing: it reads every
+macro file, runs dlmodel's equivalent on every input and checks that each result is finite and
+has the input's shape (a line saying so).
 """
 from __future__ import annotations
 
@@ -234,7 +240,8 @@ def number_cases(ij: ImageJ) -> List[Dict[str, Any]]:
 
 
 
-def intensity_cases(ij: ImageJ, work: Path) -> List[Dict[str, Any]]:
+def intensity_macros(work: Path) -> Tuple[List[Path], List[Path]]:
+    """The pre-processing (intensity) macros, two edited in ``work``, and the binarize macros."""
     edited = work / "edited_per_sample_scale_range.ijm"
     edited.write_text((MACROS / "per_sample_scale_range.ijm").read_text()
                       .replace("min_percentile = 1;", "min_percentile = 3.5;")
@@ -246,19 +253,52 @@ def intensity_cases(ij: ImageJ, work: Path) -> List[Dict[str, Any]]:
               MACROS / "zero_mean_unit_variance.ijm", MACROS / "fixed_zero_mean_unit_variance.ijm",
               MACROS / "scale_linear.ijm", edited_lin, MACROS / "MeanNormalization.ijm",
               MACROS / "PercentileNormalization.ijm"]
+    return macros, [MACROS / "binarize.ijm", MACROS / "history" / "binarize_9c65877.ijm"]
+
+
+def intensity_cases(ij: ImageJ, work: Path, smoke: bool = False) -> List[Dict[str, Any]]:
+    """Each intensity and binarize macro on each input (``smoke``: on the first input only), in
+    ImageJ and by dlmodel."""
+    pre, binarize = intensity_macros(work)
     rows = []
-    for macro in macros:
-        step = dij.step_from_text(macro.name, "preprocess", macro.read_text())
-        for name, a, axes, mode in intensity_inputs():
-            theirs = ij.macro_on(a, axes, mode, macro)[0]
-            ours = step.apply(a, axes, composite=mode == "composite")
-            rows.append({"macro": macro.name, "input": name, **compare_images(ours, theirs)})
-    for macro in [MACROS / "binarize.ijm", MACROS / "history" / "binarize_9c65877.ijm"]:
-        step = dij.step_from_text(macro.name, "postprocess", macro.read_text())
-        for name, a, axes, mode in probability_inputs():
-            theirs = ij.macro_on(a, axes, mode, macro)[0]
-            ours = step.apply(a, axes, composite=mode == "composite")
-            rows.append({"macro": macro.name, "input": name, **compare_images(ours, theirs)})
+    for macros, stage, make in ((pre, "preprocess", intensity_inputs), (binarize, "postprocess", probability_inputs)):
+        for macro in macros:
+            step = dij.step_from_text(macro.name, stage, macro.read_text())
+            inputs = make()  # drawn afresh for each macro (from the one seeded generator), as recorded
+            for name, a, axes, mode in inputs[:1] if smoke else inputs:
+                theirs = ij.macro_on(a, axes, mode, macro)[0]
+                ours = step.apply(a, axes, composite=mode == "composite")
+                rows.append({"macro": macro.name, "input": name, **compare_images(ours, theirs)})
+    return rows
+
+
+def ours_only(work: Path) -> List[Dict[str, Any]]:
+    """Without ImageJ: every macro file read and dlmodel's equivalent run on every input (the
+    StarDist one as far as its ImageJ part, bicubic upsampling and the split); whether each
+    result is finite and has the shape it should."""
+    pre, binarize = intensity_macros(work)
+    rows = []
+    cases = [(m, "preprocess", intensity_inputs()) for m in pre] + [(m, "postprocess", probability_inputs())
+                                                                     for m in binarize]
+    cases.append((MACROS / "Contours2InstanceSegmentation.ijm", "postprocess",
+                  [(name, a, "cyx", None) for name, a in contour_outputs(None)]))
+    for macro, stage, inputs in cases:
+        step = dij.step_from_text(macro.name, stage, macro.read_text())
+        for name, a, axes, mode in inputs:
+            ours = np.asarray(step.apply(a, axes, composite=mode == "composite"))
+            shape = a.shape[1:] if step.makes_objects else a.shape  # labels: one plane from the channels
+            rows.append({"macro": macro.name, "input": name, "shape": list(ours.shape), "dtype": str(ours.dtype),
+                         "ok": bool(np.isfinite(ours).all() and ours.size == int(np.prod(shape))),
+                         "range": [float(np.nanmin(ours)), float(np.nanmax(ours))]})
+    macro = MACROS / "StarDist2D_Post-processing.ijm"
+    step = dij.step_from_text(macro.name, "postprocess", macro.read_text())
+    for name, a in stardist_outputs():
+        prob, dist = dij.stardist_inputs(a, float(step.params["grid"]))
+        grid = int(step.params["grid"])
+        upsampled = prob.shape == (a.shape[1] * grid, a.shape[2] * grid) and dist.shape[-1] == a.shape[0] - 1
+        rows.append({"macro": macro.name, "input": name, "shape": list(prob.shape), "dtype": str(prob.dtype),
+                     "ok": bool(np.isfinite(prob).all() and np.isfinite(dist).all() and upsampled),
+                     "range": [float(prob.min()), float(prob.max())]})
     return rows
 
 
@@ -306,13 +346,29 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--real-output", type=Path, default=None,
                     help="test_output.npy of bioimage.io's unet2d_keras_tf2 example (1, y, x, 3)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--smoke", action="store_true",
+                    help="seconds: with ImageJ the number strings and one input per macro; without it, "
+                         "dlmodel's side only")
     args = ap.parse_args(argv)
-    if shutil.which("java") is None or shutil.which("xvfb-run") is None or not args.ij_jar.exists():
+    has_imagej = shutil.which("java") is not None and shutil.which("xvfb-run") is not None and args.ij_jar.exists()
+    if not has_imagej and not args.smoke:
         print("needs java, xvfb-run and ImageJ 1.x (apt-get install imagej xvfb xauth)", file=sys.stderr)
         return 2
     results: Dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        if not has_imagej:  # --smoke on a machine without ImageJ
+            print(f"smoke: no ImageJ here (java, xvfb-run, {args.ij_jar}): nothing is compared with ImageJ; "
+                  "every macro is read and dlmodel's equivalent run on every input")
+            results["ours_only"] = ours_only(work)
+            for r in results["ours_only"]:
+                print(f"{r['macro']:45s} {r['input']:32s} {'ok' if r['ok'] else 'NOT OK'}: {r['dtype']} "
+                      f"{'x'.join(map(str, r['shape']))}, range {r['range'][0]:.3g} to {r['range'][1]:.3g}")
+            if args.json:
+                args.json.write_text(json.dumps(results, indent=1))
+            return 0 if all(r["ok"] for r in results["ours_only"]) else 1
+        if args.smoke:
+            print("smoke: the number strings and the first input of each intensity and binarize macro")
         ij = ImageJ(args.ij_jar, args.plugins, work)
         results["imagej"] = ij.version
         print(f"ImageJ {ij.version}")
@@ -321,21 +377,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"number strings: {same} of {len(NUMBERS)} as ImageJ writes them"
               + "".join(f"; {r['number']}: ImageJ {r['imagej']}, ours {r['ours']}" for r in results["numbers"]
                         if not r["same"]))
-        results["intensity"] = intensity_cases(ij, work)
+        results["intensity"] = intensity_cases(ij, work, smoke=args.smoke)
         for r in results["intensity"]:
             print(f"{r['macro']:45s} {r['input']:32s} max|diff| {r['max_abs_diff']:.3g}  "
                   f"differing {r['pixels_differing']}/{r['pixels']}")
-        results["stardist"] = stardist_cases(ij, work)
+        results["stardist"] = [] if args.smoke else stardist_cases(ij, work)
         for r in results["stardist"]:
             print(f"{r['macro']:45s} {r['input']:32s} scores max|diff| {r['scores']['max_abs_diff']:.3g}, "
                   f"distances max|diff| {r['distances']['max_abs_diff']:.3g}; objects {r['objects']}")
-        if args.plugins is not None:
+        if args.plugins is not None and not args.smoke:
             results["contours"] = contour_cases(ij, args.real_output)
             for r in results["contours"]:
                 print(f"{r['macro']:45s} {r['input']:32s} identical up to numbering: "
                       f"{r['identical_up_to_numbering']}  objects {r['objects_ours']} vs {r['objects_imagej']}  "
                       f"pixels differing {r['pixels_differing']}")
-        else:
+        elif not args.smoke:
             print("Contours2InstanceSegmentation.ijm: skipped (needs --plugins with MorphoLibJ)")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

@@ -9,14 +9,21 @@ below, applied to copies in the output folder, each printed.
 
     .venv/bin/python benchmarks/examplesbs_swap.py [--images ../shared/data/ExampleSBSImages] [--out out/examplesbs]
     .venv/bin/python benchmarks/examplesbs_swap.py --last 12     # a quick try: the first 12 image sets
+    .venv/bin/python benchmarks/examplesbs_swap.py --smoke       # 4 image sets into a temporary folder
 
-Takes about 45 minutes on 2 cores (MeasureTexture with Gabor features is most of it).
+Takes about 45 minutes on 2 cores (MeasureTexture with Gabor features is most of it). ``--smoke``
+checks that it runs, into a temporary folder: every step on 4 image sets (A11, A12, B01, B02:
+both kinds of control and three doses, the fewest CalculateStatistics' Z' and dose-response fit
+take; the illumination functions from those 4 too), without the texture, colocalization and
+shape measurements and the dose-response PDFs (``SMOKE_WITHOUT``, ``SMOKE_EDITS``: most of the
+time, and nothing the table shows reads them); its numbers mean nothing.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import csv
+import functools
 import json
 import math
 import os
@@ -25,6 +32,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
@@ -89,14 +97,56 @@ def fixed_pipelines(folder: Path, metadata_csv: Path) -> Dict[str, Path]:
     return out
 
 
-def swapped_pipeline(fixed: Path, out: Path, model: Path) -> Path:
-    """ExampleSBS with RunDLModel in IdentifyPrimaryObjects' place: same input image (CorrBlue),
-    same object name (Nuclei), every other module untouched; RunDLModel's defaults."""
+@functools.lru_cache(maxsize=None)
+def cellprofiler():
+    """CellProfiler's modules, RunDLModel's included, loaded once (a second load loses the
+    plugins); the example pipelines' helpers and their ``instantiate_module``."""
     sys.path.insert(0, str(ROOT / "example_pipelines"))
     import build  # the example pipelines' helpers: CellProfiler's own module defaults
 
     with quiet():  # CellProfiler's module loading prints pages of notes (duplicate modules, no MySQL)
-        instantiate = build._cp()
+        return build, build._cp()
+
+
+# --smoke: (pipeline, what and why, text, replacement, times it occurs)
+SMOKE_EDITS = [
+    ("ExampleSBS.cppipe", "CalculateStatistics: no dose-response plots (a PDF for each of hundreds of measurements; "
+     "most of a short run's time)", "Create dose/response plots?:Yes", "Create dose/response plots?:No", 1),
+]
+# most of each image set's time; nothing the table shows reads their measurements
+SMOKE_WITHOUT = ("MeasureTexture", "MeasureColocalization", "MeasureObjectSizeShape")
+
+
+def smoke_pipeline(pipeline: Path) -> Path:
+    """``pipeline`` rewritten in place for ``--smoke``: ``SMOKE_EDITS`` applied and the
+    ``SMOKE_WITHOUT`` modules taken out, each printed."""
+    text = pipeline.read_text()
+    for name, why, old, new, count in SMOKE_EDITS:
+        if name == pipeline.name:
+            if text.count(old) != count:
+                raise SystemExit(f"{name}: expected {count} x {old!r}, found {text.count(old)}")
+            text = text.replace(old, new)
+            print(f"smoke: {name}: {why}")
+    pipeline.write_text(text)
+    cellprofiler()
+    with quiet():
+        from cellprofiler_core.pipeline import Pipeline
+
+        p = Pipeline()
+        p.load(str(pipeline))
+    for m in [m for m in p.modules() if m.module_name in SMOKE_WITHOUT][::-1]:
+        p.remove_module(m.module_num)
+        print(f"smoke: {pipeline.name}: without {m.module_name} (module {m.module_num})")
+    with open(pipeline, "w") as f:
+        p.dump(f)
+    return pipeline
+
+
+def swapped_pipeline(fixed: Path, out: Path, model: Path) -> Path:
+    """ExampleSBS with RunDLModel in IdentifyPrimaryObjects' place: same input image (CorrBlue),
+    same object name (Nuclei), every other module untouched; RunDLModel's defaults."""
+    build, instantiate = cellprofiler()
+    with quiet():
         from cellprofiler_core.pipeline import Pipeline
 
         p = Pipeline()
@@ -216,6 +266,14 @@ def summarise(out: Path, wall: float) -> dict:
     return result
 
 
+def correlation(a, b) -> str:
+    """Pearson's r, or '–' where it is undefined (fewer than 2 wells, or equal counts)."""
+    try:
+        return f"{statistics.correlation(a, b):.3f}"
+    except statistics.StatisticsError:
+        return "–"
+
+
 def table(ipo: dict, dl: dict) -> str:
     def f(x: Optional[float], d: int = 3) -> str:
         return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{d}g}" if abs(x) >= 1e-3 else f"{x:.2e}"
@@ -228,7 +286,7 @@ def table(ipo: dict, dl: dict) -> str:
              f"| nuclei per well: RunDLModel / IdentifyPrimaryObjects, median (range) | | "
              f"{statistics.median(y / x for x, y in counts if x):.2f} "
              f"({min(y / x for x, y in counts if x):.2f}-{max(y / x for x, y in counts if x):.2f}) |",
-             f"| nuclei per well: correlation over the wells (Pearson r) | | {statistics.correlation(a, b):.3f} |"]
+             f"| nuclei per well: correlation over the wells (Pearson r) | | {correlation(a, b)} |"]
     for col in READOUTS:
         r1, r2 = ipo["readouts"][col], dl["readouts"][col]
         lines.append(f"| Z' of {r1['what']}: CellProfiler / dlmodel.screen | {f(r1['cp_z'])} / {f(r1['z'])} | {f(r2['cp_z'])} / {f(r2['z'])} |")
@@ -246,18 +304,36 @@ def main() -> int:
     ap.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "data" / "ExampleSBSImages")
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "examplesbs")
     ap.add_argument("--model", type=Path, default=ROOT / "models" / "nuclei_default")
-    ap.add_argument("--last", type=int, default=None, help="run only the first N image sets of the screen")
+    ap.add_argument("--first", type=int, default=1, help="with --last: the first image set to run")
+    ap.add_argument("--last", type=int, default=None, help="run only the image sets up to N of the screen")
     ap.add_argument("--skip-run", action="store_true", help="summarise the runs already in --out")
+    ap.add_argument("--smoke", action="store_true", help="4 image sets into a temporary folder: a check that it runs")
     args = ap.parse_args()
+    if not args.smoke:
+        return run(args)
+    with tempfile.TemporaryDirectory(prefix="dlmodel-examplesbs-smoke-") as tmp:
+        # A11 (dose 9), A12 (positive control), B01, B02 (negative controls): Z' needs both
+        # controls, and CellProfiler's 4-parameter dose-response fit needs 4 points
+        args.out, args.first, args.last, args.skip_run = Path(tmp), 11, 14, False
+        print("smoke: image sets 11-14 (illumination functions from those 4), into a temporary folder: a check "
+              "that it runs; its numbers mean nothing", flush=True)
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Fix and swap the pipelines, run them (unless ``--skip-run``), print the table."""
     out, images = args.out.resolve(), args.images.resolve()
     # the screen's input: the plate's images and well CSV, and the illumination functions made first
     inputs = out / "input"
     pipes = fixed_pipelines(out / "pipelines", inputs / "1049_Metadata.csv")
+    if args.smoke:
+        smoke_pipeline(pipes["ExampleSBS.cppipe"])
     swapped = swapped_pipeline(pipes["ExampleSBS.cppipe"], out / "pipelines" / "ExampleSBS_RunDLModel.cppipe", args.model.resolve())
-    extra = ["-f", "1", "-l", str(args.last)] if args.last else []
+    extra = ["-f", str(args.first), "-l", str(args.last)] if args.last else []
     walls = {}
     if not args.skip_run:
-        walls["illumination"] = run_cp(pipes["ExampleSBSIllumination.cppipe"], images, out / "illumination")
+        walls["illumination"] = run_cp(pipes["ExampleSBSIllumination.cppipe"], images, out / "illumination",
+                                       *(extra if args.smoke else []))
         if inputs.exists():
             shutil.rmtree(inputs)
         inputs.mkdir()

@@ -5,9 +5,15 @@ default watershed step (instances.DEFAULT_RECIPE) and threshold 0.5 + connected 
 are only measured, never trained or tuned on.
 
     .venv/bin/python benchmarks/finetune.py [--images 50] [--minutes 12] [--out build/finetuned_zoo_unet]
+    .venv/bin/python benchmarks/finetune.py --smoke     # a small random U-Net, 2 training images, 1 epoch
 
 The training images are every 9th of the sorted training set (linked into a temporary folder,
 not copied). Prints the numbers and the minutes the whole `dlmodel.finetune` call took.
+``--smoke`` checks that it runs, in seconds: a random-weight U-Net of the zoo model's kind (one
+sigmoid output; the default model's architecture at base width 4, built in a temporary folder:
+the zoo model's fixed 512x512 crops take minutes on 2 cores) fine-tuned on 2 training images (one
+held out) for 1 epoch on crops of 64, F1 on 2 validation images (the smallest of each set: the
+largest take seconds just to match objects), everything written into a temporary folder.
 """
 import argparse
 import sys
@@ -50,24 +56,72 @@ def main() -> int:
     ap.add_argument("--learning-rate", type=float, default=1e-4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=ROOT / "build" / "finetuned_zoo_unet")
+    ap.add_argument("--model", type=Path, default=ZOO, help="the package to fine-tune (default: the shared zoo U-Net)")
+    ap.add_argument("--crop", type=int, default=None, help="side of the training crops (default: finetune's)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="a small random U-Net, 2 images, 1 epoch, into a temporary folder: seconds")
     args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.smoke:
+            args.images, args.epochs, args.crop, args.out = 2, 1, 64, Path(tmp) / "finetuned"
+            args.model = small_unet(Path(tmp) / "small_unet").parent
+            print("smoke: a base-4 random-weight U-Net with one sigmoid output, 2 training images (1 held out), "
+                  "1 epoch on crops of 64, 2 validation images: a check that it runs, not a measurement")
+        return run(args)
 
-    val_images = sorted((VAL / "images").glob("*.tif"))
+
+def smallest(folder: Path, n: int) -> list:
+    """The ``n`` smallest images in ``folder`` (by file size, name next): seconds to train, match
+    and package."""
+    return sorted(folder.glob("*.tif"), key=lambda p: (p.stat().st_size, p.name))[:n]
+
+
+def small_unet(folder: Path) -> Path:
+    """A random-weight U-Net with one sigmoid output, as the zoo model has: the default model's
+    architecture (models/nuclei_default/nuclei_unet.py) at base width 4, packaged with its
+    state dict and TorchScript; its rdf."""
+    import torch
+
+    from dlmodel import packaging
+
+    arch = ROOT / "models" / "nuclei_default" / "nuclei_unet.py"
+    sys.path.insert(0, str(arch.parent))
+    from nuclei_unet import NucleiUNet
+
+    torch.manual_seed(0)
+    kwargs = {"base": 4, "classes": 1}
+    sample = tifffile.imread(smallest(TRAIN / "images", 1)[0])
+    return packaging.package(
+        NucleiUNet(**kwargs).eval(), sample.astype("float32"), folder,
+        architecture=packaging.Architecture(arch, "NucleiUNet", kwargs), formats=("pytorch_state_dict", "torchscript"),
+        name="smoke U-Net", description="Random-weight U-Net for benchmarks/finetune.py --smoke only.",
+        authors=[{"name": "RunDLModel developers"}], output_channel_names=["foreground"],
+        preprocessing=[{"id": "zero_mean_unit_variance", "kwargs": {"axes": ["y", "x"]}}],
+        postprocessing=[{"id": "sigmoid"}], size=(32, 8), halo=8)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure, fine-tune, measure again, print."""
+    val_images = smallest(VAL / "images", 2) if args.smoke else sorted((VAL / "images").glob("*.tif"))
     truths = [tifffile.imread(VAL / "labels" / p.name) for p in val_images]
-    before = measure(ZOO, val_images, truths)
-    chosen = sorted((TRAIN / "images").glob("*.tif"))[::9][: args.images]
+    before = measure(args.model, val_images, truths)
+    if args.smoke:
+        chosen = smallest(TRAIN / "images", args.images)
+    else:
+        chosen = sorted((TRAIN / "images").glob("*.tif"))[::9][: args.images]
     with tempfile.TemporaryDirectory() as tmp:
         for sub in ("images", "labels"):
             (Path(tmp) / sub).mkdir()
             for p in chosen:
                 (Path(tmp) / sub / p.name).symlink_to(TRAIN / sub / p.name)
         t0 = time.monotonic()
-        result = finetune(ZOO, Path(tmp) / "images", Path(tmp) / "labels", args.out, epochs=args.epochs,
-                          minutes=args.minutes, learning_rate=args.learning_rate, seed=args.seed, overwrite=True)
+        result = finetune(args.model, Path(tmp) / "images", Path(tmp) / "labels", args.out, epochs=args.epochs,
+                          minutes=args.minutes, learning_rate=args.learning_rate, seed=args.seed, crop=args.crop,
+                          overwrite=True, progress=not args.smoke)
         minutes = (time.monotonic() - t0) / 60
     after = measure(result.rdf.parent, val_images, truths)
     f = result.facts
-    print(f"fine-tuned {ZOO.name} on {len(chosen)} images of {TRAIN.name} "
+    print(f"fine-tuned {args.model.name} on {len(chosen)} images of {TRAIN.name} "
           f"({sum(i['use'] == 'training' for i in f['images'])} training, {sum(i['use'] == 'held-out' for i in f['images'])} held out) "
           f"in {minutes:.1f} min (training {f['seconds'] / 60:.1f} min, {f['epochs']} epochs, best {f['best_epoch']}, "
           f"stopped: {f['stopped']}) -> {result.rdf}")
