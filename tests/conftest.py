@@ -37,6 +37,27 @@ def _isolated_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def cellprofiler_modules():
+    """CellProfiler's modules and this plugin, registered once per test run.
+
+    ``fill_modules`` forgets plugins, and CellProfiler never loads a plugin twice, so a second call in another
+    test file would lose RunDLModel: fill once and let every file instantiate from the same registry.
+    """
+    pytest.importorskip("cellprofiler_core")
+    import cellprofiler_core.preferences as prefs
+
+    prefs.set_headless()
+    prefs.set_plugin_directory(str(ROOT / "plugins"))
+    from cellprofiler_core.utilities.core.modules import fill_modules, instantiate_module
+    from cellprofiler_core.utilities.core.plugins import load_plugins
+
+    fill_modules()
+    load_plugins(modules_only=True)
+    instantiate_module("RunDLModel")  # fails here, once, if the plugin does not load
+    return instantiate_module
+
+
+@pytest.fixture(scope="session")
 def nuclei_model() -> Path:
     if not (NUCLEI_MODEL / "bioimageio.yaml").exists():
         pytest.skip("../shared/models/unet2d_nuclei_broad is not there")

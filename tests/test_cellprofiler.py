@@ -214,14 +214,8 @@ def test_3d_pipeline(tmp_path):
 # --- the module in-process: settings, validation ---------------------------------------------
 
 @pytest.fixture(scope="module")
-def cp():
-    import cellprofiler_core.preferences as prefs
-
-    prefs.set_headless()
-    prefs.set_plugin_directory(str(ROOT / "plugins"))
-    from cellprofiler_core.utilities.core.modules import fill_modules, instantiate_module
-
-    fill_modules()
+def cp(cellprofiler_modules):
+    instantiate_module = cellprofiler_modules
 
     def make(name):
         module = instantiate_module(name)

@@ -208,17 +208,10 @@ def test_the_dialog_module_needs_wx_only_when_it_opens():
 
 # --------------------------------------------------------------------------- the module, headless
 @pytest.fixture(scope="module")
-def module():
+def module(cellprofiler_modules):
     if not CELLPROFILER.exists():
         pytest.skip("cellprofiler is not installed in this venv")
-    import cellprofiler_core.preferences as prefs
-
-    prefs.set_headless()
-    prefs.set_plugin_directory(str(ROOT / "plugins"))
-    from cellprofiler_core.utilities.core.modules import fill_modules, instantiate_module
-
-    fill_modules()
-    return lambda: instantiate_module("RunDLModel")
+    return lambda: cellprofiler_modules("RunDLModel")
 
 
 def test_the_button_is_shown_under_model_and_never_saved(module):

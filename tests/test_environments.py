@@ -48,10 +48,11 @@ def cli(*args, env=None, timeout=300, cwd=None):
 
 def test_only_approved_environments_start_and_approval_is_checked(tmp_path, config):
     venv = make_environment(tmp_path / "env", PYTHON, approve=False)
+    running = dict(client._WORKERS)  # other tests' workers may still be warm
     with pytest.raises(approvals.EnvironmentNotApproved) as err:
         dlmodel.load(DEFAULT_MODEL, python=venv)
     assert f"dlmodel env add {venv}" in str(err.value) and "\n" not in str(err.value)
-    assert not client._WORKERS  # nothing was started
+    assert client._WORKERS == running  # nothing was started
     env = {**os.environ, approvals.CONFIG_ENV: str(config)}
     r = cli("info", DEFAULT_MODEL, "--python", venv, env=env)
     assert r.returncode == 2 and "is not approved on this machine" in r.stderr and "Traceback" not in r.stderr

@@ -3,6 +3,7 @@ started by dlmodel.client, images and outputs through shared memory; faults (a k
 hung one, a wrong Python, an environment without the engine)."""
 import os
 import signal
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -199,7 +200,8 @@ def test_env_create_prints_the_commands(tmp_path):
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     assert lines[0].endswith(f"-m venv {tmp_path / 'env'}")
-    assert lines[-1].endswith(f"-c {ROOT / 'constraints.txt'} {ROOT}[onnx,torch]")
+    # as a shell line: quoted where the path or the brackets need it
+    assert lines[-1].endswith(f"-c {shlex.quote(str(ROOT / 'constraints.txt'))} {shlex.quote(f'{ROOT}[onnx,torch]')}")
     res = subprocess.run([sys.executable, "-m", "dlmodel.cli", "env", "create", str(tmp_path / "env"), "--engines", "cuda"],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "unknown cuda" in res.stderr
