@@ -28,7 +28,7 @@ test: setup
 	$(BIN)/python -m pytest
 
 demo: setup
-	$(BIN)/dlmodel test models/nuclei_default
+	$(BIN)/dlmodel test $$($(BIN)/python -c 'import dlmodel; print(dlmodel.DEFAULT_MODEL)')
 	$(BIN)/cellprofiler -c -r -p example_pipelines/plate_screen.cppipe --plugins-directory plugins \
 		-i $(IMAGES) -o $(OUT) $(READERS)
 	$(BIN)/dlmodel heatmap $(OUT)/Image.csv -o $(OUT)/plate_heatmap.png \

@@ -9,9 +9,10 @@ ENGINES = {
 EXTRAS = {
     **ENGINES,
     "distributed": ["dask[distributed]>=2024.1"],
-    # model families' own steps (dlmodel.families): StarDist's NMS, Cellpose's flow dynamics.
+    # model families' own steps (dlmodel.families): Cellpose's flow dynamics. StarDist's NMS is a
+    # core need (the default model's objects); the extra stays so `dlmodel[stardist]` still installs.
     # Cellpose 4 imports torchvision, whose PyPI build does not load beside the CPU torch here.
-    "stardist": ["stardist>=0.9"],
+    "stardist": [],
     "cellpose": ["cellpose>=3.1,<4"],
     # The bioimageio.core reference implementation: tests compare our outputs with it.
     "reference": ["bioimageio.core==0.11.*"],
@@ -63,6 +64,8 @@ setup(
         "tqdm",
         "filelock",
         "platformdirs",
+        # StarDist's non-maximum suppression: the default nuclei model's objects (it needs no TensorFlow)
+        "stardist>=0.9",
     ],
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["dlmodel = dlmodel.cli:main"]},

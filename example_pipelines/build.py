@@ -77,9 +77,12 @@ def save(modules, path):
     print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
 
 
-def rundlmodel(instantiate, image, objects, notes, model="models/nuclei_default", **kw):
-    values = {"Model": model, "Input image": image, "Name the objects": objects,
+def rundlmodel(instantiate, image, objects, notes, model=None, **kw):
+    """RunDLModel; without ``model``, the module's own default (``dlmodel.DEFAULT_MODEL``)."""
+    values = {"Input image": image, "Name the objects": objects,
               "Name the output image": kw.pop("probability", "Probability")}
+    if model:
+        values["Model"] = model
     values.update(kw)
     return module(instantiate, "RunDLModel", notes, values)
 
@@ -92,8 +95,10 @@ def nuclei(instantiate):
                {"Assign a name to": "All images", ("Name to assign these images", 1): "DNA",
                 "Set intensity range from": "Image bit-depth"}),
         module(instantiate, "Groups", "No grouping."),
-        rundlmodel(instantiate, "DNA", "Nuclei", "Nuclei from the default nuclei model, with the package's own recipe (interior seeds grown over interior + boundary).",
-                   probability="NucleusInterior", **{"Output channel": "2"}),
+        rundlmodel(instantiate, "DNA", "Nuclei", "Nuclei from the default nuclei model (StarDist-style, ONNX/TorchScript), "
+                   "with the package's own recipe: StarDist's non-maximum suppression keeps one star-convex outline per "
+                   "nucleus. Its raw output (centre probability + 32 ray distances, on every 2nd pixel) is not kept as an image.",
+                   **{"Save the output as an image?": "No"}),
         module(instantiate, "MeasureObjectSizeShape", "Size and shape of each nucleus.",
                {"Select object sets to measure": "Nuclei", "Calculate the Zernike features?": "No"}),
         module(instantiate, "MeasureObjectIntensity", "DNA intensity in each nucleus.",

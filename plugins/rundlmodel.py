@@ -66,8 +66,6 @@ from cellprofiler_core.setting.text import Float, ImageName, Integer, LabelName,
 LOGGER = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-# the nuclei model shipped with the project (relative paths are also looked up in the project)
-DEFAULT_MODEL = "models/nuclei_default"
 
 ENGINES = ["Automatic", "ONNX", "TorchScript", "PyTorch", "TensorFlow", "Keras"]
 ENGINE_ARG = {"Automatic": "auto", "ONNX": "onnx", "TorchScript": "torchscript", "PyTorch": "pytorch",
@@ -205,14 +203,16 @@ class RunDLModel(Module):
     def create_settings(self):
         self.model_source = Text(
             "Model",
-            DEFAULT_MODEL,
+            _dlmodel().DEFAULT_MODEL,  # the core's default; relative paths are also looked up in the project
             doc="""\
 The model package: a folder holding a *bioimageio.yaml* (or *rdf.yaml*), that file itself, a
 package *.zip*, a URL, or a BioImage Model Zoo id (e.g. *affable-shark*). Remote models are
 downloaded once into the cache (*DLMODEL_CACHE*, default your user cache folder); every file is
 checked against the hash the package gives. Relative paths are looked up in the current folder,
-then in the RunDLModel project folder. The default, *models/nuclei_default*, is the nuclei
-model shipped with RunDLModel (2D fluorescence nuclei, with its own recipe for objects).""",
+then in the RunDLModel project folder. The default, *models/nuclei_stardist_torch*, is the nuclei
+model shipped with RunDLModel (2D fluorescence nuclei, StarDist-style: each nucleus a star-convex
+outline; F1 0.908 on the DSB 2018 validation nuclei). *models/nuclei_default*, the default until
+December 2026 (F1 0.803), is still shipped, so pipelines that name it give the same numbers.""",
         )
         self.choose_model_button = DoSomething(
             "", "Choose a model…", self.do_choose_model,
@@ -649,10 +649,10 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
             n = spec.output(oid).n_channels or 1
             if g.channel.value > n:
                 raise ValidationError(f"Output {oid!r} has {n} channel(s)", g.channel)
-            if g.save_image.value and not spec.follows_input(oid):
+            if g.save_image.value and not spec.input_grid_factors(oid):
                 raise ValidationError(
-                    f"Output {oid!r} is not on the input's pixel grid (another size or resolution), so it cannot be "
-                    "saved as a CellProfiler image beside it: do not save it as an image", g.save_image)
+                    f"Output {oid!r} is not on the input's pixel grid (another size or a finer resolution), so it "
+                    "cannot be saved as a CellProfiler image beside it: do not save it as an image", g.save_image)
             if not (g.save_image.value or g.make_objects.value):
                 raise ValidationError("Save the output as an image, make objects from it, or remove it", g.save_image)
             if g.make_objects.value:
@@ -694,7 +694,8 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
             seconds = time.perf_counter() - t0
             results = []
             for g in self.outputs:
-                arr = pred.channel(self._output_id(g, model.spec), g.channel.value - 1)
+                # on the image's pixels: a coarser grid's values (StarDist's) repeated over each cell
+                arr = pred.channel_on_input_grid(self._output_id(g, model.spec), g.channel.value - 1)
                 labels = None
                 if g.make_objects.value and measured is not None and g is first and measured.labels is not None:
                     labels = measured.labels

@@ -40,8 +40,8 @@ def _isolated_cache(tmp_path_factory):
 def cellprofiler_modules():
     """CellProfiler's modules and this plugin, registered once per test run.
 
-    ``fill_modules`` forgets plugins, and CellProfiler never loads a plugin twice, so a second call in another
-    test file would lose RunDLModel: fill once and let every file instantiate from the same registry.
+    CellProfiler 5's ``fill_modules`` forgets plugins, and it never loads a plugin twice, so a second call in
+    another test file would lose RunDLModel: fill once and let every file instantiate from the same registry.
     """
     pytest.importorskip("cellprofiler_core")
     import cellprofiler_core.preferences as prefs
@@ -49,10 +49,14 @@ def cellprofiler_modules():
     prefs.set_headless()
     prefs.set_plugin_directory(str(ROOT / "plugins"))
     from cellprofiler_core.utilities.core.modules import fill_modules, instantiate_module
-    from cellprofiler_core.utilities.core.plugins import load_plugins
 
     fill_modules()
-    load_plugins(modules_only=True)
+    try:
+        from cellprofiler_core.utilities.core.plugins import load_plugins
+    except ImportError:  # CellProfiler 4: fill_modules loads the plugins itself
+        pass
+    else:
+        load_plugins(modules_only=True)
     instantiate_module("RunDLModel")  # fails here, once, if the plugin does not load
     return instantiate_module
 

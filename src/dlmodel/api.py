@@ -136,7 +136,10 @@ class Model:
         if self.left_out and not self._warned:
             self._warned = True
             LOGGER.warning("dlmodel: model %r: not run (not recognised): %s", self.spec.name, "; ".join(self.left_out))
-        layouts, loop, given = self._layouts(self._as_inputs(image), axes, name)
+        arrays = self._as_inputs(image)
+        layouts, loop, given = self._layouts(arrays, axes, name)
+        first = self.spec.inputs[0].id
+        space = {a: np.shape(arrays[first])[given[first].index(a)] for a in "zyx" if a in given[first]}
         loop_shape = next(iter(layouts.values())).shape[: len(loop)]
         results: Dict[str, List[np.ndarray]] = {o.id: [] for o in self.spec.outputs}
         plan = None
@@ -149,7 +152,7 @@ class Model:
             for oid, arr in outs.items():
                 results[oid].append(arr)
         final, out_axes = self._restack(results, loop, loop_shape, given)
-        return Prediction(final, out_axes, plan)
+        return Prediction(final, out_axes, plan, space)
 
     def _layouts(self, arrays: Mapping[str, np.ndarray], axes: Any, name: str
                  ) -> "tuple[Dict[str, np.ndarray], str, Dict[str, str]]":
@@ -265,7 +268,8 @@ class Model:
         oid = recipe.pop("output", None) or self.spec.outputs[0].id
         if oid not in prediction:
             raise InputError(f"the recipe names output {oid!r}; the model has {', '.join(prediction)}")
-        return instances.from_recipe(prediction[oid], prediction.axes[oid], recipe)
+        labels = instances.from_recipe(prediction[oid], prediction.axes[oid], recipe)
+        return instances.fit_to_image(labels, prediction.axes[oid], getattr(prediction, "space", {}), recipe.get("grid"))
 
     # ------------------------------------------------------------------ confidence
     def confidence(

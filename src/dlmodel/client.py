@@ -354,6 +354,10 @@ class RemoteSpec:
     def follows_input(self, output_id: str) -> bool:
         return bool(self.output(output_id).follows_input)
 
+    def input_grid_factors(self, output_id: str) -> Optional[Tuple[int, ...]]:
+        factors = getattr(self.output(output_id), "input_grid_factors", None)
+        return tuple(factors) if factors else None
+
 
 class RemoteModel:
     """A model whose engine runs in another Python environment; the same interface as
@@ -408,7 +412,7 @@ class RemoteModel:
             self.worker_seconds = float(result["seconds"])  # the model's own time in the worker (benchmarks/worker.py)
             # views on the lent buffer: it stays lent (and its name valid for labels()) while any lives
             pred = Prediction({str(k): wire.view(r, out) for k, r in dict(result["arrays"]).items()},
-                              result["axes"], None)
+                              result["axes"], None, result.get("space"))
             pred._refs = result["arrays"]  # type: ignore[attr-defined]
         return pred
 
@@ -432,6 +436,7 @@ class RemoteModel:
                 refs = dict(zip(ids, wire.put(arrays, segment, buf)))
                 del arrays, buf
             result, out = self._call({"op": "labels", "prediction": refs, "axes": prediction.axes,
+                                      "space": getattr(prediction, "space", {}),
                                       "choices": {"method": method, "output": output, "channel": channel, **choices}},
                                      "making objects with")
         with _reading(self.worker, f"making objects with model {self.spec.name!r}"):
@@ -461,7 +466,7 @@ class RemoteModel:
             self.worker_seconds = float(result["seconds"])
             found = dict(result["arrays"])
             outputs = {k[len("output:"):]: r for k, r in found.items() if k.startswith("output:")}
-            pred = Prediction({k: wire.view(r, out) for k, r in outputs.items()}, result["axes"], None)
+            pred = Prediction({k: wire.view(r, out) for k, r in outputs.items()}, result["axes"], None, result.get("space"))
             pred._refs = outputs  # type: ignore[attr-defined]  # labels() of it needs no copy
             c = Confidence.from_dict(result["confidence"], wire.view(found["object_fraction"], out))
             c.prediction = pred

@@ -6,7 +6,7 @@ numbered 1..N without gaps, 0 for background.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -348,6 +348,32 @@ def centers(labels: np.ndarray) -> np.ndarray:
         sums.append(np.bincount(flat, weights=np.broadcast_to(along, labels.shape).ravel(), minlength=n + 1)[1:])
     with np.errstate(invalid="ignore", divide="ignore"):  # a missing label number: NaN, as ndimage gives
         return np.stack(sums, axis=1) / counts[:, None]
+
+
+def fit_to_image(labels: np.ndarray, axes: str, space: Mapping[str, int], grid: Optional[Sequence[int]]) -> np.ndarray:
+    """Labels made on a grid of every ``grid``-th pixel (StarDist's) at the image's own size.
+
+    The output of a 251-pixel side on a grid of 2 has 125 cells, so its labels have 250 pixels:
+    the missing row or column is background, an extra one is dropped. Only differences smaller
+    than the grid are fitted; anything else is returned as it is.
+
+    >>> fit_to_image(np.ones((4, 4), np.int32), "cyx", {"y": 5, "x": 3}, [2, 2]).shape
+    (5, 3)
+    """
+    letters = [a for a in axes if a in "zyx"]
+    if not space or not grid or len(grid) != len(letters) or labels.ndim < len(letters):
+        return labels
+    lead = labels.ndim - len(letters)
+    target = list(labels.shape)
+    for i, (a, g) in enumerate(zip(letters, grid)):
+        if a in space and abs(space[a] - labels.shape[lead + i]) < int(g):
+            target[lead + i] = space[a]
+    if tuple(target) == labels.shape:
+        return labels
+    fitted = np.zeros(target, labels.dtype)
+    common = tuple(slice(0, min(s, t)) for s, t in zip(labels.shape, target))
+    fitted[common] = labels[common]
+    return fitted
 
 
 def f1_at_iou(pred: np.ndarray, truth: np.ndarray, iou: float = 0.5) -> tuple:

@@ -94,6 +94,7 @@ def package(
     output_channel_names: Optional[Sequence[str]] = None,
     size: Union[int, Tuple[int, int]] = (16, 16),
     halo: int = 0,
+    output_scale: float = 1.0,
     instances: Optional[Dict[str, Any]] = None,
     documentation: Optional[str] = None,
     version: Optional[str] = None,
@@ -113,6 +114,9 @@ def package(
             ``{"id": "scale_range", "kwargs": {"axes": ["y", "x"], "max_percentile": 99.8}}``.
         size: a fixed side length, or ``(min, step)`` for any ``min + n*step``.
         halo: output pixels to crop on each side of a tile.
+        output_scale: input pixels per output pixel along y and x (2 for a network that, as
+            StarDist's, predicts on a grid of every 2nd pixel); the rdf declares the output's size
+            as the input's divided by it.
         instances: a recipe to turn the output into objects (stored in the rdf's ``config``;
             see :func:`dlmodel.instances.from_recipe`).
         parent: the zoo id of the model this one derives from (the rdf's ``parent``).
@@ -142,7 +146,7 @@ def package(
                       preprocessing=tuple(pre), postprocessing=tuple(post), architecture=architecture,
                       formats=tuple(formats), input_id=input_id, output_id=output_id,
                       output_channel_names=None if output_channel_names is None else tuple(output_channel_names),
-                      size=size, halo=halo, instances=instances, parent=parent,
+                      size=size, halo=halo, output_scale=float(output_scale), instances=instances, parent=parent,
                       config=dict(config) if config else None)
         rdf = _assemble(work, kind, weights, sample, about)
         # every file with its sha256: --overwrite later replaces the package only if nothing was added or changed
@@ -175,6 +179,7 @@ class About:
     output_channel_names: Optional[Tuple[str, ...]] = None
     size: Union[int, Tuple[int, int]] = (16, 16)
     halo: int = 0
+    output_scale: float = 1.0
     instances: Optional[Dict[str, Any]] = None
     parent: Optional[str] = None
     config: Optional[Dict[str, Any]] = None
@@ -211,9 +216,10 @@ def _assemble(work: Path, kind: str, weights: Any, sample: np.ndarray, about: Ab
 
     def out_space(axis_id):
         ref = v.SizeReference(tensor_id=v.TensorId(input_id), axis_id=v.AxisId(axis_id))
+        scale = about.output_scale  # output size = input size * input scale (1) / output scale
         if halo:
-            return v.SpaceOutputAxisWithHalo(id=v.AxisId(axis_id), halo=halo, size=ref)
-        return v.SpaceOutputAxis(id=v.AxisId(axis_id), size=ref)
+            return v.SpaceOutputAxisWithHalo(id=v.AxisId(axis_id), halo=halo, size=ref, scale=scale)
+        return v.SpaceOutputAxis(id=v.AxisId(axis_id), size=ref, scale=scale)
 
     in_channel = v.ChannelAxis(channel_names=[v.Identifier(f"channel{i}") for i in range(n_channels)])
     out_channel = v.ChannelAxis(channel_names=[v.Identifier(n) for n in out_names])

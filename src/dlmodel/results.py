@@ -12,12 +12,16 @@ from .errors import InputError
 
 
 class Prediction(dict):
-    """Output arrays by tensor id, with ``axes`` (letters per output) and the tile ``plan``."""
+    """Output arrays by tensor id, with ``axes`` (letters per output), the tile ``plan`` and
+    ``space``: the input image's length along each space axis (``{"y": 251, "x": 237}``), so
+    objects from an output on a coarser grid (StarDist's) come back at the image's size."""
 
-    def __init__(self, arrays: Mapping[str, np.ndarray], axes: Mapping[str, str], plan: Optional[Any]):
+    def __init__(self, arrays: Mapping[str, np.ndarray], axes: Mapping[str, str], plan: Optional[Any],
+                 space: Optional[Mapping[str, int]] = None):
         super().__init__(arrays)
         self.axes = dict(axes)
         self.plan = plan
+        self.space = {str(k): int(v) for k, v in dict(space or {}).items()}
 
     def channel(self, output_id: str, index: int = 0) -> np.ndarray:
         """One channel of an output, with the output's other axes (``yx``, ``zyx``, ...): a new
@@ -33,6 +37,29 @@ class Prediction(dict):
         if not 0 <= index < n:
             raise InputError(f"output {output_id!r} has {n} channel(s); channel {index + 1} was asked for")
         return np.take(arr, index, axis=axes.index("c"))
+
+    def channel_on_input_grid(self, output_id: str, index: int = 0) -> np.ndarray:
+        """:meth:`channel`, on the input image's pixels: an output on a coarser whole-number grid
+        (StarDist's every 2nd pixel) has each value repeated over the input pixels of its cell
+        (cell i covers pixels 2i and 2i + 1, where StarDist puts it), an odd last row or column
+        filled from the last cell. Outputs already on the input's pixels come back as :meth:`channel`.
+
+        >>> p = Prediction({"o": np.array([[1.0, 2.0]])}, {"o": "yx"}, None, {"y": 2, "x": 3})
+        >>> p.channel_on_input_grid("o")
+        array([[1., 1., 2.],
+               [1., 1., 2.]])
+        """
+        arr = self.channel(output_id, index)
+        letters = [a for a in self.axes[output_id] if a != "c"]
+        for i, a in enumerate(letters):
+            want, n = self.space.get(a), arr.shape[i]
+            if a not in "zyx" or not want or want == n or n == 0:
+                continue
+            k = round(want / n)
+            if k < 2 or abs(n * k - want) >= k:
+                continue  # not a whole-number grid of this image: left as it is
+            arr = np.take(np.repeat(arr, k, axis=i), np.arange(want), axis=i, mode="clip")
+        return arr
 
 
 @dataclass

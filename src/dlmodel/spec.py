@@ -206,14 +206,26 @@ class ModelSpec:
     def follows_input(self, output_id: str) -> bool:
         """Whether an output's space axes follow an input one to one (same pixel grid): the
         output can stand beside its input as an image of the same size."""
+        factors = self.input_grid_factors(output_id)
+        return factors is not None and all(k == 1 for k in factors)
+
+    def input_grid_factors(self, output_id: str) -> Optional[Tuple[int, ...]]:
+        """Input pixels per output pixel along each space axis, when an output covers an input on
+        a whole-number grid (1: the same pixels; 2: every 2nd, as StarDist predicts); else None
+        (another size, an offset, a finer grid)."""
         space = [a for a in self.output(output_id).axes if a.type == "space"]
+        factors = []
         for a in space:
             if a.ref is None or a.offset:
-                return False
+                return None
             ref = self.tensor(a.ref[0]).axis(a.ref[1])
-            if ref is None or ref.scale != a.scale or ref.type != "space":
-                return False
-        return bool(space)
+            if ref is None or ref.type != "space" or not ref.scale or not a.scale:
+                return None
+            k = a.scale / ref.scale
+            if k < 1 or abs(k - round(k)) > 1e-6:
+                return None
+            factors.append(int(round(k)))
+        return tuple(factors) if factors else None
 
     def tolerance(self, weights_format: str, output_id: str) -> Tolerance:
         for tol in self.tolerances:

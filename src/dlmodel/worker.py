@@ -129,7 +129,7 @@ class Server:
                              **({"max_tile_pixels": msg["max_tile_pixels"]} if msg.get("max_tile_pixels") else {}))
         seconds = time.perf_counter() - t0
         del inputs
-        self.reply_arrays(pred, {"axes": pred.axes, "seconds": seconds})
+        self.reply_arrays(pred, {"axes": pred.axes, "space": pred.space, "seconds": seconds})
 
     def op_labels(self, msg: Mapping[str, Any]) -> None:
         from .api import Prediction
@@ -137,7 +137,7 @@ class Server:
         model = self._model(msg)
         arrays = {oid: wire.view(r, self.segment(r["shm"])) for oid, r in msg["prediction"].items()}
         t0 = time.perf_counter()
-        labels = model.labels(Prediction(arrays, msg["axes"], None), **msg["choices"])
+        labels = model.labels(Prediction(arrays, msg["axes"], None, msg.get("space")), **msg["choices"])
         seconds = time.perf_counter() - t0
         del arrays
         self.reply_arrays({"labels": labels}, {"seconds": seconds})
@@ -156,7 +156,8 @@ class Server:
         arrays["object_fraction"] = c.object_fraction
         if c.labels is not None:
             arrays["labels"] = c.labels
-        self.reply_arrays(arrays, {"confidence": c.to_dict(), "axes": c.prediction.axes, "seconds": seconds})
+        self.reply_arrays(arrays, {"confidence": c.to_dict(), "axes": c.prediction.axes, "space": c.prediction.space,
+                                   "seconds": seconds})
 
     def op_test(self, msg: Mapping[str, Any]) -> Dict[str, Any]:
         report = self._model(msg).test(msg.get("weights_format"))
@@ -202,8 +203,8 @@ def facts(spec: Any) -> Dict[str, Any]:
         "name": spec.name, "id": spec.id, "version": spec.version, "rdf_sha256": spec.rdf_sha256,
         "rdf_path": str(spec.rdf_path), "weights": list(spec.weights),
         "inputs": [{"id": t.id, "n_channels": t.n_channels} for t in spec.inputs],
-        "outputs": [{"id": t.id, "n_channels": t.n_channels, "follows_input": spec.follows_input(t.id)}
-                    for t in spec.outputs],
+        "outputs": [{"id": t.id, "n_channels": t.n_channels, "follows_input": spec.follows_input(t.id),
+                     "input_grid_factors": spec.input_grid_factors(t.id)} for t in spec.outputs],
         "input_channels": spec.input_channels, "is_3d": spec.is_3d, "instance_recipe": spec.instance_recipe,
         "describe": describe(spec),
     }
