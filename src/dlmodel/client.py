@@ -477,7 +477,8 @@ class RemoteModel:
     def test(self, weights_format: Optional[str] = None) -> TestReport:
         result, _ = self._call({"op": "test", "weights_format": weights_format}, "testing", LOAD_TIMEOUT_S)
         with _reading(self.worker, f"testing model {self.spec.name!r}"):
-            report = TestReport(result["weights_format"], error=result["error"], untrusted=result["untrusted"])
+            report = TestReport(result["weights_format"], error=result["error"], untrusted=result["untrusted"],
+                                note=result.get("note"))
             report.checks = [OutputCheck(c["output"], c["max_abs_error"], c["mismatched_per_million"],
                                          SimpleNamespace(**c["tolerance"]), c["ok"]) for c in result["checks"]]
         return report

@@ -207,13 +207,15 @@ def make_plan(
     batch_size: Optional[int] = None,
     max_tile_pixels: int = DEFAULT_TILE_PIXELS,
     use_halo: bool = True,
+    as_given: bool = False,
 ) -> Plan:
     """Plan the tiles for one sample. ``tile=False`` runs the whole image as one tile (with
     context padded around it, so it differs from tiled output only by seams, if any).
-    ``use_halo=False`` gives no context and crops nothing: the package's test tensors run so."""
-    whole = tile is False
+    ``use_halo=False`` gives no context and crops nothing: the package's test tensors run so.
+    ``as_given``: one tile of exactly the input's size, even one the rdf does not declare."""
+    whole = tile is False or as_given
     axes = tiled_axes(spec, inputs, whole, use_halo)
-    sizes = _tile_sizes(axes, None if whole else tile, max_tile_pixels)
+    sizes = {a.id: a.length for a in axes} if as_given else _tile_sizes(axes, None if whole else tile, max_tile_pixels)
     plans = tuple(tiling.plan_axis(a.id, a.length, sizes[a.id], a.margin, a.align) for a in axes)
     tiles = tuple(tiling.plan(plans))
     bmax = _max_batch(spec)
@@ -224,11 +226,11 @@ def make_plan(
 def plan_checked(
     spec: ModelSpec, inputs: Mapping[str, np.ndarray], tile: TileArg = None, batch_size: Optional[int] = None,
     max_tile_pixels: int = DEFAULT_TILE_PIXELS, use_halo: bool = True, name: str = "image",
-    retry_one: bool = False, extra_bytes: int = 0, samples: int = 1,
+    retry_one: bool = False, extra_bytes: int = 0, samples: int = 1, as_given: bool = False,
 ) -> Plan:
     """:func:`make_plan`, then :func:`check_memory`; ``retry_one``: on a refusal, try one tile
     per pass before refusing (a default batch size must not refuse an image)."""
-    plan = make_plan(spec, inputs, tile, batch_size, max_tile_pixels, use_halo)
+    plan = make_plan(spec, inputs, tile, batch_size, max_tile_pixels, use_halo, as_given)
 
     def replan(length: int, bs: Optional[int] = batch_size) -> Plan:
         return make_plan(spec, inputs, length, bs, max_tile_pixels, use_halo)
@@ -389,14 +391,15 @@ def run_sample(
     use_halo: bool = True,
     gate: Optional["Gate"] = None,
     name: str = "image",
+    as_given: bool = False,
 ) -> Tuple[Dict[str, np.ndarray], Plan]:
     """Predict one sample; ``inputs`` and the returned outputs are in model layout (batch 1).
 
     ``gate``: consent for code the package brings (``custom`` post-processing); without one,
-    such code is not run."""
+    such code is not run. ``as_given``: the input at its own size, unpadded (see :func:`make_plan`)."""
     gpu_default = batch_size is None and engine.asynchronous
     plan = plan_checked(spec, inputs, tile, GPU_BATCH if gpu_default else batch_size, max_tile_pixels, use_halo,
-                        name, retry_one=gpu_default)
+                        name, retry_one=gpu_default, as_given=as_given)
     prepared, pre = fit_preprocessing(spec, inputs, [a.id for a in plan.axes])
     per_tile = not any(m.stage == "postprocess" for m in spec.macros) and all(
         not any(processing.needs_statistics(op) for op in o.postprocessing) for o in spec.outputs)

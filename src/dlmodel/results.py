@@ -77,6 +77,7 @@ class TestReport:
     checks: List[OutputCheck] = field(default_factory=list)
     error: Optional[str] = None
     untrusted: bool = False  # not run: the format runs the package's code, and the package is not trusted
+    note: Optional[str] = None  # how the test input was run, when not as any image would be
 
     @property
     def ok(self) -> bool:
@@ -93,4 +94,6 @@ class TestReport:
                 f"{c.max_abs_error:.3g}, {c.mismatched_per_million:.1f} mismatched per million "
                 f"(tolerance: abs {tol.absolute:g} + rel {tol.relative:g}, {tol.mismatched_per_million:g} per million)"
             )
+        if self.note:
+            lines.append(f"     ({self.note})")
         return "\n".join(lines)

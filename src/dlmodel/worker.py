@@ -162,6 +162,7 @@ class Server:
     def op_test(self, msg: Mapping[str, Any]) -> Dict[str, Any]:
         report = self._model(msg).test(msg.get("weights_format"))
         return {"weights_format": report.weights_format, "error": report.error, "untrusted": report.untrusted,
+                "note": report.note,
                 "checks": [{"output": c.output, "max_abs_error": c.max_abs_error,
                             "mismatched_per_million": c.mismatched_per_million, "ok": c.ok,
                             "tolerance": {"absolute": c.tolerance.absolute, "relative": c.tolerance.relative,
