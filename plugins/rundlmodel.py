@@ -211,7 +211,7 @@ downloaded once into the cache (*DLMODEL_CACHE*, default your user cache folder)
 checked against the hash the package gives. Relative paths are looked up in the current folder,
 then in the RunDLModel project folder. The default, *models/nuclei_stardist_torch*, is the nuclei
 model shipped with RunDLModel (2D fluorescence nuclei, StarDist-style: each nucleus a star-convex
-outline; F1 0.908 on the DSB 2018 validation nuclei). *models/nuclei_default*, the default until
+outline; F1 0.918 on the DSB 2018 validation nuclei). *models/nuclei_default*, the default until
 December 2026 (F1 0.803), is still shipped, so pipelines that name it give the same numbers.""",
         )
         self.choose_model_button = DoSomething(
