@@ -196,7 +196,8 @@ def test_add_module_dialog_lists_rundlmodel_with_the_object_modules(gui_run):
 def test_settings_panel_shows_the_model(gui_run):
     report, _, shots = gui_run
     info = " ".join(report["settings_html"])
-    assert "RunDLModel default nuclei" in info and "Licence: MIT" in info and "input raw" in info, info
+    assert "RunDLModel StarDist-style nuclei" in info and "Licence: MIT" in info and "input raw" in info, info
+    assert "Cite: Schmidt, Weigert, Broaddus, Myers. Cell Detection with Star-convex Polygons" in info, info
     assert "Cite: Caicedo et al. Nucleus segmentation" in info and "(doi:10.1038/s41592-019-0612-7)" in info, info
     labels = " ".join(report["settings_labels"])
     for setting in ("Model", "Model information", "Input image", "Name the objects"):
