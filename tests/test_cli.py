@@ -82,3 +82,61 @@ def test_predict_npy_output_and_bad_options(torch2d, tmp_path):
     assert bad.returncode == 2 and bad.stderr.startswith("dlmodel: error: unknown engine")
     none = run("predict", torch2d, str(tmp_path / "nothing*.tif"), "-o", tmp_path / "o")
     assert none.returncode == 2 and "no files match" in none.stderr
+
+
+# --- objects: the flags reach the same core choices as Model.labels and RunDLModel's settings ---
+
+def test_predict_object_flags_give_what_model_labels_gives(tmp_path, nuclei_model):
+    import dlmodel
+    from conftest import DSB_VAL
+
+    img = sorted((DSB_VAL / "images").glob("*.tif"))[0]
+    res = run("predict", nuclei_model, img, "-o", tmp_path, "--labels", "--method", "threshold", "--threshold", "0.7",
+              "--min-size", "0", "--no-fill-holes", "--discard-border")
+    assert res.returncode == 0, res.stderr
+    model = dlmodel.load(nuclei_model)
+    expected = model.labels(model.predict(tifffile.imread(img)), method="threshold", threshold=0.7, min_size=0,
+                            fill_holes=False, discard_border=True)
+    assert np.array_equal(tifffile.imread(tmp_path / f"{img.stem}_labels.tif"), expected) and expected.max() > 5
+    default = model.labels(model.predict(tifffile.imread(img)))
+    assert not np.array_equal(default, expected)  # the flags changed something
+
+
+def test_object_flags_are_checked_before_any_image_runs(tmp_path, nuclei_model):
+    from conftest import DSB_VAL
+
+    img = sorted((DSB_VAL / "images").glob("*.tif"))[0]
+    default = ROOT / "models" / "nuclei_stardist_torch"
+    # the default model's recipe uses its own output and thresholds: flags it would ignore are refused
+    res = run("predict", default, img, "-o", tmp_path / "a", "--objects-output", "probability")
+    assert res.returncode == 2 and "\n" not in res.stderr.strip() and "'prediction', not 'probability'" in res.stderr, res.stderr
+    res = run("predict", default, img, "-o", tmp_path / "a", "--threshold", "0.7")
+    assert res.returncode == 2 and "--threshold is not used by the package's own recipe (stardist)" in res.stderr, res.stderr
+    assert not (tmp_path / "a").exists()
+    res = run("predict", nuclei_model, img, "-o", tmp_path / "b", "--method", "blobs", "--labels")
+    assert res.returncode == 2 and "blobs" in res.stderr and not (tmp_path / "b").exists(), res.stderr
+    res = run("predict", nuclei_model, img, "-o", tmp_path / "c", "--min-size", "5")  # a probability model: no labels
+    assert res.returncode == 2 and "add --labels" in res.stderr, res.stderr
+
+
+def test_plate_object_flags(tmp_path):
+    import csv
+    import shutil
+
+    from conftest import SHARED
+
+    subset = tmp_path / "plate"
+    subset.mkdir()
+    for p in sorted((SHARED / "data" / "ExampleSBSImages").glob("Channel[12]-0[1-2]-A-0[1-2].tif")):
+        shutil.copy(p, subset / p.name)
+    counts = {}
+    for name, flags in (("default", ()), ("large", ("--min-size", "120"))):
+        res = run("plate", ROOT / "models" / "nuclei_stardist_torch", subset, "-o", tmp_path / name, "--threads", "1", *flags,
+                  timeout=600)
+        assert res.returncode == 0, res.stderr
+        with open(tmp_path / name / "objects.csv") as f:
+            rows = list(csv.DictReader(f))
+        counts[name] = len(rows)
+        if name == "large":
+            assert rows and min(float(r["area"]) for r in rows) >= 120
+    assert 0 < counts["large"] < counts["default"]

@@ -10,7 +10,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 from . import io
 from .errors import DLModelError
@@ -83,6 +83,20 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"flipped or rotated copies predicted per image for --confidence (default "
                              f"{DEFAULT_AUGMENTATIONS}; each costs one prediction)")
 
+    def object_args(sp: argparse.ArgumentParser) -> None:
+        g = sp.add_argument_group("objects", "how outputs become objects, as RunDLModel's settings and Model.labels "
+                                             "(default: the package's own recipe, else a watershed split)")
+        g.add_argument("--method", default="auto", help="auto (default), watershed, threshold or labels")
+        g.add_argument("--objects-output", default=None, metavar="ID", help="the output objects are made from")
+        g.add_argument("--objects-channel", type=_positive, default=None, metavar="N",
+                       help="its channel, counted from 1 as in RunDLModel")
+        g.add_argument("--threshold", type=float, default=None, help="probability threshold (watershed, threshold)")
+        g.add_argument("--diameter", type=float, default=None, help="typical object diameter in pixels (watershed)")
+        g.add_argument("--min-size", type=_nonnegative, default=None, help="smallest object kept, in pixels")
+        g.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, default=None)
+        g.add_argument("--discard-border", action=argparse.BooleanOptionalAction, default=None,
+                       help="drop objects touching the image border")
+
     def batch_args(sp: argparse.ArgumentParser, what: str) -> None:
         sp.add_argument("--threads", type=_positive, default=None, help="engine threads (default: all cores)")
         sp.add_argument("--workers", type=_positive, default=None, help="run on a local Dask cluster of N worker processes")
@@ -113,6 +127,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="also write <image>_labels.tif: objects by the package's own step (else the default watershed "
                          "split); on by default for packages whose outputs only lead to objects (StarDist, Cellpose)")
     confidence_args(sp, "confidence.csv: per image, the model's confidence and its components (docs/confidence.md)")
+    object_args(sp)
 
     sp = sub.add_parser("plate", help="segment a plate and write per-object and per-well CSVs and heatmaps")
     model_args(sp)
@@ -134,6 +149,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--positive", type=float, default=None, help="the control column's value for positive controls (default 1)")
     sp.add_argument("--readout", action="append", default=None, help="a wells.csv column to report on; repeat (default: all)")
     confidence_args(sp, "per-well confidence columns in wells.csv and the QC flag 'model unsure' (docs/confidence.md)")
+    object_args(sp)
     batch_args(sp, "sites")
 
     sp = sub.add_parser("heatmap", help="plate heatmaps of per-well means from a per-image CSV (e.g. Image.csv)")
@@ -390,7 +406,10 @@ def _predict(args: argparse.Namespace) -> int:
               output_ids=[o.id for o in model.spec.outputs], engine=model.weights_format, device=args.device,
               threads=args.threads, trust=args.trust, axes=args.axes, tile=args.tile, batch_size=args.batch_size,
               fmt=args.format, labels=model.makes_objects if args.labels is None else args.labels,
-              confidence=args.confidence, augmentations=args.augmentations)
+              confidence=args.confidence, augmentations=args.augmentations, objects=_object_choices(args, model))
+    if job.objects and not job.labels:
+        raise DLModelError("the object options (--method, --threshold, --min-size, ...) choose how --labels makes "
+                           "objects: add --labels")
     tasks = job.tasks(paths)  # inputs whose outputs would overwrite each other: refused before anything runs
     prepare_output(args.output)
     t0 = time.perf_counter()
@@ -406,6 +425,24 @@ def _predict(args: argparse.Namespace) -> int:
         print(f"dlmodel: confidence per image: {table}")
     _failures(summary.failures)
     return 1 if summary.failures else 0
+
+
+def _object_choices(args: argparse.Namespace, model) -> Tuple[Tuple[str, Any], ...]:
+    """The object flags as Model.labels' choices (None: not given), checked against the model's
+    recipe by the core before any image runs (an output the recipe does not use is refused)."""
+    from . import client
+
+    choices = {"method": args.method, "output": args.objects_output,
+               "channel": None if args.objects_channel is None else args.objects_channel - 1,
+               "threshold": args.threshold, "diameter": args.diameter, "min_size": args.min_size,
+               "fill_holes": args.fill_holes, "discard_border": args.discard_border}
+    given = {k: v for k, v in choices.items() if v is not None and not (k == "method" and v == "auto")}
+    recipe = client.resolve_recipe(model.spec.instance_recipe, getattr(args, "python", None), **given)
+    unused = [k for k in ("threshold", "diameter") if k in given and recipe.get(k) != given[k]]
+    if unused:  # the package's own recipe keeps its own: a flag must not look as if it had changed something
+        raise DLModelError(f"--{unused[0]} is not used by the package's own recipe ({recipe.get('method')}): "
+                           "choose --method watershed or threshold to set it")
+    return tuple(sorted(given.items()))
 
 
 def _where(args: argparse.Namespace, model) -> str:
@@ -439,7 +476,8 @@ def _plate(args: argparse.Namespace) -> int:
     job = platerun.PlateJob(source=str(model.spec.rdf_path) if model.local else args.source, engine=model.weights_format,
                             device=args.device, threads=args.threads, trust=args.trust, out_dir=args.output,
                             model_channel=args.model_channel, measure_channels=tuple(args.measure_channel or ["1", "2"]),
-                            ring=args.ring, confidence=args.confidence, augmentations=args.augmentations)
+                            ring=args.ring, confidence=args.confidence, augmentations=args.augmentations,
+                            objects=_object_choices(args, model))
     tasks = job.tasks(sites)
     # the plate's tables and the report never replace the metadata, nor a file of the user's beside the images
     written = job.tables() + ([args.output / "report.html", args.output / "screen.csv"] if args.report else [])

@@ -141,11 +141,11 @@ class PlateJob(ModelJob):
         image, axes = io.read_image(files[self.model_channel])
         measured = None
         if self.confidence:  # its plain prediction and objects are the site's: nothing is predicted twice
-            measured = model.confidence(image, axes=axes, augmentations=self.augmentations, objects=True,
+            measured = model.confidence(image, axes=axes, augmentations=self.augmentations, objects=dict(self.objects) or True,
                                         name=str(files[self.model_channel]))
             labels = measured.labels
         else:
-            labels = model.labels(model.predict(image, axes=axes, name=str(files[self.model_channel])))
+            labels = model.labels(model.predict(image, axes=axes, name=str(files[self.model_channel])), **dict(self.objects))
         images = {ch: image if ch == self.model_channel else io.read_image(files[ch])[0] for ch in files}
         values = measure(labels, {ch: images[ch] for ch in self.measure_channels if ch in images}, self.ring)
         where = {"plate": plate, "row": row, "column": col, "site": site}

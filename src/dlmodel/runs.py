@@ -42,6 +42,8 @@ class ModelJob:
     device: str = "auto"
     threads: Optional[int] = None
     trust: Optional[bool] = None
+    # how outputs become objects: Model.labels' choices as (name, value) pairs (hashable); () the package's recipe
+    objects: Tuple[Tuple[str, Any], ...] = ()
 
     def model(self) -> Any:
         """This process's model for the job (loaded once per process)."""
@@ -146,14 +148,16 @@ def predict_file(job: Job, task: Task, model: Any) -> List[Path]:
     targets = job.targets(task.key[0])
     measured = None
     if job.confidence:  # the plain prediction and objects come with it: nothing is predicted twice
-        measured = model.confidence(image, axes=axes, augmentations=job.augmentations, objects=True if job.labels else None,
+        measured = model.confidence(image, axes=axes, augmentations=job.augmentations,
+                                    objects=(dict(job.objects) or True) if job.labels else None,
                                     tile=job.tile, batch_size=job.batch_size, name=str(path))
         pred = measured.prediction
     else:
         pred = model.predict(image, axes=axes, tile=job.tile, batch_size=job.batch_size, name=str(path))
     written = [io.write_image(targets[oid], pred[oid], pred.axes[oid]) for oid in job.output_ids]
     if job.labels:
-        labels = measured.labels if measured is not None and measured.labels is not None else model.labels(pred)
+        labels = (measured.labels if measured is not None and measured.labels is not None
+                  else model.labels(pred, **dict(job.objects)))
         written.append(io.write_image(targets["labels"], labels))
     if measured is not None:
         written.append(write_rows(targets["confidence"], [confidence_row(str(path), measured)], CONFIDENCE_FIELDS))
