@@ -400,12 +400,8 @@ class RemoteModel:
                 max_tile_pixels: Optional[int] = None, name: str = "image") -> Prediction:
         """As :meth:`dlmodel.api.Model.predict`; the outputs are views on a shared buffer (no copy)."""
         inputs = self._as_inputs(image)
-        ids = list(inputs)
-        arrays = [_sendable(inputs[k], name) for k in ids]
         with self.worker.lock:  # the lent input buffer is this request's until it is answered
-            segment, buf = self.worker.pool.lease(wire.layout(arrays)[1])
-            refs = dict(zip(ids, wire.put(arrays, segment, buf)))
-            del arrays, buf
+            refs = self._lend(inputs, name)
             result, out = self._call({"op": "predict", "inputs": refs, "axes": axes, "tile": tile, "batch_size": batch_size,
                                       "pad_mode": pad_mode, "max_tile_pixels": max_tile_pixels, "name": name}, "running")
         with _reading(self.worker, f"running model {self.spec.name!r}"):
@@ -415,6 +411,16 @@ class RemoteModel:
                               result["axes"], None, result.get("space"))
             pred._refs = result["arrays"]  # type: ignore[attr-defined]
         return pred
+
+    def _lend(self, arrays: Mapping[str, np.ndarray], name: str) -> Dict[str, Any]:
+        """The arrays copied into one lent shared buffer; their references by id, for a request.
+        Hold the worker's lock until the request is answered: the buffer is its until then."""
+        ids = list(arrays)
+        sendable = [_sendable(arrays[k], name) for k in ids]
+        segment, buf = self.worker.pool.lease(wire.layout(sendable)[1])
+        refs = dict(zip(ids, wire.put(sendable, segment, buf)))
+        del sendable, buf
+        return refs
 
     def _as_inputs(self, image: Union[np.ndarray, Mapping[str, np.ndarray]]) -> Dict[str, np.ndarray]:
         ids = [t.id for t in self.spec.inputs]
@@ -430,11 +436,7 @@ class RemoteModel:
         with self.worker.lock:
             refs = getattr(prediction, "_refs", None)
             if refs is None:  # a prediction made elsewhere: into a shared buffer first
-                ids = list(prediction)
-                arrays = [_sendable(prediction[k], "prediction") for k in ids]
-                segment, buf = self.worker.pool.lease(wire.layout(arrays)[1])
-                refs = dict(zip(ids, wire.put(arrays, segment, buf)))
-                del arrays, buf
+                refs = self._lend(prediction, "prediction")
             result, out = self._call({"op": "labels", "prediction": refs, "axes": prediction.axes,
                                       "space": getattr(prediction, "space", {}),
                                       "choices": {"method": method, "output": output, "channel": channel, **choices}},
@@ -452,12 +454,8 @@ class RemoteModel:
         from .confidence import Confidence
 
         inputs = self._as_inputs(image)
-        ids = list(inputs)
-        arrays = [_sendable(inputs[k], name) for k in ids]
         with self.worker.lock:  # the lent input buffer is this request's until it is answered
-            segment, buf = self.worker.pool.lease(wire.layout(arrays)[1])
-            refs = dict(zip(ids, wire.put(arrays, segment, buf)))
-            del arrays, buf
+            refs = self._lend(inputs, name)
             result, out = self._call({"op": "confidence", "inputs": refs, "axes": axes, "augmentations": augmentations,
                                       "seed": seed, "objects": objects if isinstance(objects, (bool, type(None))) else dict(objects),
                                       "tile": tile, "batch_size": batch_size, "pad_mode": pad_mode, "name": name},

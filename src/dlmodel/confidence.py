@@ -212,6 +212,8 @@ def matched_objects(labels: np.ndarray, other: np.ndarray, iou: float = IOU) -> 
     >>> matched_objects(a, b).tolist()
     [True, False]
     """
+    from .instances import overlaps
+
     a = np.asarray(labels).astype(np.int64).ravel()
     b = np.asarray(other).astype(np.int64).ravel()
     n_a = int(a.max()) if a.size else 0
@@ -220,17 +222,8 @@ def matched_objects(labels: np.ndarray, other: np.ndarray, iou: float = IOU) -> 
         return found
     b_ids, b = np.unique(b, return_inverse=True)  # compact numbering of the other's objects
     b = b.ravel() if b_ids[0] == 0 else b.ravel() + 1
-    n_b = int(b.max())
-    both = (a > 0) & (b > 0)
-    pairs = np.bincount(a[both] * (n_b + 1) + b[both], minlength=(n_a + 1) * (n_b + 1)).reshape(n_a + 1, n_b + 1)
-    area_a = np.bincount(a, minlength=n_a + 1)
-    area_b = np.bincount(b, minlength=n_b + 1)
-    ai, bi = np.nonzero(pairs)
-    keep = (ai > 0) & (bi > 0)
-    ai, bi = ai[keep], bi[keep]
-    inter = pairs[ai, bi]
-    good = inter / (area_a[ai] + area_b[bi] - inter) > iou
-    found[ai[good] - 1] = True
+    ai, _, ious = overlaps(a, b, n_a, int(b.max()))
+    found[ai[ious > iou] - 1] = True
     return found
 
 

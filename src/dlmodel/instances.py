@@ -406,18 +406,22 @@ def _matches(pred: np.ndarray, truth: np.ndarray, iou: float) -> "tuple[np.ndarr
     n_p, n_t = int(pred.max()), int(truth.max())
     if n_p == 0 or n_t == 0:
         return np.zeros(0), n_p, n_t
-    both = (pred > 0) & (truth > 0)
-    pairs = np.bincount(pred[both] * (n_t + 1) + truth[both], minlength=(n_p + 1) * (n_t + 1))
-    inter = pairs.reshape(n_p + 1, n_t + 1)
-    area_p = np.bincount(pred, minlength=n_p + 1)
-    area_t = np.bincount(truth, minlength=n_t + 1)
-    pi, ti = np.nonzero(inter)
-    keep = (pi > 0) & (ti > 0)
-    pi, ti = pi[keep], ti[keep]
-    i = inter[pi, ti]
-    union = area_p[pi] + area_t[ti] - i
-    ious = i / union
+    ious = overlaps(pred, truth, n_p, n_t)[2]
     return ious[ious > iou], n_p, n_t
+
+
+def overlaps(a: np.ndarray, b: np.ndarray, n_a: int, n_b: int) -> "tuple[np.ndarray, np.ndarray, np.ndarray]":
+    """Every pair of overlapping objects of two flat label arrays numbered 0..n_a and 0..n_b:
+    their labels and their intersection over union, from one table of pixel counts."""
+    both = (a > 0) & (b > 0)
+    inter = np.bincount(a[both] * (n_b + 1) + b[both], minlength=(n_a + 1) * (n_b + 1)).reshape(n_a + 1, n_b + 1)
+    area_a = np.bincount(a, minlength=n_a + 1)
+    area_b = np.bincount(b, minlength=n_b + 1)
+    ai, bi = np.nonzero(inter)
+    keep = (ai > 0) & (bi > 0)
+    ai, bi = ai[keep], bi[keep]
+    i = inter[ai, bi]
+    return ai, bi, i / (area_a[ai] + area_b[bi] - i)
 
 
 def pooled_f1(pairs: Any, iou: float = 0.5) -> tuple:
