@@ -306,7 +306,7 @@ _ONNX_DTYPES = {
 }
 
 
-class _TorchEngine(Engine):
+class TorchEngine(Engine):
     def _torch_device(self):
         import torch
 
@@ -354,7 +354,7 @@ class _TorchEngine(Engine):
         return result
 
 
-def _release_torch(engine: "_TorchEngine") -> None:
+def _release_torch(engine: "TorchEngine") -> None:
     cuda = getattr(engine, "tdev", None) is not None and engine.tdev.type == "cuda"
     Engine._unload(engine)
     if cuda:
@@ -376,7 +376,7 @@ def _as_list(out: Any) -> List[Any]:
     return [out]
 
 
-class TorchscriptEngine(_TorchEngine):
+class TorchscriptEngine(TorchEngine):
     format = "torchscript"
 
     def _load(self) -> None:
@@ -386,7 +386,7 @@ class TorchscriptEngine(_TorchEngine):
         self.module = torch.jit.load(str(self.path), map_location=self.tdev).eval()
 
 
-class PytorchStateDictEngine(_TorchEngine):
+class PytorchStateDictEngine(TorchEngine):
     format = "pytorch_state_dict"
 
     def _load(self) -> None:

@@ -250,7 +250,7 @@ def _check_layout(spec: Any) -> None:
 def _eval_engine(module: Any, device: str, threads: Optional[int]) -> Any:
     """The module being trained behind the engine interface, so held-out images run through the
     same tiling, pre- and post-processing as ``Model.predict``."""
-    from .engines import _TorchEngine
+    from .engines import TorchEngine as _TorchEngine
     from .trust import local_gate
 
     class TrainingEngine(_TorchEngine):
