@@ -41,7 +41,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import InputError, SpecError
+from ...errors import InputError, SpecError
 
 MACRO_SPEC = "ij.IJ::runMacroFile"
 STAGES = ("preprocess", "postprocess")
@@ -392,7 +392,7 @@ def _params(kind: str, fixed: Mapping[str, Any], found: Mapping[str, float]) -> 
 def _check_params(p: Mapping[str, Any]) -> None:
     """The macro's numbers within what ImageJ's own commands take (they size memory and decide
     objects): one-line SpecError naming the number."""
-    from . import number
+    from .. import number
 
     limits = {"bins": (2, MAX_BINS, True), "min_percentile": (0, 100, False), "max_percentile": (0, 100, False),
               "threshold": (None, None, False), "upper": (None, None, False), "dynamic": (0, 1e9, False),
@@ -1163,7 +1163,7 @@ def stardist_inputs(image_planes: np.ndarray, grid: float) -> Tuple[np.ndarray, 
 def _run_stardist(image: _Image, p: Dict[str, Any], composite: bool, file: str) -> np.ndarray:
     """The probability and ray distances (planes 2..n) upsampled x grid with ImageJ's bicubic,
     then StarDist's own NMS (the Python package in place of the Fiji plugin the macro calls)."""
-    from . import require
+    from .. import require
 
     n = image.planes.shape[1]
     if n < 4:
