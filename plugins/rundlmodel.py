@@ -67,9 +67,6 @@ LOGGER = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
-ENGINES = ["Automatic", "ONNX", "TorchScript", "PyTorch", "TensorFlow", "Keras"]
-ENGINE_ARG = {"Automatic": "auto", "ONNX": "onnx", "TorchScript": "torchscript", "PyTorch": "pytorch",
-              "TensorFlow": "tensorflow", "Keras": "keras"}
 DEVICES = ["Automatic", "CPU", "GPU"]
 DEVICE_ARG = {"Automatic": "auto", "CPU": "cpu", "GPU": "cuda"}
 TILE_AUTO, TILE_CUSTOM = "Automatic", "Custom"
@@ -123,6 +120,12 @@ def _dlmodel():
         sys.path.append(str(src))
         import dlmodel
     return dlmodel
+
+
+# RunDLModel's *Engine* choices and the engine argument each passes: the core's engine registry
+# (dlmodel.engines imports numpy and the standard library only)
+ENGINE_ARG = dict(_dlmodel().engines.engine_choices())
+ENGINES = list(ENGINE_ARG)
 
 
 def resolve_source(text):
@@ -234,7 +237,10 @@ rdf file on this computer. Needs bioimageio.spec in CellProfiler's Python (not i
             "Engine", ENGINES, ENGINES[0],
             doc="""\
 The framework that runs the model's weights. *Automatic* picks, among the weight formats the
-package has and whose engine is installed, the fastest (ONNX on CPU).""",
+package has and whose engine is installed, the first in a fixed order (ONNX on CPU, TorchScript
+on a GPU). *Fastest* times each of them on this computer, on the tile size the image uses, and
+keeps the fastest whose outputs match the others within the package's test tolerance; the
+timing is done once per model, computer and tile size and remembered.""",
         )
         self.device = Choice("Device", DEVICES, DEVICES[0], doc="*Automatic* uses a GPU when one is usable, else the CPU.")
         self.python = Text(

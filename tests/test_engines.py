@@ -246,3 +246,36 @@ def test_an_architecture_from_a_missing_library_names_what_to_install(torch2d, t
     assert "\n" not in msg and "dlmodel_absent_lib.models.unet.UNet" in msg
     assert "pip install 'dlmodel-absent-lib==0.3.5'" in msg
     assert dlmodel.load(pkg, engine="onnx").test().ok  # its other weights still run
+
+
+def test_every_engine_list_is_the_registrys():
+    """The registry is the one table: the spec view's formats and extras, dlmodel env's engines,
+    RunDLModel's *Engine* choices and the CLI's --engine help are all derived from it."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    from dlmodel import cli, engines, envs, spec
+
+    rows = engines.REGISTRY
+    assert spec.ENGINE_EXTRA == {r.format: r.extra for r in rows}
+    assert set(envs.ENGINES) == {r.extra for r in rows}
+    assert set(engines.AUTO_ORDER["cpu"]) == set(engines.AUTO_ORDER["cuda"]) == {r.format for r in rows}
+    assert all(r.format in engines.ALIASES[r.name].split("|") for r in rows)
+    names = [arg for _, arg in engines.engine_choices()]
+    assert names[:2] == ["auto", "fastest"] and set(names[2:]) == {r.name for r in rows}
+    # the CLI: every --engine flag's help lists the registry's names
+    helps = [a.help for p in cli._parser()._subparsers._group_actions[0].choices.values()  # type: ignore[union-attr]
+             for a in p._actions if "--engine" in a.option_strings]
+    assert helps and all(h.startswith(", ".join(names)) for h in helps)
+    # RunDLModel: its Choice lists the registry's labels, each passing the registry's name
+    pytest.importorskip("cellprofiler_core")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
+    try:
+        plugin = importlib.import_module("rundlmodel")
+    finally:
+        sys.path.pop(0)
+    assert plugin.ENGINE_ARG == dict(engines.engine_choices())
+    module = plugin.RunDLModel()
+    module.create_settings()
+    assert list(module.engine.choices) == [label for label, _ in engines.engine_choices()]

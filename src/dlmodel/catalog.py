@@ -273,7 +273,7 @@ def _covers(descr: Any) -> List[str]:
 
 
 def _entry(descr: Any, source: str, origin: str, **extra: Any) -> Entry:
-    from .spec import ENGINE_EXTRA
+    from .engines import ENGINE_EXTRA
 
     formats = tuple(f for f in ENGINE_EXTRA if getattr(descr.weights, f, None) is not None)
     others = tuple(f for f, w in _weights(descr) if w is not None and f not in ENGINE_EXTRA)
@@ -334,8 +334,7 @@ def _runs_here(descr: Any, formats: Sequence[str], family: str) -> Tuple[bool, s
     or one line on what it needs."""
     import importlib.util
 
-    from .engines import engine_installed
-    from .spec import ENGINE_EXTRA
+    from .engines import ENGINE_EXTRA, engine_installed
 
     usable = [f for f in formats if f in ENGINE_EXTRA]
     if not usable:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Tuple
 
-from . import io
+from . import engines, io
 from .errors import DLModelError
 
 
@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def model_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("source", help="rdf/bioimageio.yaml, package folder or .zip, URL, zoo id or DOI")
-        sp.add_argument("--engine", default="auto", help="auto, onnx, torchscript, pytorch, tensorflow, keras")
+        sp.add_argument("--engine", default="auto", help=engines.engine_help())
         sp.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
         sp.add_argument("--trust", action="store_true", default=None,
                         help="run code shipped in a downloaded package (architecture files, custom ops, Keras Lambda layers)")
@@ -209,7 +209,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--labels", default=None, help="folder of label images named as the images: score each model")
     sp.add_argument("-o", "--output", required=True, type=Path,
                     help="folder for compare.csv, compare_images.csv, compare.html and overlays/")
-    sp.add_argument("--engine", default="auto", help="auto, onnx, torchscript, pytorch, tensorflow, keras (every model)")
+    sp.add_argument("--engine", default="auto", help=engines.engine_help() + " (every model)")
     sp.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     sp.add_argument("--threads", type=_positive, default=None, help="engine threads (default: all cores)")
     sp.add_argument("--trust", action="store_true", default=None,

@@ -14,41 +14,17 @@ import shutil
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .errors import EngineError, SpecError, one_line
-from .spec import ENGINE_EXTRA, ModelSpec
+from .spec import ModelSpec
 from .tf_safety import keras_refusal, saved_model_refusal, saved_model_unsafe_ops
 from .trust import DOWNLOAD, Gate, TrustError
 
 LOGGER = logging.getLogger("dlmodel")
-
-# What ``engine="auto"`` tries, in order, per device kind. On CPU onnxruntime ran the shared
-# nuclei U-Net (2048x2048) in 3.9 s against 7.7 s for TorchScript on this project's machines.
-AUTO_ORDER = {
-    "cpu": ["onnx", "torchscript", "pytorch_state_dict", "tensorflow_saved_model_bundle", "keras_v3", "keras_hdf5"],
-    "cuda": ["torchscript", "pytorch_state_dict", "onnx", "tensorflow_saved_model_bundle", "keras_v3", "keras_hdf5"],
-}
-
-# Short names users may type for a weight format.
-ALIASES = {
-    "onnx": "onnx",
-    "onnxruntime": "onnx",
-    "torchscript": "torchscript",
-    "pytorch": "pytorch_state_dict",
-    "pytorch_state_dict": "pytorch_state_dict",
-    "torch": "pytorch_state_dict",
-    "tensorflow": "tensorflow_saved_model_bundle",
-    "tensorflow_saved_model_bundle": "tensorflow_saved_model_bundle",
-    "keras": "keras_v3|keras_hdf5",
-    "keras_hdf5": "keras_hdf5",
-    "keras_v3": "keras_v3",
-}
-
-_FRAMEWORK_MODULE = {"onnx": "onnxruntime", "torch": "torch", "tensorflow": "tensorflow"}
-
 
 # "0": onnxruntime's threads sleep instead of spin-waiting between runs (set by dlmodel.worker)
 SPINNING_ENV = "DLMODEL_ORT_SPINNING"
@@ -56,10 +32,7 @@ SPINNING_ENV = "DLMODEL_ORT_SPINNING"
 
 def engine_installed(weights_format: str) -> bool:
     """Whether the framework for a weight format can be imported (without importing it)."""
-    modules = [_FRAMEWORK_MODULE[ENGINE_EXTRA[weights_format]]]
-    if weights_format in ("keras_v3", "keras_hdf5"):
-        modules.append("keras")
-    return all(_findable(m) for m in modules)
+    return all(_findable(m) for m in ROWS[weights_format].modules)
 
 
 def _findable(module: str) -> bool:
@@ -105,12 +78,14 @@ def _cuda_available() -> bool:
 
 
 def choose_format(spec: ModelSpec, engine: str = "auto", device: str = "cpu") -> str:
-    """Pick the weight format to run: the user's choice, or the fastest one installed."""
+    """Pick the weight format to run: the user's choice, or the first installed one in
+    ``AUTO_ORDER``. ``engine="fastest"`` gets that one here too: the measured choice needs the
+    loaded model and the image's tile shape (:mod:`dlmodel.fastest`), and falls back to it."""
     available = list(spec.weights)
-    if engine and engine != "auto":
+    if engine and engine not in ("auto", "fastest"):
         wanted = ALIASES.get(engine.lower())
         if wanted is None:
-            raise EngineError(f"unknown engine {engine!r}; use auto or one of: {', '.join(sorted(set(ALIASES)))}")
+            raise EngineError(f"unknown engine {engine!r}; use auto, fastest or one of: {', '.join(sorted(set(ALIASES)))}")
         candidates = [f for f in wanted.split("|") if f in available]
         if not candidates:
             raise EngineError(
@@ -580,10 +555,76 @@ class KerasHdf5Engine(KerasEngine):
     format = "keras_hdf5"
 
 
-ENGINES: Dict[str, type] = {
-    cls.format: cls
-    for cls in (OnnxEngine, TorchscriptEngine, PytorchStateDictEngine, TensorflowEngine, KerasEngine, KerasHdf5Engine)
+# ------------------------------------------------------------------------------ the registry
+@dataclass(frozen=True)
+class EngineRow:
+    """One weight format dlmodel runs: everything else (``ENGINES``, ``AUTO_ORDER``, ``ALIASES``,
+    ``ENGINE_EXTRA``, the spec view's formats, ``dlmodel env``'s engines, the catalog, RunDLModel's
+    *Engine* choices and the CLI's ``--engine`` help) is derived from these rows."""
+
+    format: str  # the rdf's weight format name
+    engine: type  # the Engine subclass that runs it
+    name: str  # the short name users type (CLI) and the engine argument RunDLModel passes
+    label: str  # RunDLModel's *Engine* choice
+    aliases: Tuple[str, ...]  # further names accepted for it
+    rank_cpu: int  # engine="auto"'s order on a CPU (lower first)
+    rank_cuda: int  # ... and on a CUDA GPU
+    extra: str  # the pip extra that installs its framework: pip install 'dlmodel[extra]'
+    modules: Tuple[str, ...]  # what must be importable for it to run (checked without importing)
+
+
+# On CPU onnxruntime ran the shared nuclei U-Net (2048x2048) in 3.9 s against 7.7 s for TorchScript
+# on this project's machines; on a GPU torch's CUDA path is the most used and tested.
+# engine="fastest" measures instead of trusting this order (dlmodel.fastest).
+REGISTRY: Tuple[EngineRow, ...] = (
+    EngineRow("onnx", OnnxEngine, "onnx", "ONNX", ("onnxruntime",), 0, 2, "onnx", ("onnxruntime",)),
+    EngineRow("torchscript", TorchscriptEngine, "torchscript", "TorchScript", (), 1, 0, "torch", ("torch",)),
+    EngineRow("pytorch_state_dict", PytorchStateDictEngine, "pytorch", "PyTorch", ("pytorch_state_dict", "torch"),
+              2, 1, "torch", ("torch",)),
+    EngineRow("tensorflow_saved_model_bundle", TensorflowEngine, "tensorflow", "TensorFlow",
+              ("tensorflow_saved_model_bundle",), 3, 3, "tensorflow", ("tensorflow",)),
+    EngineRow("keras_v3", KerasEngine, "keras", "Keras", ("keras_v3",), 4, 4, "tensorflow", ("tensorflow", "keras")),
+    EngineRow("keras_hdf5", KerasHdf5Engine, "keras", "Keras", ("keras_hdf5",), 5, 5, "tensorflow",
+              ("tensorflow", "keras")),
+)
+ROWS: Dict[str, EngineRow] = {r.format: r for r in REGISTRY}
+ENGINES: Dict[str, type] = {r.format: r.engine for r in REGISTRY}
+# the pip extra per weight format (spec.ENGINE_EXTRA is this)
+ENGINE_EXTRA: Dict[str, str] = {r.format: r.extra for r in REGISTRY}
+# What ``engine="auto"`` tries, in order, per device kind.
+AUTO_ORDER: Dict[str, List[str]] = {
+    "cpu": [r.format for r in sorted(REGISTRY, key=lambda r: r.rank_cpu)],
+    "cuda": [r.format for r in sorted(REGISTRY, key=lambda r: r.rank_cuda)],
 }
+
+
+def _aliases() -> Dict[str, str]:
+    table: Dict[str, List[str]] = {}
+    for r in REGISTRY:
+        for alias in (r.name, r.format, *r.aliases):
+            if r.format not in table.setdefault(alias, []):
+                table[alias].append(r.format)
+    return {alias: "|".join(formats) for alias, formats in table.items()}
+
+
+# Names users may type for a weight format; "keras" -> "keras_v3|keras_hdf5" (the first the package has).
+ALIASES: Dict[str, str] = _aliases()
+# engine= values that are not a format: the fixed order, or measured (dlmodel.fastest)
+CHOOSERS = (("Automatic", "auto"), ("Fastest", "fastest"))
+
+
+def engine_choices() -> List[Tuple[str, str]]:
+    """(label, engine argument) for every choice an adapter offers: *Automatic*, *Fastest*, then
+    one per engine name in registry order (RunDLModel's *Engine* setting, the CLI's help)."""
+    seen: Dict[str, str] = {}
+    for r in REGISTRY:
+        seen.setdefault(r.label, r.name)
+    return list(CHOOSERS) + list(seen.items())
+
+
+def engine_help() -> str:
+    """The CLI's ``--engine`` help, from the registry."""
+    return ", ".join(arg for _, arg in engine_choices())
 
 
 def load_engine(spec: ModelSpec, weights_format: str, device: str, threads: Optional[int] = None,

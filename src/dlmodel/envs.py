@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from .errors import DLModelError, one_line
-from .spec import ENGINE_EXTRA
+from .engines import ENGINE_EXTRA
 
-ENGINES = sorted(set(ENGINE_EXTRA.values()))  # onnx, tensorflow, torch
+ENGINES = sorted(set(ENGINE_EXTRA.values()))  # the registry's pip extras: onnx, tensorflow, torch
 PROJECT = Path(__file__).resolve().parents[2]  # the RunDLModel folder, when dlmodel runs from it
 
 

@@ -21,15 +21,15 @@ from .errors import SpecError, one_line
 LETTER_TO_AXIS = {"b": "batch", "c": "channel", "t": "time", "i": "index", "z": "z", "y": "y", "x": "x"}
 AXIS_TO_LETTER = {v: k for k, v in LETTER_TO_AXIS.items()}
 
-# Weight formats dlmodel runs, and the pip extra that brings each engine.
-ENGINE_EXTRA = {
-    "onnx": "onnx",
-    "torchscript": "torch",
-    "pytorch_state_dict": "torch",
-    "tensorflow_saved_model_bundle": "tensorflow",
-    "keras_hdf5": "tensorflow",
-    "keras_v3": "tensorflow",
-}
+
+def __getattr__(name: str) -> Any:
+    # ENGINE_EXTRA (weight formats dlmodel runs -> the pip extra of each engine) is derived from
+    # the engine registry, dlmodel.engines.REGISTRY (lazily: engines imports this module)
+    if name == "ENGINE_EXTRA":
+        from .engines import ENGINE_EXTRA
+
+        return ENGINE_EXTRA
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -367,6 +367,8 @@ def description_fields(descr: Any, rdf_path: Path) -> Dict[str, Any]:
 
 def weight_entries(descr: Any, root: Path) -> Tuple[Dict[str, Any], Dict[str, Path]]:
     """The weight entries of the formats dlmodel has engines for, and their local files."""
+    from .engines import ENGINE_EXTRA  # every format of the engine registry, none dropped by a hand list
+
     weights: Dict[str, Any] = {}
     paths: Dict[str, Path] = {}
     for fmt in ENGINE_EXTRA:

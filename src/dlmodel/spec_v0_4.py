@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .errors import SpecError
-from .spec import (LETTER_TO_AXIS, Architecture, Axis, ENGINE_EXTRA, ModelSpec, Tensor, description_fields,
+from .spec import (LETTER_TO_AXIS, Architecture, Axis, ModelSpec, Tensor, description_fields,
                    follow_fixed_inputs, local_path, weight_entries)
 
 _TYPE = {"b": "batch", "c": "channel", "t": "time", "i": "index", "x": "space", "y": "space", "z": "space"}
@@ -171,6 +171,8 @@ def files_v0_4(descr: Any) -> List[Tuple[Any, Optional[str]]]:
         found += [(f, None) for f in descr.attachments.files or ()]
     if descr.documentation is not None:
         found.append((descr.documentation, None))
+    from .engines import ENGINE_EXTRA
+
     for fmt in ENGINE_EXTRA:
         entry = getattr(descr.weights, fmt, None)
         if entry is None:
