@@ -71,7 +71,7 @@ def main() -> int:
     rows.append(("zoo U-Net + the default instance step (watershed, diameter 20, min size 30)",
                  pooled((zoo.labels(p), t) for p, t in zip(zoo_preds, truths))))
     probs = [p["probability"] for p in zoo_preds]
-    for label, opts in [("zoo U-Net + watershed, diameter estimated, min size 15", InstanceOptions("watershed", min_size=15)),
+    for label, opts in [("zoo U-Net + watershed, diameter estimated, min size 15", InstanceOptions("watershed", diameter=None, min_size=15)),
                         ("zoo U-Net + threshold 0.5 + connected components", InstanceOptions("threshold", fill_holes=False))]:
         rows.append((label, pooled((to_labels(p, opts), t) for p, t in zip(probs, truths))))
 

@@ -41,7 +41,7 @@ def measure(source: Path, images, truths) -> dict:
     rows = {
         "default watershed step": pooled_f1((model.labels(p, method="watershed"), t) for p, t in zip(preds, truths)),
         "threshold 0.5 + connected components": pooled_f1(
-            (to_labels(p[oid], InstanceOptions("threshold", fill_holes=False)), t) for p, t in zip(preds, truths)),
+            (to_labels(p[oid], InstanceOptions("threshold", min_size=0, fill_holes=False)), t) for p, t in zip(preds, truths)),
     }
     if model.instance_recipe:
         rows["the package's own recipe"] = pooled_f1((model.labels(p), t) for p, t in zip(preds, truths))

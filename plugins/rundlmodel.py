@@ -70,6 +70,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEVICES = ["Automatic", "CPU", "GPU"]
 DEVICE_ARG = {"Automatic": "auto", "CPU": "cpu", "GPU": "cuda"}
 TILE_AUTO, TILE_CUSTOM = "Automatic", "Custom"
+BATCH_AUTO, BATCH_CUSTOM = "Automatic", "Custom"
 M_AUTO = "Automatic: the model's own recipe, else a watershed split"
 M_WATERSHED = "Threshold, then split touching objects (watershed)"
 M_THRESHOLD = "Threshold, then connected components"
@@ -202,7 +203,7 @@ def _mtime(source):
 class RunDLModel(Module):
     module_name = "RunDLModel"
     category = "Object Processing"
-    variable_revision_number = 5
+    variable_revision_number = 6
     def create_settings(self):
         self.model_source = Text(
             "Model",
@@ -265,8 +266,14 @@ model's halo, so results have no seams). *Custom*: set the tile size yourself, e
 memory.""",
         )
         self.tile_size = Integer("Tile size (pixels)", 512, minval=1, doc="Length of each tile side; rounded up to a size the model accepts.")
-        self.batch_size = Integer("Tiles per batch", 1, minval=1, doc="Tiles run together through the model (more uses more memory). On a GPU use 4: "
-                                      "a wide U-Net ran 1.4x faster than with 1 on an H200.")
+        self.batch_mode = Choice(
+            "Tiles per batch", [BATCH_AUTO, BATCH_CUSTOM], BATCH_AUTO,
+            doc="""\
+Tiles run together through the model. *Automatic*: dlmodel decides (several tiles per pass on a
+GPU, where a wide U-Net ran 1.4x faster with 4 than with 1 on an H200; one on a CPU, where more
+only uses more memory). *Custom*: set the number yourself.""",
+        )
+        self.batch_size = Integer("Tiles per batch (number)", 1, minval=1, doc="Tiles run together through the model (more uses more memory).")
         self.trust = Binary(
             "Trust code from the model package?", False,
             doc="""\
@@ -362,7 +369,7 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
         for g in self.outputs:
             result += [g.output_id, g.channel, g.save_image, g.image_name, g.make_objects, g.objects_name,
                        g.method, g.threshold, g.diameter, g.min_size, g.fill_holes, g.discard_border]
-        result += [self.trust, self.python, self.measure_confidence, self.augmentations]
+        result += [self.trust, self.python, self.measure_confidence, self.augmentations, self.batch_mode]
         return result
 
     def prepare_settings(self, setting_values):
@@ -398,6 +405,12 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
             # augmented copies, at the end.
             setting_values = list(setting_values) + ["No", str(DEFAULT_AUGMENTATIONS)]
             variable_revision_number = 5
+        if variable_revision_number == 5:
+            # Revision 6 added the choice "Tiles per batch" (Automatic: the core decides), at the
+            # end; the number it shows when Custom is the old setting. 1 was the old default, which
+            # Automatic keeps on a CPU; any other number was the user's own.
+            mode = BATCH_AUTO if setting_values[5] == "1" else BATCH_CUSTOM
+            setting_values, variable_revision_number = list(setting_values) + [mode], 6
         return setting_values, variable_revision_number
 
     def visible_settings(self):
@@ -405,7 +418,10 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
                   self.python, self.tile_mode]
         if self.tile_mode.value == TILE_CUSTOM:
             result.append(self.tile_size)
-        result += [self.batch_size, self.trust, self.measure_confidence]
+        result.append(self.batch_mode)
+        if self.batch_mode.value == BATCH_CUSTOM:
+            result.append(self.batch_size)
+        result += [self.trust, self.measure_confidence]
         if self.measure_confidence.value:
             result.append(self.augmentations)
         self.model_info.content = self._info_html()
@@ -430,8 +446,8 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
         return result
 
     def help_settings(self):
-        return [self.model_source, self.engine, self.device, self.python, self.tile_mode, self.tile_size, self.batch_size,
-                self.trust, self.measure_confidence, self.augmentations, self.inputs[0].image_name] + [s for s in self.outputs[0].settings if s not in (self.outputs[0].divider,)]
+        return [self.model_source, self.engine, self.device, self.python, self.tile_mode, self.tile_size, self.batch_mode,
+                self.batch_size, self.trust, self.measure_confidence, self.augmentations, self.inputs[0].image_name] + [s for s in self.outputs[0].settings if s not in (self.outputs[0].divider,)]
 
     def volumetric(self):
         return True
@@ -687,16 +703,17 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
             arrays = [(_raw_pixels(im), _axes_of(im)) for im in images]
             inputs, axes = dl.axes.assign_images(model.spec.inputs, arrays, names)
             tile = self.tile_size.value if self.tile_mode.value == TILE_CUSTOM else None
+            batch_size = self.batch_size.value if self.batch_mode.value == BATCH_CUSTOM else None  # None: the core's
             t0 = time.perf_counter()
             measured, first = None, self._first_objects()
             if self.measure_confidence.value:
                 # the plain prediction (and the first objects) come with it: nothing is predicted twice
                 choices = self._object_choices(first, model.spec) if first is not None else None
                 measured = model.confidence(inputs, axes=axes, augmentations=self.augmentations.value, objects=choices,
-                                            tile=tile, batch_size=self.batch_size.value, name=files)
+                                            tile=tile, batch_size=batch_size, name=files)
                 pred = measured.prediction
             else:
-                pred = model.predict(inputs, axes=axes, tile=tile, batch_size=self.batch_size.value, name=files)
+                pred = model.predict(inputs, axes=axes, tile=tile, batch_size=batch_size, name=files)
             seconds = time.perf_counter() - t0
             results = []
             for g in self.outputs:
@@ -748,7 +765,7 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
     def _object_choices(self, g, spec):
         """This output group's settings as the core's instance choices (resolve_recipe)."""
         return dict(method=METHOD_ARG[g.method.value], output=self._output_id(g, spec), channel=g.channel.value - 1,
-                    threshold=g.threshold.value, diameter=g.diameter.value or None, min_size=g.min_size.value,
+                    threshold=g.threshold.value, diameter=g.diameter.value, min_size=g.min_size.value,
                     fill_holes=g.fill_holes.value, discard_border=g.discard_border.value)
 
     @staticmethod

@@ -308,25 +308,26 @@ RunDLModel:[module_num:1|svn_version:'Unknown'|variable_revision_number:1|show_w
     p = Pipeline()
     p.load(io.StringIO(v1))
     m = p.modules()[0]
-    assert m.variable_revision_number == 5
+    assert m.variable_revision_number == 6
     assert m.trust.value is False and m.python.value == ""
     assert m.measure_confidence.value is False and m.augmentations.value == 3
     assert m.model_source.value == "models/nuclei3d_demo" and m.engine.value == "ONNX" and m.device.value == "CPU"
     assert m.tile_mode.value == "Custom" and m.tile_size.value == 64 and m.batch_size.value == 1
+    assert m.batch_mode.value == "Automatic"  # 1 tile per batch was the only choice then: the core decides now
     g = m.outputs[0]
     assert g.objects_name.value == "Nuclei3D" and g.threshold.value == 0.6 and g.min_size.value == 5
     assert g.fill_holes.value is True and g.discard_border.value is False
 
 
-def test_revision_4_pipelines_load_with_confidence_off(cp):
-    """Pipelines saved before the confidence settings (revision 4: every example pipeline) load
-    with them off, and then list no confidence measurement."""
+def test_example_pipelines_load_with_confidence_off(cp):
+    """The example pipelines (revision 5) load with the confidence settings off, and then list
+    no confidence measurement."""
     from cellprofiler_core.pipeline import Pipeline
 
     p = Pipeline()
     p.load(str(pipeline_file("nuclei.cppipe")))
     m = next(m for m in p.modules() if m.module_name == "RunDLModel")
-    assert m.variable_revision_number == 5
+    assert m.variable_revision_number == 6
     assert m.measure_confidence.value is False and m.augmentations.value == 3
     assert m.augmentations not in m.visible_settings()
     assert not any("Confidence" in c[1] or "Copies" in c[1] for c in m.get_measurement_columns(p))
@@ -338,14 +339,37 @@ def test_revision_4_pipelines_load_with_confidence_off(cp):
     assert "Confidence" in m.get_measurements(p, "Image", "DLModel")
 
 
+def test_revision_5_tiles_per_batch_become_automatic_or_custom(cp):
+    """Revision 6's "Tiles per batch" choice: a revision 5 pipeline's 1 (the old default, which the
+    core keeps on a CPU) becomes Automatic, so a GPU gets the core's several tiles per pass; any
+    other number was the user's and stays, as Custom. Automatic passes None to the core."""
+    from cellprofiler_core.pipeline import Pipeline
+
+    text = pipeline_file("nuclei.cppipe").read_text()
+    assert "RunDLModel:[module_num:5|svn_version:'Unknown'|variable_revision_number:5|" in text
+    for size, mode in (("1", "Automatic"), ("3", "Custom")):
+        p = Pipeline()
+        p.load(io.StringIO(text.replace("    Tiles per batch:1\n", f"    Tiles per batch:{size}\n")))
+        m = next(m for m in p.modules() if m.module_name == "RunDLModel")
+        assert m.variable_revision_number == 6
+        assert m.batch_mode.value == mode and m.batch_size.value == int(size)
+        assert (m.batch_size in m.visible_settings()) == (mode == "Custom")
+        saved = io.StringIO()
+        p.dump(saved)
+        assert f"Tiles per batch:{mode}" in saved.getvalue()
+
+
 def with_confidence(pipeline_text, copies=2):
     """A pipeline whose RunDLModel modules measure the model's confidence with ``copies``
-    augmented copies (revision 5's last two settings)."""
+    augmented copies (revision 5's two settings after the Python environment; a revision 4
+    module gets them added)."""
     out, in_module = [], False
     for line in pipeline_text.splitlines():
         if line.startswith("RunDLModel:["):
             in_module = True
             line = line.replace("variable_revision_number:4|", "variable_revision_number:5|")
+        if in_module and line.startswith(("    Measure the model's confidence?:", "    Number of augmented copies:")):
+            continue
         out.append(line)
         if in_module and line.startswith("    Python environment for the model:"):
             out += ["    Measure the model's confidence?:Yes", f"    Number of augmented copies:{copies}"]

@@ -1,6 +1,7 @@
 """From outputs to objects, and feeding CellProfiler-style image lists to model inputs."""
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 import dlmodel
 from dlmodel.axes import assign_images
@@ -69,8 +70,21 @@ def test_fill_holes_fills_only_holes_enclosed_by_one_object(shape):
 def test_label_outputs_are_renumbered():
     labels = np.zeros((10, 10), np.int32)
     labels[1:3, 1:3], labels[5:8, 5:8] = 7, 42
-    out = to_labels(labels, InstanceOptions("labels", fill_holes=False))
+    out = to_labels(labels, InstanceOptions("labels", min_size=0, fill_holes=False))
     assert sorted(np.unique(out)) == [0, 1, 2]
+
+
+def test_to_labels_defaults_are_the_default_recipe():
+    """One default step: ``to_labels(x)``, ``from_recipe`` with the resolved default recipe (what
+    Model.labels, `predict --labels`, `plate` and RunDLModel run) and InstanceOptions agree."""
+    from dlmodel.instances import DEFAULT_RECIPE, from_recipe, resolve_recipe
+
+    rng = np.random.default_rng(0)
+    prob = ndi.gaussian_filter(rng.random((96, 96)), 3)
+    prob = (prob - prob.min()) / np.ptp(prob)
+    assert {k: getattr(InstanceOptions(), k) for k in DEFAULT_RECIPE} == DEFAULT_RECIPE
+    np.testing.assert_array_equal(to_labels(prob), from_recipe(prob, "yx", resolve_recipe(None)))
+    assert to_labels(prob).max() > 1
 
 
 def test_inputs_are_never_changed():

@@ -15,28 +15,39 @@ from .errors import InputError, SpecError
 
 METHODS = ("labels", "threshold", "watershed")
 
+RECIPE_KEYS = {"output", "method", "channel", "foreground", "seeds", "threshold", "seed_threshold", "min_seed_size",
+               "diameter", "min_size", "fill_holes", "discard_border"}
+
+# The generic instance step for a package without a recipe of its own, and what a generic recipe
+# means by a key it leaves out: one answer for to_labels, Model.labels, `dlmodel predict --labels`,
+# `dlmodel plate`, RunDLModel and benchmarks/accuracy.py. RunDLModel's settings were these before
+# they were shared (docs/accuracy.md: F1 0.786 with the shared zoo U-Net, 0.753 with an estimated
+# diameter and min size 15, the old Python fallback).
+DEFAULT_RECIPE: Dict[str, Any] = {"method": "watershed", "threshold": 0.5, "diameter": 20, "min_size": 30,
+                                  "fill_holes": True, "discard_border": False}
+
 
 @dataclass(frozen=True)
 class InstanceOptions:
-    """How to turn an output into objects.
+    """How to turn an output into objects; the defaults are :data:`DEFAULT_RECIPE`'s.
 
     method: ``labels`` (the output already is a label image), ``threshold`` (threshold +
         connected components) or ``watershed`` (threshold, then split touching objects at
         the necks of the distance map, seeded one per expected object).
     threshold: probability above which a pixel is foreground.
     diameter: expected object diameter in pixels (watershed seeds lie at least about half a
-        radius apart); None: estimated from the foreground's connected components.
+        radius apart); None or 0: estimated from the foreground's connected components.
     min_size: objects smaller than this many pixels are removed.
     fill_holes: fill holes inside each object.
     discard_border: remove objects touching the image border.
     """
 
-    method: str = "watershed"
-    threshold: float = 0.5
-    diameter: Optional[float] = None
-    min_size: int = 0
-    fill_holes: bool = True
-    discard_border: bool = False
+    method: str = DEFAULT_RECIPE["method"]
+    threshold: float = DEFAULT_RECIPE["threshold"]
+    diameter: Optional[float] = DEFAULT_RECIPE["diameter"]
+    min_size: int = DEFAULT_RECIPE["min_size"]
+    fill_holes: bool = DEFAULT_RECIPE["fill_holes"]
+    discard_border: bool = DEFAULT_RECIPE["discard_border"]
 
 
 def to_labels(output: np.ndarray, options: InstanceOptions = InstanceOptions()) -> np.ndarray:
@@ -79,16 +90,10 @@ def seeded_watershed(
     return labels
 
 
-RECIPE_KEYS = {"output", "method", "channel", "foreground", "seeds", "threshold", "seed_threshold", "min_seed_size",
-               "diameter", "min_size", "fill_holes", "discard_border"}
-
-# The generic instance step for a package without a recipe of its own: one answer for
-# Model.labels, `dlmodel predict --labels`, `dlmodel plate`, RunDLModel and benchmarks/accuracy.py.
-# RunDLModel's settings were these before they were shared (docs/accuracy.md: F1 0.786 with the
-# shared zoo U-Net, 0.753 with an estimated diameter and min size 15, the old Python fallback).
-DEFAULT_RECIPE: Dict[str, Any] = {"method": "watershed", "threshold": 0.5, "diameter": 20, "min_size": 30,
-                                  "fill_holes": True, "discard_border": False}
 FINISHING = ("min_size", "fill_holes", "discard_border")
+# A family's step (StarDist's NMS, Cellpose's flows, a macro) is whole: the finishing its recipe
+# leaves out is not done.
+FAMILY_FINISHING: Dict[str, Any] = {"min_size": 0, "fill_holes": False, "discard_border": False}
 
 
 def _refused(choice: str, message: str) -> InputError:
@@ -164,11 +169,10 @@ def from_recipe(output: np.ndarray, axes: str, recipe: Mapping[str, Any]) -> np.
     and the user's ``min_size``, ``fill_holes`` and ``discard_border`` after it."""
     from . import families
 
-    method = recipe.get("method", "watershed")
+    method = recipe.get("method", DEFAULT_RECIPE["method"])
     if method in families.METHODS:  # StarDist, Cellpose, ...: the family's own step, then the user's finishing
         labels = families.labels(output, axes, recipe)
-        return _finish(labels, recipe.get("min_size", 0), recipe.get("fill_holes", False),
-                       recipe.get("discard_border", False))
+        return _finish(labels, *(recipe.get(k, v) for k, v in FAMILY_FINISHING.items()))
     unknown = set(recipe) - RECIPE_KEYS
     if unknown:
         raise SpecError(f"unknown key(s) in the instance recipe: {', '.join(sorted(unknown))}")
@@ -176,11 +180,13 @@ def from_recipe(output: np.ndarray, axes: str, recipe: Mapping[str, Any]) -> np.
     def channel(i: int) -> np.ndarray:
         return np.take(output, int(i), axis=axes.index("c")) if "c" in axes else output
 
+    # a generic recipe's unsaid keys are DEFAULT_RECIPE's (through InstanceOptions), or the
+    # seeded watershed's own defaults
     if method == "seeded_watershed":
         fg = sum(channel(i) for i in recipe.get("foreground", [0]))
-        labels = seeded_watershed(fg, channel(recipe.get("seeds", 0)), recipe.get("threshold", 0.5),
-                                  recipe.get("seed_threshold", 0.5), recipe.get("min_seed_size", 4))
-        return _finish(labels, recipe.get("min_size", 0), recipe.get("fill_holes", True), recipe.get("discard_border", False))
+        labels = seeded_watershed(fg, channel(recipe.get("seeds", 0)), **{
+            k: recipe[k] for k in ("threshold", "seed_threshold", "min_seed_size") if k in recipe})
+        return _finish(labels, *(recipe.get(k, DEFAULT_RECIPE[k]) for k in FINISHING))
     opts = InstanceOptions(**{k: recipe[k] for k in ("method", "threshold", "diameter", "min_size", "fill_holes",
                                                       "discard_border") if k in recipe})
     return to_labels(channel(recipe.get("channel", 0)), opts)
@@ -199,7 +205,7 @@ def describe_recipe(recipe: Optional[Mapping[str, Any]]) -> str:
     family = families.describe(recipe)
     if family:
         return family
-    method = recipe.get("method", "watershed")
+    method = recipe.get("method", DEFAULT_RECIPE["method"])
     of = f" of output {recipe['output']!r}" if recipe.get("output") else ""
     if method == "seeded_watershed":
         return (f"seeded watershed{of}: seeds from channel {int(recipe.get('seeds', 0)) + 1}, foreground from channels "
@@ -207,14 +213,16 @@ def describe_recipe(recipe: Optional[Mapping[str, Any]]) -> str:
     if method == "labels":
         return f"the output{of} is a label image"
     channel = f", channel {int(recipe.get('channel', 0)) + 1}" if "channel" in recipe else ""
+    threshold = recipe.get("threshold", DEFAULT_RECIPE["threshold"])
     if method == "threshold":
-        return f"threshold {recipe.get('threshold', 0.5):g}, then connected components{of}{channel}"
-    diameter = recipe.get("diameter")
-    return (f"threshold {recipe.get('threshold', 0.5):g}, then a watershed split of touching objects "
+        return f"threshold {threshold:g}, then connected components{of}{channel}"
+    diameter = recipe.get("diameter", DEFAULT_RECIPE["diameter"])
+    return (f"threshold {threshold:g}, then a watershed split of touching objects "
             f"({'diameter ' + format(diameter, 'g') if diameter else 'estimated diameter'}){of}{channel}")
 
 
 def _finish(labels: np.ndarray, min_size: int, fill: bool, discard_border: bool) -> np.ndarray:
+    """The finishing steps, in :data:`FINISHING`'s order."""
     from skimage.segmentation import clear_border
 
     if fill:
