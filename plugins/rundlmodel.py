@@ -751,7 +751,8 @@ Images are fed to the model's inputs in order: an input with N channels takes N 
             m.add_image_measurement(f"DLModel_{CONFIDENCE_COPIES}_{tag}", measured.describe())
         version = " ".join(x for x in (model.spec.id, model.spec.version) if x)
         for feature, value in (("Name", model.spec.name), ("Version", version), ("RdfSha256", model.spec.rdf_sha256),
-                               ("Engine", model.weights_format), ("Device", model.device), ("InferenceSeconds", seconds)):
+                               ("Engine", _dlmodel().engines.engine_text(model)), ("Device", model.device),
+                               ("InferenceSeconds", seconds)):
             m.add_image_measurement(f"DLModel_{feature}_{tag}", value)
         if self.show_window:
             workspace.display_data.dimensions = parent.dimensions

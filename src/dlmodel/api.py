@@ -50,6 +50,10 @@ class Model:
         self.gate = Gate.decide(spec.name, spec.root, spec.rdf_sha256, kind, trust)
         self.device = engines.resolve_device(device)
         self.weights_format = engines.choose_format(spec, engine, self.device)
+        # engine="fastest": measured on the first image's tile shape (dlmodel.fastest); until then auto's pick
+        self.fastest = engine == "fastest"
+        self.engine_choice: Optional[Any] = None  # the fastest.Choice once measured: which engine ran and why
+        self._fastest_for: Any = None
         self.threads = threads
         self._engines: Dict[str, engines.Engine] = {}
         self._engine_lock = threading.Lock()
@@ -145,6 +149,11 @@ class Model:
         plan = None
         for idx in np.ndindex(*loop_shape):  # each slice along the loop axes on its own
             sample = {tid: arr[idx] for tid, arr in layouts.items()}
+            if self.fastest and self._fastest_for != (sample[first].shape, tile, max_tile_pixels):
+                from . import fastest  # measured once per tile shape, then cached on disk
+
+                self.engine_choice = fastest.choose(self, sample, tile, max_tile_pixels)
+                self.weights_format, self._fastest_for = self.engine_choice.weights_format, (sample[first].shape, tile, max_tile_pixels)
             outs, plan = run_sample(
                 self.spec, self.engine, sample, tile=tile, batch_size=batch_size,
                 pad_mode=pad_mode, max_tile_pixels=max_tile_pixels, gate=self.gate, name=name,
@@ -354,7 +363,8 @@ class Model:
     # ------------------------------------------------------------------ info
     def info(self) -> Dict[str, Any]:
         """Name, id, version, authors, licence, citation, tensors and available engines."""
-        return {**describe(self.spec), "source": self.origin, "engine": self.weights_format, "device": self.device}
+        return {**describe(self.spec), "source": self.origin, "engine": self.weights_format, "device": self.device,
+                "engine_reason": self.engine_choice.reason if self.engine_choice is not None else None}
 
     def __repr__(self) -> str:
         return f"<dlmodel.Model {self.spec.name!r} ({self.weights_format} on {self.device})>"

@@ -281,6 +281,11 @@ def _load(args: argparse.Namespace, engine: Optional[str] = None):
                        trust=getattr(args, "trust", None), python=args.python)
 
 
+def _job_engine(args: argparse.Namespace, model: Any) -> str:
+    # "fastest" travels to the workers, which measure on the images' tiles (once, then cached)
+    return "fastest" if getattr(args, "engine", None) == "fastest" else model.weights_format
+
+
 def _info(args: argparse.Namespace) -> int:
     from . import client
 
@@ -305,6 +310,10 @@ def _info(args: argparse.Namespace) -> int:
                     print(f"    {step}: {' -> '.join(t[step])}")
     for fmt, w in info["weights"].items():
         print(f"  weights {fmt}: {'engine installed' if w['installed'] else 'engine not installed'}")
+    from .fastest import measured_here
+
+    for line in measured_here(info["rdf_sha256"]):  # engine="fastest"'s measured choices on this machine
+        print(f"  engine='fastest' {line}")
     print(f"  objects: {info['objects']}")
     for note in info["notes"]:
         print(f"  note: {note}")
@@ -403,7 +412,7 @@ def _predict(args: argparse.Namespace) -> int:
         raise DLModelError(f"no images found in {' '.join(args.inputs)}")
     model = _load(args)  # also checks the model before any worker starts
     job = Job(source=str(model.spec.rdf_path) if model.local else args.source, out_dir=args.output,
-              output_ids=[o.id for o in model.spec.outputs], engine=model.weights_format, device=args.device,
+              output_ids=[o.id for o in model.spec.outputs], engine=_job_engine(args, model), device=args.device,
               threads=args.threads, trust=args.trust, axes=args.axes, tile=args.tile, batch_size=args.batch_size,
               fmt=args.format, labels=model.makes_objects if args.labels is None else args.labels,
               confidence=args.confidence, augmentations=args.augmentations, objects=_object_choices(args, model))

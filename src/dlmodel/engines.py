@@ -622,6 +622,13 @@ def engine_choices() -> List[Tuple[str, str]]:
     return list(CHOOSERS) + list(seen.items())
 
 
+def engine_text(model: Any) -> str:
+    """The engine that ran, and why when ``engine="fastest"`` measured it (RunDLModel's
+    *DLModel_Engine*), e.g. ``onnx (fastest: onnx 0.09 s vs torchscript 0.23 s per tile ...)``."""
+    choice = getattr(model, "engine_choice", None)
+    return model.weights_format if choice is None else f"{model.weights_format} ({choice.reason})"
+
+
 def engine_help() -> str:
     """The CLI's ``--engine`` help, from the registry."""
     return ", ".join(arg for _, arg in engine_choices())
