@@ -77,8 +77,6 @@ M_THRESHOLD = "Threshold, then connected components"
 M_LABELS = "The output is a label image: use it as is"
 METHOD_ARG = {M_AUTO: "auto", M_WATERSHED: "watershed", M_THRESHOLD: "threshold", M_LABELS: "labels"}
 FIRST_OUTPUT = "First output"
-# dlmodel.confidence.DEFAULT_AUGMENTATIONS (this file imports no dlmodel at import time)
-DEFAULT_AUGMENTATIONS = 3
 # the per-image confidence measurements (feature, dlmodel.confidence component) and the text one
 CONFIDENCE_FEATURES = (("Confidence", "confidence"), ("ConfidenceConsistency", "consistency"),
                        ("ConfidenceTTAF1", "tta_f1"), ("ConfidenceTTAMeanAbsDifference", "tta_mad"),
@@ -127,6 +125,7 @@ def _dlmodel():
 # (dlmodel.engines imports numpy and the standard library only)
 ENGINE_ARG = dict(_dlmodel().engines.engine_choices())
 ENGINES = list(ENGINE_ARG)
+DEFAULT_AUGMENTATIONS = _dlmodel().confidence.DEFAULT_AUGMENTATIONS  # the core's (numpy only)
 
 
 def resolve_source(text):

@@ -22,11 +22,11 @@ __version__ = "0.1.0"
 # docs/accuracy.md). Pipelines that name models/nuclei_default keep the earlier default.
 DEFAULT_MODEL = "models/nuclei_stardist_torch"
 
-_MODULES = ("api", "axes", "client", "engines", "instances", "package", "processing", "sources", "tiling", "training",
-            "trust")
+_MODULES = ("api", "axes", "client", "confidence", "engines", "instances", "package", "processing", "sources", "tiling",
+            "training", "trust")
 _NAMES = {"Model": "api", "Prediction": "results", "TestReport": "results", "RemoteModel": "client",
           "TrustError": "trust", "finetune": "training", "FinetuneResult": "training", "compare": "comparison",
-          "CompareResult": "comparison"}
+          "CompareResult": "comparison", "run_pipeline": "pipelines"}
 
 
 def __getattr__(name: str) -> Any:
@@ -55,6 +55,7 @@ __all__ = [
     "finetune",
     "compare",
     "CompareResult",
+    "run_pipeline",
     "clear_cache",
     "load",
     "load_cached",

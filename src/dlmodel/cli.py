@@ -56,6 +56,19 @@ def _whole_number(minimum: int) -> Callable[[str], int]:
 _positive, _nonnegative = _whole_number(1), _whole_number(0)
 
 
+def _core_default(func: Callable, name: str) -> Any:
+    """The core's default for one of ``func``'s parameters (a dataclass's field too): flags that
+    reach it default to None, pass nothing when not given, and only quote this in their help."""
+    import inspect
+
+    return inspect.signature(func).parameters[name].default
+
+
+def _given(args: argparse.Namespace, *names: str) -> dict:
+    """The flags among ``names`` that were given (not None), for the core to fill in the rest."""
+    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dlmodel", description="Run BioImage Model Zoo models on your images.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -91,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
         g.add_argument("--objects-channel", type=_positive, default=None, metavar="N",
                        help="its channel, counted from 1 as in RunDLModel")
         g.add_argument("--threshold", type=float, default=None, help="probability threshold (watershed, threshold)")
-        g.add_argument("--diameter", type=float, default=None, help="typical object diameter in pixels (watershed)")
+        g.add_argument("--diameter", type=float, default=None, help="typical object diameter in pixels (watershed; 0: estimated)")
         g.add_argument("--min-size", type=_nonnegative, default=None, help="smallest object kept, in pixels")
         g.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, default=None)
         g.add_argument("--discard-border", action=argparse.BooleanOptionalAction, default=None,
@@ -133,14 +146,20 @@ def _parser() -> argparse.ArgumentParser:
     model_args(sp)
     sp.add_argument("images", help="folder of the plate's images")
     sp.add_argument("-o", "--output", required=True, type=Path)
-    sp.add_argument("--layout", default="examplesbs",
+    from .platerun import PlateJob, parse_layout
+
+    sp.add_argument("--layout", default=None,
                     help="examplesbs (Channel{c}-{n}-{row}-{col}.tif), imagexpress ({plate}_{well}_s{site}_w{c}.tif), "
-                         "or a regex with (?P<row>..)(?P<col>..)(?P<channel>..) and optional (?P<plate>..)(?P<site>..)")
-    sp.add_argument("--model-channel", default="2", help="the channel the model segments (default 2: Hoechst in ExampleSBS)")
-    sp.add_argument("--measure-channel", action="append", default=None, help="channels measured in the objects; repeat")
+                         "or a regex with (?P<row>..)(?P<col>..)(?P<channel>..) and optional (?P<plate>..)(?P<site>..); "
+                         f"default {_core_default(parse_layout, 'layout')}")
+    sp.add_argument("--model-channel", default=None, help="the channel the model segments (default "
+                    f"{_core_default(PlateJob, 'model_channel')}: Hoechst in ExampleSBS)")
+    sp.add_argument("--measure-channel", action="append", default=None, help="channels measured in the objects; repeat "
+                    f"(default {', '.join(_core_default(PlateJob, 'measure_channels'))})")
     sp.add_argument("--metadata", type=Path, default=None, help="per-well CSV with Row and Column columns to join")
-    sp.add_argument("--ring", type=_nonnegative, default=0,
-                    help="also measure a ring this many pixels wide around each object, and inside/ring ratios (0: off)")
+    sp.add_argument("--ring", type=_nonnegative, default=None,
+                    help="also measure a ring this many pixels wide around each object, and inside/ring ratios "
+                         f"(0: off; default {_core_default(PlateJob, 'ring')})")
     sp.add_argument("--report", action="store_true",
                     help="also write report.html (Z', dose-response, heatmaps, QC flags), screen.csv and report/*.png")
     sp.add_argument("--controls", default=None, help="the metadata column marking controls (default: the one naming 'control')")
@@ -187,14 +206,21 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("images", help="folder of images")
     sp.add_argument("labels", help="folder of label images (0 background, 1..N objects), named as the images")
     sp.add_argument("-o", "--output", required=True, type=Path, help="the new package folder, or a .zip")
-    sp.add_argument("--epochs", type=_positive, default=50, help="at most this many passes over the training images (50)")
+    from .training import finetune
+
+    def ft(name: str) -> Any:
+        return _core_default(finetune, name)
+
+    sp.add_argument("--epochs", type=_positive, default=None, help=f"at most this many passes over the training images ({ft('epochs')})")
     sp.add_argument("--minutes", type=float, default=None, help="stop training after N minutes (best epoch kept)")
-    sp.add_argument("--batch-size", type=_positive, default=2, help="crops per step (2)")
+    sp.add_argument("--batch-size", type=_positive, default=None, help=f"crops per step ({ft('batch_size')})")
     sp.add_argument("--crop", type=_positive, default=None, help="crop side (default: smallest valid size >= 256)")
-    sp.add_argument("--learning-rate", type=float, default=1e-4, help="Adam's learning rate (1e-4)")
-    sp.add_argument("--holdout", type=float, default=0.2, help="fraction of pairs held out to pick the epoch and recipe (0.2)")
-    sp.add_argument("--patience", type=_positive, default=10, help="stop after N epochs without a better held-out F1 (10)")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--learning-rate", type=float, default=None, help=f"Adam's learning rate ({ft('learning_rate'):g})")
+    sp.add_argument("--holdout", type=float, default=None,
+                    help=f"fraction of pairs held out to pick the epoch and recipe ({ft('holdout')})")
+    sp.add_argument("--patience", type=_positive, default=None,
+                    help=f"stop after N epochs without a better held-out F1 ({ft('patience')})")
+    sp.add_argument("--seed", type=int, default=None, help=f"random seed ({ft('seed')})")
     sp.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     sp.add_argument("--threads", type=_positive, default=None, help="torch CPU threads (default: all cores)")
     sp.add_argument("--name", default=None, help="the new package's name (default: the parent's + ' (fine-tuned)')")
@@ -477,16 +503,16 @@ def _plate(args: argparse.Namespace) -> int:
         raise DLModelError(f"{folder} is not a folder")
     if not args.report and any(v is not None for v in (args.controls, args.doses, args.negative, args.positive, args.readout)):
         raise DLModelError("--controls, --doses, --negative, --positive and --readout choose what --report shows: add --report")
-    sites = platerun.parse_layout(io.find_images([str(folder)]), args.layout)
+    sites = platerun.parse_layout(io.find_images([str(folder)]), **_given(args, "layout"))
     if args.metadata:  # checked whole before any image is segmented
         named = [c for c in (args.controls, args.doses) if c is not None] if args.report else []
         platerun.read_metadata(args.metadata, numeric=[args.doses] if args.report and args.doses else [], present=named)
     model = _load(args)
     job = platerun.PlateJob(source=str(model.spec.rdf_path) if model.local else args.source, engine=model.weights_format,
                             device=args.device, threads=args.threads, trust=args.trust, out_dir=args.output,
-                            model_channel=args.model_channel, measure_channels=tuple(args.measure_channel or ["1", "2"]),
-                            ring=args.ring, confidence=args.confidence, augmentations=args.augmentations,
-                            objects=_object_choices(args, model))
+                            confidence=args.confidence, augmentations=args.augmentations,
+                            objects=_object_choices(args, model), **_given(args, "model_channel", "ring"),
+                            **({"measure_channels": tuple(args.measure_channel)} if args.measure_channel else {}))
     tasks = job.tasks(sites)
     # the plate's tables and the report never replace the metadata, nor a file of the user's beside the images
     written = job.tables() + ([args.output / "report.html", args.output / "screen.csv"] if args.report else [])
@@ -548,10 +574,10 @@ def _compare(args: argparse.Namespace) -> int:
 def _finetune(args: argparse.Namespace) -> int:
     from .training import finetune
 
-    result = finetune(args.source, args.images, args.labels, args.output, epochs=args.epochs, minutes=args.minutes,
-                      batch_size=args.batch_size, crop=args.crop, learning_rate=args.learning_rate, holdout=args.holdout,
-                      patience=args.patience, seed=args.seed, device=args.device, threads=args.threads, trust=args.trust,
-                      name=args.name, overwrite=args.overwrite, progress=not args.no_progress)
+    result = finetune(args.source, args.images, args.labels, args.output, minutes=args.minutes, crop=args.crop,
+                      device=args.device, threads=args.threads, trust=args.trust, name=args.name, overwrite=args.overwrite,
+                      progress=not args.no_progress,
+                      **_given(args, "epochs", "batch_size", "learning_rate", "holdout", "patience", "seed"))
     f = result.facts
     print(f"dlmodel: wrote {result.rdf} after {f['epochs']} epoch(s) ({f['stopped']}; weights of epoch {f['best_epoch']}); "
           f"held-out F1 {f['held_out_f1_before']:.3f} -> {f['held_out_f1_after']:.3f}; it validates and reproduces "

@@ -30,7 +30,7 @@ LAYOUTS = {
 Site = Tuple[str, str, int, int]  # plate, row, column, site
 
 
-def parse_layout(paths: Sequence[Path], layout: str) -> Dict[Site, Dict[str, Path]]:
+def parse_layout(paths: Sequence[Path], layout: str = "examplesbs") -> Dict[Site, Dict[str, Path]]:
     """Group files by (plate, row, column, site) -> {channel: path}; unmatched files are skipped."""
     pattern = re.compile(LAYOUTS.get(layout, layout))
     for group in ("row", "col", "channel"):
