@@ -30,6 +30,8 @@ EXPECT = {
                     r".*bioimageio\.core, default choice .* ratio to dlmodel +\d+\.\d\d",
     "deepimagej_macros_check.py": r"(?m)^per_sample_scale_range\.ijm +uint8 2D .*\n(.*\n)*.*binarize\.ijm ",
     "examplesbs_swap.py": r"\| nuclei per well: median \(range\) \| \d+ \(\d+-\d+\) \| \d+ \(\d+-\d+\) \|",
+    "fastest_engine.py": r"\| model \| device \| image \| auto: engine, s \|.*\n\| --- .*\n(.*\n)*"
+                         r"\| 3D demo \| cpu \| 16x64x64 \| \w+, [\d.]+ \| \w+, [\d.]+ \| [\d.]+ \|",
     "finetune.py": r"\| instance step \| before: F1 \(TP/FP/FN\) \| after: F1 \(TP/FP/FN\) \| change \|\n.*\n"
                    r"\| default watershed step \| \d\.\d{3}",
     "gpu.py": r"\| model \| image \| tiles \| \(a\) dlmodel .*\n.*\n\| default \| \d+² \| \d+ of \d+² \| [\d.]+ s",
