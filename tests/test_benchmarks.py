@@ -25,6 +25,8 @@ HAS_DATA = (SHARED / "data" / "dsb2018_nuclei_val").exists()
 # what each smoke run must print (a regex over its stdout): its table header and a row of numbers
 EXPECT = {
     "accuracy.py": r"\| method \| F1 \| TP \| FP \| FN \|\n\| --- .*\n\| [^|]+ \| \d\.\d{3} \| \d+ \|",
+    "cellprofiler_dask.py": r"one cellprofiler process +[\d.]+ s\n +dlmodel cellprofiler, 2 workers +[\d.]+ s +\([\d.]+x one "
+                            r"process(.*\n)+ +per slice: overhead -?[\d.]+ s",
     "confidence.py": r"\| measure \| value \|",
     "core_2048.py": r"dlmodel, auto engine .* ratio to dlmodel +1\.00\n"
                     r".*bioimageio\.core, default choice .* ratio to dlmodel +\d+\.\d\d",
@@ -43,7 +45,7 @@ EXPECT = {
 SCRIPTS = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py"))
 # headless CellProfiler runs in these: the ExampleSBS screen, run.py's plate pipeline, accuracy.py's
 # IdentifyPrimaryObjects baseline (tens of seconds between them)
-NEEDS_CELLPROFILER = {"examplesbs_swap.py", "run.py", "accuracy.py"}
+NEEDS_CELLPROFILER = {"examplesbs_swap.py", "run.py", "accuracy.py", "cellprofiler_dask.py"}
 SLOWEST = ("examplesbs_swap.py", "run.py")  # started first, so that the short ones fill the other core
 # where the benchmarks write when they measure (run.py and worker.py: docs/performance.md,
 # out/benchmarks; examplesbs_swap.py: docs/screen.md's table, out/examplesbs; finetune.py:

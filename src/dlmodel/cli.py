@@ -171,6 +171,26 @@ def _parser() -> argparse.ArgumentParser:
     object_args(sp)
     batch_args(sp, "sites")
 
+    sp = sub.add_parser("cellprofiler", help="run a CellProfiler pipeline over a screen in slices (here or on Dask), "
+                                             "merge the slices' tables and score the plate")
+    sp.add_argument("pipeline", type=Path, help="the pipeline (.cppipe) with an ExportToSpreadsheet")
+    sp.add_argument("-i", "--images", required=True, type=Path, help="the folder of the images (CellProfiler's -i)")
+    sp.add_argument("-o", "--output", required=True, type=Path,
+                    help="folder for the merged tables, screen.csv, slices/ and logs/")
+    sp.add_argument("--per-task", type=_positive, default=None, help="image sets per slice (default: 4 slices per worker)")
+    sp.add_argument("--group-by", default=None, help="one slice per value of this metadata, e.g. Metadata_Plate,Metadata_Well")
+    sp.add_argument("--cellprofiler", default=None, metavar="PATH",
+                    help="the cellprofiler to run, 5.0 or 4.2.8 (default: next to this Python, else on PATH)")
+    sp.add_argument("--plugins-directory", default=None, help="CellProfiler's plugins folder (RunDLModel's: plugins/)")
+    sp.add_argument("--enable-readers", nargs="+", default=None, metavar="READER",
+                    help="CellProfiler 5's image readers, e.g. imageio_reader imageio_reader_v3 (offline nodes)")
+    sp.add_argument("--timeout", type=float, default=None, help="seconds a slice may run")
+    sp.add_argument("--metadata", type=Path, default=None, help="per-well CSV with Row and Column columns to join for the statistics")
+    sp.add_argument("--report", action="store_true", help="also write the plate report (report/report.html) and wells.csv")
+    sp.add_argument("--controls", default=None, help="the control column (default: the one naming 'control')")
+    sp.add_argument("--doses", default=None, help="the dose column (default: the one naming 'dose' or 'conc')")
+    batch_args(sp, "slices")
+
     sp = sub.add_parser("heatmap", help="plate heatmaps of per-well means from a per-image CSV (e.g. Image.csv)")
     sp.add_argument("table", type=Path, help="per-image CSV with well row and column columns")
     sp.add_argument("-o", "--output", required=True, type=Path, help="PNG to write")
@@ -281,7 +301,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             approvals.allow_for_this_process(client.find_python(args.python))
         code = {"info": _info, "test": _test, "predict": _predict, "convert": _convert,
                 "package": _package, "finetune": _finetune, "heatmap": _heatmap, "plate": _plate, "env": _env,
-                "search": _search, "fetch": _fetch, "compare": _compare}[args.command](args)
+                "search": _search, "fetch": _fetch, "compare": _compare,
+                "cellprofiler": _cellprofiler}[args.command](args)
         sys.stdout.flush()  # a closed pipe shows here, not in Python's exit handler
         return code
     except DLModelError as e:
@@ -537,6 +558,29 @@ def _plate(args: argparse.Namespace) -> int:
         print(f"dlmodel: report written: {report['report']}" + (f" (statistics: {report['screen']})" if "screen" in report else ""))
     _failures(summary.failures)
     return 1 if summary.failures else 0
+
+
+def _cellprofiler(args: argparse.Namespace) -> int:
+    from .pipelines import run_pipeline
+
+    done = run_pipeline(args.pipeline, args.images, args.output, workers=args.workers, scheduler=args.scheduler,
+                        resume=args.resume, per_task=args.per_task,
+                        group_by=[k.strip() for k in args.group_by.split(",") if k.strip()] if args.group_by else (),
+                        cellprofiler=args.cellprofiler, plugins=args.plugins_directory, readers=args.enable_readers or (),
+                        threads=args.threads, report=args.report, metadata=args.metadata, controls=args.controls,
+                        doses=args.doses, timeout=args.timeout)
+    s = done.summary
+    where = f"on {args.scheduler}" if args.scheduler else (f"on {args.workers} workers" if args.workers else "here")
+    print(f"dlmodel: ran {s.done} of {done.slices} slices ({done.image_sets} image sets) {where}"
+          + (f" ({s.skipped} already done)" if s.skipped else "") + f" in {done.seconds:.1f} s; {len(s.failures)} failed")
+    if done.tables:
+        print(f"dlmodel: merged tables: {', '.join(str(p) for p in done.tables.values())}")
+    if done.screen:
+        print(f"dlmodel: screen statistics: {done.screen}" + (f"; report: {done.report}" if done.report else ""))
+    for note in done.notes:
+        print(f"dlmodel: note: {note}")
+    _failures(s.failures)
+    return 1 if s.failures else 0
 
 
 def _heatmap(args: argparse.Namespace) -> int:

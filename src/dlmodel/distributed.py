@@ -64,10 +64,13 @@ def run_tasks(job: Any, tasks: Sequence[Any], attempt: Callable[[Any, Any], Tupl
             placement = {"workers": [addr], "allow_other_workers": True} if addr else {}
             wjob = replace(job, threads=threads[addr]) if addr else job
             futures.append(client.submit(_work, attempt, wjob, task, pure=False, retries=2, **placement))
-        bar = tqdm(total=len(futures), unit="task", desc="dlmodel", disable=None if progress else True)
+        # the bar counts what the job's tasks are made of (images, a slice's image sets)
+        sizes = {fut.key: task.size for fut, task in zip(futures, tasks)}
+        bar = tqdm(total=sum(sizes.values()), unit=getattr(job, "unit", "task"), desc=getattr(job, "label", "dlmodel"),
+                   disable=None if progress else True)
         for fut in as_completed(futures):
             yield fut.result()
-            bar.update(1)
+            bar.update(sizes[fut.key])
         bar.close()
     finally:
         client.close()

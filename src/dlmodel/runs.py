@@ -25,6 +25,7 @@ class Task:
     inputs: Tuple[Path, ...]
     outputs: Tuple[Path, ...]
     key: Tuple[Any, ...] = ()  # what the job needs besides the files (an image's output stem, a site's well)
+    size: int = 1  # what the progress bar counts for it (a CellProfiler slice: its image sets)
 
     def done(self) -> bool:
         return all(p.exists() for p in self.outputs)
@@ -255,9 +256,11 @@ def run(job: ModelJob, tasks: Sequence[Task], model: Any = None, workers: Option
     from tqdm import tqdm
 
     model = model or job.model()
-    bar = tqdm(remaining, unit="task", desc=model.spec.name[:30], disable=None if progress else True)
-    for task in bar:
+    bar = tqdm(total=sum(t.size for t in remaining), unit=getattr(job, "unit", "task"),
+               desc=getattr(job, "label", None) or model.spec.name[:30], disable=None if progress else True)
+    for task in remaining:
         record(summary, *attempt(job, task, model))
+        bar.update(task.size)
     bar.close()
     return summary
 
