@@ -235,7 +235,7 @@ def number_cases(ij: ImageJ) -> List[Dict[str, Any]]:
     log = ij.run("a = newArray(" + ", ".join(repr(float(v)) for v in NUMBERS) + ");\n"
                  'for (i=0; i<a.length; i++) print("v=" + a[i]);')
     theirs = [line[2:].strip() for line in log.splitlines() if line.startswith("v=")]
-    return [{"number": repr(v), "imagej": t, "ours": dij._ij_str(v), "same": t == dij._ij_str(v)}
+    return [{"number": repr(v), "imagej": t, "ours": dij.ij_str(v), "same": t == dij.ij_str(v)}
             for v, t in zip(NUMBERS, theirs)]
 
 

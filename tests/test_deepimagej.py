@@ -181,7 +181,7 @@ def test_missing_macro_file(tmp_path):
 def test_imagej_number_strings(x, text):
     # Interpreter.toString: IJ.d2s(x, 4, 9) less trailing zeros; integers as integers. Each text
     # is what ImageJ 1.53t's print("v=" + x) wrote (benchmarks/deepimagej_macros_check.py)
-    assert dij._ij_str(x) == text
+    assert dij.ij_str(x) == text
 
 
 # ---- the numpy equivalents, by hand ----
@@ -214,9 +214,9 @@ def test_per_sample_scale_range_ignores_the_rdf_kwargs_and_uses_bin_edges():
     edges = np.cumsum([0.0] + [inc] * 255)
     # 1 % of 2001 values lies in bin 2 (cum 24/2001); 99.8 % in bin 255
     mi, ma = edges[2], edges[255]
-    expected = (x + np.float32(-float(dij._ij_str(mi)))) * np.float32(1 / float(dij._ij_str(ma - mi + 1e-20)))
+    expected = (x + np.float32(-float(dij.ij_str(mi)))) * np.float32(1 / float(dij.ij_str(ma - mi + 1e-20)))
     np.testing.assert_array_equal(out, expected)
-    assert float(dij._ij_str(mi)) == 7.8125 and dij._ij_str(ma - mi) == "988.2812"  # ImageJ passes 4 decimals
+    assert float(dij.ij_str(mi)) == 7.8125 and dij.ij_str(ma - mi) == "988.2812"  # ImageJ passes 4 decimals
 
 
 def test_per_sample_scale_range_takes_the_first_slices_histogram_of_a_stack():

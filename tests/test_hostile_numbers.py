@@ -49,9 +49,9 @@ def test_the_macro_tokenizer_is_linear_and_macros_are_capped(tmp_path, monkeypat
     pkg.mkdir()
     (pkg / "big.ijm").write_text("// x\n" * 300_000)
     with pytest.raises(SpecError, match=r"deepImageJ macro big.ijm is 1500000 bytes, more than the limit of 1048576"):
-        deepimagej._read_macro(pkg, "big.ijm")
+        deepimagej.read_macro(pkg, "big.ijm")
     monkeypatch.setenv("DLMODEL_MAX_MACRO_BYTES", str(2 << 20))
-    assert deepimagej._read_macro(pkg, "big.ijm").startswith("// x")
+    assert deepimagej.read_macro(pkg, "big.ijm").startswith("// x")
 
 
 @pytest.mark.parametrize("old, new, message", [

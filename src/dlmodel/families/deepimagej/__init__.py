@@ -1,5 +1,28 @@
-"""deepImageJ's ImageJ macros (being split into one module per concern; see macros.py)."""
-from .macros import (  # noqa: F401
-    MacroStep, _ij_str, _read_macro, complete, describe, distance_transform_watershed, labels, macro_steps, recipe,
-    recognise, resize_bicubic, stardist_inputs, step_from_text, unrecognised,
-)
+"""deepImageJ's ImageJ macros: recognised, and run as numpy code that gives ImageJ's numbers.
+
+Packages made with deepImageJ (2020-2022) list ImageJ macros in their rdf
+(``config.deepimagej.prediction``); each ``.ijm`` file is what deepImageJ ran. dlmodel
+recognises the common macros of deepimagej/imagej-macros by their code and runs a numpy
+equivalent that reproduces what ImageJ 1.x computes. One module per concern:
+
+- :mod:`.macros`: reading a package's macros, recognising their code, reading their numbers
+  (:func:`macro_steps`, :func:`recognise`, :class:`MacroStep`);
+- :mod:`.imagej`: ImageJ's numbers (number-to-string conversion, float32 arithmetic, statistics,
+  histograms, the image a macro sees) and the intensity macros on them;
+- :mod:`.watershed`: Contours2InstanceSegmentation.ijm with MorphoLibJ's distance-transform
+  watershed;
+- :mod:`.resize`: StarDist2D_Post-processing.ijm with ImageJ's bicubic resize;
+- :mod:`.family`: the family interface ``dlmodel.families`` calls (``complete``, ``recipe``,
+  ``labels``, ``describe``) and :func:`unrecognised`.
+
+Checked against ImageJ 1.53t and MorphoLibJ 1.6.1 by ``benchmarks/deepimagej_macros_check.py``;
+docs/deepimagej-macros.md has the measured differences.
+"""
+from .family import complete, describe, labels, recipe, unrecognised
+from .imagej import ij_str
+from .macros import MacroStep, macro_steps, read_macro, recognise, step_from_text
+from .resize import stardist_inputs
+from .watershed import distance_transform_watershed
+
+__all__ = ["MacroStep", "complete", "describe", "distance_transform_watershed", "ij_str", "labels", "macro_steps",
+           "read_macro", "recipe", "recognise", "stardist_inputs", "step_from_text", "unrecognised"]
