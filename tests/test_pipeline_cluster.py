@@ -138,7 +138,7 @@ def test_merged_statistics_equal_calculatestatistics(reference, cluster_run):
             else:
                 assert mine == pytest.approx(theirs[stat], rel=1e-6, abs=1e-12), (feature, stat)
                 compared += 1
-    assert compared > 300
+    assert compared > 250  # 153 features scored by both, Z' and V where CellProfiler gives a number
 
 
 @pytest.fixture
@@ -190,7 +190,8 @@ def test_a_worker_killed_mid_slice_is_rerun(reference, cluster, tmp_path, plate)
     pid = int(part.name.split("-")[-1].split(".")[0])
     assert pid in [p.pid for p in procs[1:]]
     os.kill(pid, signal.SIGKILL)
-    time.sleep(2)
+    next(p for p in procs if p.pid == pid).wait(timeout=30)  # reaped, as its nanny or shell would
+    time.sleep(1)
     assert _cellprofilers_writing_to(part) == []  # died with its worker
     stdout, stderr = run.communicate(timeout=600)
     assert run.returncode == 0, stderr[-3000:]
@@ -254,7 +255,7 @@ def test_bad_input_is_one_line_before_any_work(tmp_path, case):
         (images / "1049_Metadata.csv").symlink_to(SBS / "1049_Metadata.csv")
         want = f"makes no image set from {images}"
     elif case == "absent_plugin":
-        extra, want = ["--plugins-directory", str(tmp_path)], "needs the module RunDLModel, which is neither"
+        extra, want = ["--plugins-directory", str(tmp_path)], "needs the module RunDLModel, which is not in CellProfiler nor in the plugins folder"
     elif case == "writes_elsewhere":
         pipeline = _edited(tmp_path, replace=[("Output file location:Default Output Folder|",
                                                "Output file location:Elsewhere...|/tmp")])
@@ -276,6 +277,40 @@ def test_bad_input_is_one_line_before_any_work(tmp_path, case):
     assert not (out / "slices").exists() and not (out / "logs").exists()
     if case == "unapproved_program":
         assert not (tmp_path / "started").exists()
+
+
+def test_saved_images_go_where_the_pipeline_puts_them(tmp_path):
+    """nuclei.cppipe's SaveImages (<image>_nuclei.tiff in the output folder), in 2 slices: the label
+    images are in -o, as a plain run puts them, and not in the slices' folders."""
+    from conftest import DSB_VAL
+
+    images = tmp_path / "images"
+    images.mkdir()
+    files = sorted((DSB_VAL / "images").glob("*.tif"))[:2]
+    for f in files:
+        (images / f.name).symlink_to(f)
+    out = tmp_path / "out"
+    res = dlmodel_cp(images, out, "--per-task", "1", pipeline=ROOT / "example_pipelines" / "nuclei.cppipe")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert sorted(p.name for p in out.glob("*_nuclei.tiff")) == sorted(f"{f.stem}_nuclei.tiff" for f in files)
+    assert not list((out / "slices").rglob("*.tiff"))
+    with open(out / "Image.csv", newline="") as f:
+        assert [r["ImageNumber"] for r in csv.DictReader(f)] == ["1", "2"]
+
+
+def test_slices_by_count_and_by_metadata():
+    """--per-task cuts CellProfiler's order into runs of N; --group-by gives each value its own
+    slice, and refuses a grouping whose image sets are not consecutive (no -f/-l range holds them)."""
+    from dlmodel.pipelines import ImageSet, PipelineError, slices
+
+    sets = [ImageSet(i + 1, {"Metadata_Well": w, "Metadata_Site": s}) for i, (w, s) in
+            enumerate([("A01", 1), ("A01", 2), ("A02", 1), ("A02", 2), ("A03", 1)])]
+    assert [[s.number for s in part] for part in slices(sets, per_task=2)] == [[1, 2], [3, 4], [5]]
+    assert [[s.number for s in part] for part in slices(sets, group_by=["Metadata_Well"])] == [[1, 2], [3, 4], [5]]
+    with pytest.raises(PipelineError, match="Metadata_Site: the image sets of 1 are not consecutive"):
+        slices(sets, group_by=["Metadata_Site"])
+    with pytest.raises(PipelineError, match="--group-by Metadata_Plate: pipeline p.cppipe gives its image sets no such"):
+        slices(sets, group_by=["Metadata_Plate"], pipeline="p.cppipe")
 
 
 @pytest.mark.skipif(not CP4.exists(), reason="CellProfiler 4.2.8 is not installed (make cp4-setup)")

@@ -255,9 +255,9 @@ def list_image_sets(pipeline: PathLike, images: PathLike, cellprofiler: PathLike
                             f"{tail[-1] if tail else 'exit code ' + str(res.returncode)}")
     found = json.loads(last)
     if "missing" in found:
-        where = f"the plugins folder {plugins}" if plugins else "CellProfiler (no --plugins-directory given)"
-        raise PipelineError(f"pipeline {pipeline} needs the module {found['missing']}, which is neither in CellProfiler "
-                            f"nor in {where}")
+        where = f"nor in the plugins folder {plugins}" if plugins else "and no plugins folder was given (--plugins-directory)"
+        raise PipelineError(f"pipeline {pipeline} needs the module {found['missing']}, which is not in CellProfiler "
+                            f"{where}")
     if "error" in found:
         raise PipelineError(f"pipeline {pipeline}: {found['error']}")
     sets = [ImageSet(s["number"], s["values"]) for s in found["sets"]]
@@ -323,6 +323,7 @@ class PipelineJob:
     threads: Optional[int] = None  # engine threads of each CellProfiler (DLMODEL_THREADS); None: its default
     cwd: str = "."  # where relative model paths in the pipeline are found (the caller's folder)
     timeout: Optional[float] = None
+    retries: int = 1  # more runs of a slice whose CellProfiler failed (a crash, memory) before it is reported
     unit: str = "image set"  # what the progress bar counts
     label: str = "cellprofiler"
 
@@ -353,26 +354,38 @@ class PipelineJob:
         return cmd
 
     def __call__(self, task: Task, model: Any = None) -> int:
-        final = task.outputs[0]
-        part = final.with_name(f".{final.name}.{_HOST}-{os.getpid()}.{time.monotonic_ns()}.part")
-        shutil.rmtree(part, ignore_errors=True)
-        part.mkdir(parents=True)
+        """Run the slice; a failed CellProfiler is run ``retries`` more times (a worker that dies
+        is Dask's to retry), then the slice fails in one line with its image sets and its log."""
         log = self.log(task)
         log.parent.mkdir(parents=True, exist_ok=True)
+        log.unlink(missing_ok=True)
+        for attempt in range(self.retries + 1):
+            try:
+                self._once(task, log, attempt)
+                return 1
+            except DLModelError:
+                if attempt == self.retries:
+                    raise
+        return 0  # not reached
+
+    def _once(self, task: Task, log: Path, attempt: int) -> None:
+        final = task.outputs[0]
+        part = final.with_name(f".{final.name}.{_HOST}-{os.getpid()}.{time.monotonic_ns()}.part")
+        part.mkdir(parents=True)
         env = dict(os.environ)
         if self.threads:
             env["DLMODEL_THREADS"] = str(self.threads)
         t0 = time.perf_counter()
         try:
-            with open(log, "w") as f:
-                f.write("$ " + " ".join(self.command(task, part)) + "\n")
+            with open(log, "a") as f:  # every attempt's output, in order
+                f.write(f"$ {' '.join(self.command(task, part))}    # attempt {attempt + 1}\n")
                 f.flush()
                 res = subprocess.run(self.command(task, part), cwd=self.cwd, stdout=f, stderr=subprocess.STDOUT,
                                      env=env, timeout=self.timeout, preexec_fn=_die_with_parent)
             seconds = time.perf_counter() - t0
             if res.returncode != 0:
-                raise DLModelError(f"{self._what(task)} failed (CellProfiler exit code {res.returncode}: "
-                                   f"{_last_error(log)}); log: {log}")
+                raise DLModelError(f"{self._what(task)} failed {attempt + 1} time(s) (CellProfiler exit code "
+                                   f"{res.returncode}: {_last_error(log)}); log: {log}")
             self._check(task, part, log)
             with open(part / ".dlmodel-slice.json", "w") as f:
                 json.dump({"seconds": seconds, "pid": os.getpid(), "host": _HOST, "image_sets": list(task.key[2])}, f)
@@ -381,7 +394,6 @@ class PipelineJob:
             raise DLModelError(f"{self._what(task)} ran past {self.timeout} s; log: {log}") from None
         finally:
             shutil.rmtree(part, ignore_errors=True)
-        return 1
 
     def _what(self, task: Task) -> str:
         names = [p.name for p in task.inputs]
