@@ -9,7 +9,7 @@ OUT ?= out/demo
 # offline: CellProfiler's Bio-Formats reader would download Java jars from Maven first
 READERS := --enable-readers imageio_reader imageio_reader_v3
 
-.PHONY: setup test demo clean gui-setup gui-test cp4-setup test-cp4
+.PHONY: setup test demo clean gui-setup gui-test cp4-setup test-cp4 np2-setup test-numpy2
 
 setup: $(VENV)/.installed
 
@@ -105,5 +105,31 @@ test-cp4: setup cp4-setup
 	DLMODEL_ENGINE_PYTHON=$(abspath $(BIN)/python) PYTHONPATH=$(abspath src) \
 		$(CP4_VENV)/bin/python -m pytest -p no:cacheprovider tests/test_cellprofiler.py
 
+# make test-numpy2: the core and its engines under numpy 2, in .venv-np2 (Python 3.11) without
+# CellProfiler: only CellProfiler 5 needs numpy < 2 (the `cellprofiler` extra), so a user of the
+# Python API or the CLI in a numpy-2 environment (napari...) installs dlmodel as it is. Same
+# constraints.txt as .venv (it pins no numpy); the tests are those of the core that need no CellProfiler.
+NP2_VENV := .venv-np2
+# every engine, processing, tiling, instances, the families (StarDist's NMS), deepImageJ's macros,
+# the default model, bioimageio.core's outputs, the worker and packaging: about 3 minutes. Tests of
+# Cellpose and CellProfiler skip here (Cellpose 3 needs numpy < 2.1: not installed here).
+NP2_TESTS := $(addprefix tests/test_,api.py tiling.py processing.py instances.py engines.py spec_v0_4.py \
+	hostile_numbers.py plates.py families.py deepimagej.py deepimagej_packages.py default_model.py \
+	nuclei_model.py confidence.py worker.py packaging.py)
+
+np2-setup: $(NP2_VENV)/.installed
+
+$(NP2_VENV)/.installed: setup.py constraints.txt
+	$(PY) -m venv $(NP2_VENV)
+	$(NP2_VENV)/bin/python -m pip install -q --upgrade pip setuptools wheel
+	$(NP2_VENV)/bin/python -m pip install -q -c constraints.txt -e ".[onnx,torch,tensorflow,distributed,reference,test]" "numpy>=2"
+	# tf.keras 2.x for .h5 files, as in .venv (its metadata asks for the GPU `tensorflow`)
+	$(NP2_VENV)/bin/python -m pip install -q --no-deps "tf_keras==$$($(NP2_VENV)/bin/python -c 'import importlib.metadata as m; print(m.version("tensorflow-cpu").rsplit(".", 1)[0])').*"
+	$(NP2_VENV)/bin/python -c "import numpy; assert int(numpy.__version__.split('.')[0]) >= 2, numpy.__version__; print('numpy', numpy.__version__)"
+	touch $@
+
+test-numpy2: np2-setup
+	$(NP2_VENV)/bin/python -m pytest -p no:cacheprovider $(NP2_TESTS)
+
 clean:
-	rm -rf $(VENV) $(GUI_VENV) $(CP4_VENV) out .pytest_cache .hypothesis
+	rm -rf $(VENV) $(GUI_VENV) $(CP4_VENV) $(NP2_VENV) out .pytest_cache .hypothesis

@@ -21,7 +21,10 @@ EXTRAS = {
     # The CellProfiler 5 API for plugins/rundlmodel.py, and what the headless `cellprofiler`
     # (cellprofiler-nightly, installed with --no-deps: it declares wxPython and mysqlclient,
     # which headless runs do not need) needs at run time.
+    # numpy<2 lives here, not in install_requires: CellProfiler 5's packages require it, while the
+    # core and its engines run on numpy 2 too (make test-numpy2).
     "cellprofiler": [
+        "numpy<2",
         "cellprofiler-core-nightly",
         "cellprofiler-library-nightly",
         "centriole-nightly",
@@ -53,7 +56,7 @@ setup(
     packages=find_packages("src"),
     python_requires=">=3.9",
     install_requires=[
-        "numpy>=1.23,<2",
+        "numpy>=1.23",
         "bioimageio.spec>=0.5.3",
         # bioimageio.spec 0.5.12 breaks on pydantic 2.12 ("index_key is expected to be an integer").
         "pydantic>=2.6,<2.12",
