@@ -250,10 +250,10 @@ def _check_layout(spec: Any) -> None:
 def _eval_engine(module: Any, device: str, threads: Optional[int]) -> Any:
     """The module being trained behind the engine interface, so held-out images run through the
     same tiling, pre- and post-processing as ``Model.predict``."""
-    from .engines import TorchEngine as _TorchEngine
+    from .engines import TorchEngine
     from .trust import local_gate
 
-    class TrainingEngine(_TorchEngine):
+    class TrainingEngine(TorchEngine):
         format = "torchscript"
 
         def _load(self) -> None:
@@ -281,13 +281,13 @@ def preprocess(spec: Any, image: np.ndarray, name: str) -> np.ndarray:
     """The package's pre-processing of one whole image (``cyx``), fitted on the whole image as
     :meth:`Model.predict` fits it (deepImageJ macros included); returns ``cyx`` float32."""
     from . import axes as axes_mod
-    from .prediction import _to_float, fit_preprocessing
+    from .prediction import fit_preprocessing, to_float
 
     t = spec.inputs[0]
     layout, _ = axes_mod.to_model_layout(image if "c" in t.letters else image[0], "cyx" if "c" in t.letters else "yx",
                                          t, name)
     prepared, pre = fit_preprocessing(spec, {t.id: layout}, ["y", "x"])
-    x = np.asarray(pre[t.id](_to_float(prepared[t.id], t)), dtype=np.float32)
+    x = np.asarray(pre[t.id](to_float(prepared[t.id], t)), dtype=np.float32)
     return x.reshape((-1,) + x.shape[-2:])
 
 
