@@ -61,7 +61,8 @@ class Model:
 
         self.left_out = deepimagej.unrecognised(spec)  # package steps dlmodel does not run: warned once
         self._warned = False
-        self._engine(self.weights_format)  # load now: a broken package fails here, not at the first image
+        if not self.fastest:  # "fastest" loads and tests every engine at the first image, and skips one that fails
+            self._engine(self.weights_format)  # load now: a broken package fails here, not at the first image
 
     @property
     def engine(self) -> engines.Engine:
