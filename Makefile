@@ -128,8 +128,10 @@ $(NP2_VENV)/.installed: setup.py constraints.txt
 	$(NP2_VENV)/bin/python -c "import numpy; assert int(numpy.__version__.split('.')[0]) >= 2, numpy.__version__; print('numpy', numpy.__version__)"
 	touch $@
 
+# with .venv there (numpy 1), a worker test runs the default model across the two numpys
 test-numpy2: np2-setup
-	$(NP2_VENV)/bin/python -m pytest -p no:cacheprovider $(NP2_TESTS)
+	$(if $(wildcard $(BIN)/python),DLMODEL_OTHER_NUMPY_PYTHON=$(abspath $(BIN)/python)) \
+		$(NP2_VENV)/bin/python -m pytest -p no:cacheprovider $(NP2_TESTS)
 
 clean:
 	rm -rf $(VENV) $(GUI_VENV) $(CP4_VENV) $(NP2_VENV) out .pytest_cache .hypothesis

@@ -54,6 +54,31 @@ def test_a_model_in_its_own_environment_gives_what_it_gives_here():
     assert there.info()["name"] == here.info()["name"]
 
 
+# make test-numpy2 sets it to .venv's Python (numpy 1) for the tests it runs on numpy 2
+OTHER_NUMPY = os.environ.get("DLMODEL_OTHER_NUMPY_PYTHON")
+
+
+@pytest.mark.skipif(not OTHER_NUMPY, reason="set DLMODEL_OTHER_NUMPY_PYTHON to a Python whose numpy is of the "
+                    "other major version (make test-numpy2 does)")
+def test_a_worker_on_the_other_major_numpy_gives_the_same_outputs_and_objects():
+    """CellProfiler 5 (numpy 1) with its models in a numpy-2 environment, or a numpy-2 client (a
+    napari environment) with a numpy-1 one: arrays cross as bytes and a dtype string, never
+    pickled, so the outputs are the same bits and the objects the same."""
+    other = subprocess.run([OTHER_NUMPY, "-c", "import numpy; print(numpy.__version__)"], capture_output=True,
+                           text=True, timeout=60, check=True).stdout.strip()
+    assert other.split(".")[0] != np.__version__.split(".")[0], (other, np.__version__)
+    approvals.approve(OTHER_NUMPY, how="tests")
+    image = _plate_image()
+    here = dlmodel.load(DEFAULT_MODEL)
+    there = dlmodel.load(DEFAULT_MODEL, python=OTHER_NUMPY)
+    a, b = here.predict(image, axes="yx"), there.predict(image, axes="yx")
+    assert a.axes == b.axes and set(a) == set(b)
+    for k in a:
+        assert b[k].dtype == a[k].dtype and np.array_equal(a[k], b[k])
+    labels = here.labels(a)
+    assert labels.max() > 0 and np.array_equal(labels, there.labels(b))
+
+
 def test_several_inputs_and_outputs(two_io):
     rng = np.random.default_rng(3)
     inputs = {"a": rng.normal(size=(40, 32)).astype(np.float32), "b": rng.normal(size=(2, 40, 32)).astype(np.float32)}
