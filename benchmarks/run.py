@@ -127,7 +127,7 @@ def measure(case: str, model: str, size: int, extra: dict) -> dict:
         import dlmodel
 
         from dlmodel.axes import to_model_layout
-        from dlmodel.prediction import make_plan
+        from dlmodel.tiling import make_plan
 
         m = dlmodel.load(rdf)
         tile = extra.get("tile")  # None: dlmodel's own choice

@@ -49,7 +49,7 @@ def test_margin_accounts_for_scale_and_offset():
 def test_parameterized_models_get_the_fewest_tiles_and_no_larger_than_needed(length, tiles_per_axis, size):
     # the default model: min 72, step 8, halo 32; 1 Mpx budget -> tiles of at most 1024 px
     from dlmodel.package import open_spec
-    from dlmodel.prediction import make_plan
+    from dlmodel.tiling import make_plan
 
     spec, _ = open_spec(Path(__file__).resolve().parents[1] / "models" / "nuclei_default")
     x = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), (1, 1, length, length), (0, 0, 0, 0))
@@ -73,7 +73,7 @@ def test_tiles_start_a_whole_number_of_size_steps_apart():
     """A size step is the network's down-sampling: tiles in the same phase give the output of
     one whole-image pass (the StarDist seam test in test_families.py failed without this)."""
     from dlmodel.package import open_spec
-    from dlmodel.prediction import make_plan
+    from dlmodel.tiling import make_plan
 
     spec, _ = open_spec(Path(__file__).resolve().parents[1] / "models" / "nuclei_default")
     step = spec.inputs[0].axis("x").step

@@ -13,7 +13,8 @@ from . import axes as axes_mod
 from . import engines, processing
 from .errors import DLModelError, EngineError, InputError
 from .package import open_spec
-from .prediction import DEFAULT_TILE_PIXELS, TileArg, check_options, plan_checked, run_sample
+from .prediction import run_sample
+from .tiling import DEFAULT_TILE_PIXELS, TileArg, check_options, plan_checked
 from .results import OutputCheck, Prediction, TestReport
 from .spec import ModelSpec, Tensor
 from .trust import DOWNLOAD, FOLDER, Gate, TrustError
@@ -374,7 +375,7 @@ class Model:
 def _undeclared_sizes(spec: ModelSpec, inputs: Mapping[str, np.ndarray]) -> str:
     """The axes along which test inputs have a length the rdf does not allow (``"y 40 (smallest
     allowed 64)"``), or ''."""
-    from .prediction import tiled_axes
+    from .tiling import tiled_axes
 
     return ", ".join(f"{a.id} {a.length} (smallest allowed {a.constraint.smallest_valid(a.length)})"
                      for a in tiled_axes(spec, inputs, True, False)

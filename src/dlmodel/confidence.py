@@ -457,7 +457,8 @@ _REFERENCES_LOCK = threading.Lock()
 def preprocessed(spec: "ModelSpec", layouts: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
     """Each input of one sample (model layout, batch 1) after the package's own pre-processing,
     fitted on the whole input as a prediction fits it."""
-    from .prediction import fit_preprocessing, tiled_axes
+    from .prediction import fit_preprocessing
+    from .tiling import tiled_axes
 
     ids = [a.id for a in tiled_axes(spec, layouts, True)]
     prepared, pre = fit_preprocessing(spec, layouts, ids)

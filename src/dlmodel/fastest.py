@@ -122,10 +122,10 @@ def tile_feeds(model: "Model", sample: Mapping[str, np.ndarray], tile: Any = Non
                max_tile_pixels: Optional[int] = None) -> List[np.ndarray]:
     """Engine inputs of the shape one pass over ``sample`` (model layout) will have: the
     planner's first tile (one tile per pass), filled with noise of unit variance."""
-    from . import prediction
+    from . import tiling
 
     kw = {} if max_tile_pixels is None else {"max_tile_pixels": max_tile_pixels}
-    plan = prediction.make_plan(model.spec, sample, tile, 1, **kw)
+    plan = tiling.make_plan(model.spec, sample, tile, 1, **kw)
     first = plan.tiles[0]
     rng = np.random.default_rng(0)
     feeds = []
