@@ -45,6 +45,7 @@ import numpy as np
 
 from . import approvals, errors, wire
 from .errors import DLModelError, InputError, WorkerError, one_line
+from .protocol import RunOptions
 from .results import OutputCheck, Prediction, TestReport
 
 LOGGER = logging.getLogger("dlmodel")
@@ -361,7 +362,7 @@ class RemoteSpec:
 
 class RemoteModel:
     """A model whose engine runs in another Python environment; the same interface as
-    :class:`dlmodel.api.Model` (``predict``, ``labels``, ``test``, ``info``, ``unload``)."""
+    :class:`dlmodel.api.Model` (:class:`dlmodel.protocol.ModelInterface`)."""
 
     def __init__(self, worker: Worker, source: str, engine: str = "auto", device: str = "auto",
                  threads: Optional[int] = None, trust: Optional[bool] = None):
@@ -402,8 +403,9 @@ class RemoteModel:
         inputs = self._as_inputs(image)
         with self.worker.lock:  # the lent input buffer is this request's until it is answered
             refs = self._lend(inputs, name)
-            result, out = self._call({"op": "predict", "inputs": refs, "axes": axes, "tile": tile, "batch_size": batch_size,
-                                      "pad_mode": pad_mode, "max_tile_pixels": max_tile_pixels, "name": name}, "running")
+            options = RunOptions(tile, batch_size, pad_mode, max_tile_pixels, name)
+            result, out = self._call({"op": "predict", "inputs": refs, "axes": axes, "options": options.to_wire()},
+                                     "running")
         with _reading(self.worker, f"running model {self.spec.name!r}"):
             self.worker_seconds = float(result["seconds"])  # the model's own time in the worker (benchmarks/worker.py)
             # views on the lent buffer: it stays lent (and its name valid for labels()) while any lives
@@ -456,10 +458,10 @@ class RemoteModel:
         inputs = self._as_inputs(image)
         with self.worker.lock:  # the lent input buffer is this request's until it is answered
             refs = self._lend(inputs, name)
+            options = RunOptions(tile, batch_size, pad_mode, name=name)
             result, out = self._call({"op": "confidence", "inputs": refs, "axes": axes, "augmentations": augmentations,
                                       "seed": seed, "objects": objects if isinstance(objects, (bool, type(None))) else dict(objects),
-                                      "tile": tile, "batch_size": batch_size, "pad_mode": pad_mode, "name": name},
-                                     "measuring the confidence of")
+                                      "options": options.to_wire()}, "measuring the confidence of")
         with _reading(self.worker, f"measuring the confidence of model {self.spec.name!r}"):
             self.worker_seconds = float(result["seconds"])
             found = dict(result["arrays"])
@@ -488,8 +490,8 @@ class RemoteModel:
 
     def check_file_fits(self, path: Union[str, Path], axes: Optional[str] = None, tile: Any = None,
                         batch_size: Optional[int] = None) -> None:
-        self._call({"op": "check_file_fits", "path": str(path), "axes": axes, "tile": tile, "batch_size": batch_size},
-                   "checking an image for")
+        self._call({"op": "check_file_fits", "path": str(path), "axes": axes,
+                    "options": RunOptions(tile, batch_size).to_wire()}, "checking an image for")
 
     @property
     def instance_recipe(self) -> Optional[Dict[str, Any]]:
@@ -555,21 +557,99 @@ def _check_here() -> None:
                                  "the model'; dlmodel env create), or install dlmodel with an engine here")
 
 
-def load(source: Union[str, Path], engine: str = "auto", device: str = "auto", threads: Optional[int] = None,
-         trust: Optional[bool] = None, python: Optional[Union[str, Path]] = None,
-         allow_unapproved_python: bool = False) -> Any:
-    """:func:`dlmodel.api.load`, or with ``python`` (an environment's Python, or its folder) the
-    same model in that environment's worker (:class:`RemoteModel`). ``python`` must be approved
-    on this machine (``dlmodel env add``), or ``allow_unapproved_python=True`` lets this process
-    start it without approving it."""
-    if python and allow_unapproved_python:
-        approvals.allow_for_this_process(find_python(python))
-    if not python:
+class Here:
+    """Where a model runs: this process (:mod:`dlmodel.api` and the rooms below it)."""
+
+    python = None
+
+    def load(self, source: Union[str, Path], **options: Any) -> Any:
         _check_here()
         from . import api
 
-        return api.load(source, engine=engine, device=device, threads=threads, trust=trust)
-    return RemoteModel(worker_for(python), str(source), engine=engine, device=device, threads=threads, trust=trust)
+        return api.load(source, **options)
+
+    def load_cached(self, source: Union[str, Path], **options: Any) -> Any:
+        _check_here()
+        from . import api
+
+        return api.load_cached(source, **options)
+
+    def read_spec(self, source: str) -> Any:
+        _check_here()
+        from .package import open_spec
+
+        return open_spec(source)[0]
+
+    def choose_format(self, spec: Any, engine: str, device: str) -> str:
+        from . import engines
+
+        return engines.choose_format(spec, engine, device)
+
+    def resolve_recipe(self, recipe: Optional[Mapping[str, Any]], choices: Mapping[str, Any]) -> Dict[str, Any]:
+        from . import instances
+
+        return instances.resolve_recipe(recipe, **choices)
+
+
+class InWorker:
+    """Where a model runs: a worker process of the approved environment ``python``, one per
+    environment per process (:func:`worker_for`); the same questions as :class:`Here`, asked there."""
+
+    def __init__(self, python: Union[str, Path]):
+        self.python = find_python(python)
+
+    def load(self, source: Union[str, Path], **options: Any) -> "RemoteModel":
+        return RemoteModel(worker_for(self.python), str(source), **options)
+
+    def load_cached(self, source: Union[str, Path], **options: Any) -> "RemoteModel":
+        key = (str(source), *(options.get(k) for k in ("engine", "device", "threads", "trust")), self.python)
+        with _CACHE_LOCK:
+            model = _CACHE.get(key)
+            if model is None:
+                t0 = time.perf_counter()
+                model = _CACHE[key] = self.load(source, **options)
+                LOGGER.info("dlmodel: loaded model %r (%s on %s, %d engine threads) in %s in %.2f s", model.spec.name,
+                            model.weights_format, model.device, model.threads, model.python, time.perf_counter() - t0)
+            return model
+
+    def read_spec(self, source: str) -> "RemoteSpec":
+        worker = worker_for(self.python)
+        what = f"reading model {source!r}"
+        result, _ = worker.request({"op": "spec", "source": source}, LOAD_TIMEOUT_S, what)
+        with _reading(worker, what):
+            return RemoteSpec({**result, "source": source})
+
+    def choose_format(self, spec: Any, engine: str, device: str) -> str:
+        result, _ = worker_for(self.python).request(
+            {"op": "choose_format", "source": str(spec.facts["source"]), "engine": engine, "device": device},
+            LOAD_TIMEOUT_S, f"choosing an engine for model {spec.name!r}")
+        return result
+
+    def resolve_recipe(self, recipe: Optional[Mapping[str, Any]], choices: Mapping[str, Any]) -> Dict[str, Any]:
+        result, _ = worker_for(self.python).request({"op": "resolve_recipe", "recipe": recipe, "choices": dict(choices)},
+                                                    request_timeout(), "checking the settings for objects")
+        return result
+
+
+def where(python: Optional[Union[str, Path]] = None, allow_unapproved_python: bool = False) -> Union[Here, InWorker]:
+    """Where a model runs, decided once: this process, or the worker of the environment ``python``
+    (an environment's Python, or its folder). ``python`` must be approved on this machine
+    (``dlmodel env add``), or ``allow_unapproved_python=True`` lets this process start it
+    without approving it."""
+    if not python:
+        return Here()
+    if allow_unapproved_python:
+        approvals.allow_for_this_process(find_python(python))
+    return InWorker(python)
+
+
+def load(source: Union[str, Path], engine: str = "auto", device: str = "auto", threads: Optional[int] = None,
+         trust: Optional[bool] = None, python: Optional[Union[str, Path]] = None,
+         allow_unapproved_python: bool = False) -> Any:
+    """:func:`dlmodel.api.load`, or with ``python`` the same model in that environment's worker
+    (:class:`RemoteModel`); see :func:`where`."""
+    return where(python, allow_unapproved_python).load(source, engine=engine, device=device, threads=threads,
+                                                       trust=trust)
 
 
 _CACHE: Dict[tuple, RemoteModel] = {}
@@ -580,20 +660,8 @@ def load_cached(source: Union[str, Path], engine: str = "auto", device: str = "a
                 trust: Optional[bool] = None, python: Optional[Union[str, Path]] = None,
                 allow_unapproved_python: bool = False) -> Any:
     """:func:`load`, one model per (source, engine, device, threads, trust, environment) per process."""
-    if not python:
-        _check_here()
-        from . import api
-
-        return api.load_cached(source, engine=engine, device=device, threads=threads, trust=trust)
-    key = (str(source), engine, device, threads, trust, find_python(python))
-    with _CACHE_LOCK:
-        model = _CACHE.get(key)
-        if model is None:
-            t0 = time.perf_counter()
-            model = _CACHE[key] = load(source, engine, device, threads, trust, python, allow_unapproved_python)
-            LOGGER.info("dlmodel: loaded model %r (%s on %s, %d engine threads) in %s in %.2f s", model.spec.name,
-                        model.weights_format, model.device, model.threads, model.python, time.perf_counter() - t0)
-        return model
+    return where(python, allow_unapproved_python).load_cached(source, engine=engine, device=device, threads=threads,
+                                                              trust=trust)
 
 
 def clear_cache() -> None:
@@ -609,16 +677,7 @@ def clear_cache() -> None:
 def read_spec(source: str, python: Optional[Union[str, Path]] = None) -> Any:
     """A package's description without starting an engine: a :class:`dlmodel.spec.ModelSpec`,
     or with ``python`` a :class:`RemoteSpec` read by that environment's worker."""
-    if not python:
-        _check_here()
-        from .package import open_spec
-
-        return open_spec(source)[0]
-    worker = worker_for(python)
-    what = f"reading model {source!r}"
-    result, _ = worker.request({"op": "spec", "source": source}, LOAD_TIMEOUT_S, what)
-    with _reading(worker, what):
-        return RemoteSpec({**result, "source": source})
+    return where(python).read_spec(source)
 
 
 def describe(spec: Any) -> Dict[str, Any]:
@@ -632,23 +691,11 @@ def describe(spec: Any) -> Dict[str, Any]:
 
 def choose_format(spec: Any, engine: str, device: str = "cpu", python: Optional[Union[str, Path]] = None) -> str:
     """:func:`dlmodel.engines.choose_format`, asked of the environment that will run the model."""
-    if not python:
-        from . import engines
-
-        return engines.choose_format(spec, engine, device)
-    result, _ = worker_for(python).request({"op": "choose_format", "source": str(spec.facts["source"]), "engine": engine,
-                                            "device": device}, LOAD_TIMEOUT_S, f"choosing an engine for model {spec.name!r}")
-    return result
+    return where(python).choose_format(spec, engine, device)
 
 
 def resolve_recipe(recipe: Optional[Mapping[str, Any]], python: Optional[Union[str, Path]] = None, **choices: Any
                    ) -> Dict[str, Any]:
     """:func:`dlmodel.instances.resolve_recipe`, asked of the model's environment (the one answer
     to "which objects", with the same refusals)."""
-    if not python:
-        from . import instances
-
-        return instances.resolve_recipe(recipe, **choices)
-    result, _ = worker_for(python).request({"op": "resolve_recipe", "recipe": recipe, "choices": choices},
-                                           request_timeout(), "checking the settings for objects")
-    return result
+    return where(python).resolve_recipe(recipe, choices)

@@ -19,6 +19,7 @@ import numpy as np
 from . import wire
 from .client import missing_here
 from .errors import DLModelError, one_line
+from .protocol import RunOptions
 
 LOGGER = logging.getLogger("dlmodel")
 
@@ -124,9 +125,7 @@ class Server:
         model = self._model(msg)
         inputs = {tid: wire.view(r, self.segment(r["shm"])) for tid, r in msg["inputs"].items()}
         t0 = time.perf_counter()
-        pred = model.predict(inputs, axes=msg.get("axes"), tile=_tile(msg.get("tile")), batch_size=msg.get("batch_size"),
-                             pad_mode=msg.get("pad_mode"), name=msg.get("name", "image"),
-                             **({"max_tile_pixels": msg["max_tile_pixels"]} if msg.get("max_tile_pixels") else {}))
+        pred = model.predict(inputs, axes=msg.get("axes"), **RunOptions.from_wire(msg["options"]).kwargs())
         seconds = time.perf_counter() - t0
         del inputs
         self.reply_arrays(pred, {"axes": pred.axes, "space": pred.space, "seconds": seconds})
@@ -146,9 +145,10 @@ class Server:
         model = self._model(msg)
         inputs = {tid: wire.view(r, self.segment(r["shm"])) for tid, r in msg["inputs"].items()}
         t0 = time.perf_counter()
+        options = RunOptions.from_wire(msg["options"])
         c = model.confidence(inputs, axes=msg.get("axes"), augmentations=msg.get("augmentations"),
-                             seed=msg.get("seed", 0), objects=msg.get("objects"), tile=_tile(msg.get("tile")),
-                             batch_size=msg.get("batch_size"), pad_mode=msg.get("pad_mode"), name=msg.get("name", "image"))
+                             seed=msg.get("seed", 0), objects=msg.get("objects"), tile=options.tile,
+                             batch_size=options.batch_size, pad_mode=options.pad_mode, name=options.name)
         seconds = time.perf_counter() - t0
         del inputs
         # the plain prediction and objects come back too: the client never predicts the image twice
@@ -173,8 +173,9 @@ class Server:
         return self._model(msg).info()
 
     def op_check_file_fits(self, msg: Mapping[str, Any]) -> bool:
-        self._model(msg).check_file_fits(msg["path"], axes=msg.get("axes"), tile=_tile(msg.get("tile")),
-                                         batch_size=msg.get("batch_size"))
+        options = RunOptions.from_wire(msg["options"])
+        self._model(msg).check_file_fits(msg["path"], axes=msg.get("axes"), tile=options.tile,
+                                         batch_size=options.batch_size)
         return True
 
     def op_unload(self, msg: Mapping[str, Any]) -> bool:
@@ -209,11 +210,6 @@ def facts(spec: Any) -> Dict[str, Any]:
         "input_channels": spec.input_channels, "is_3d": spec.is_3d, "instance_recipe": spec.instance_recipe,
         "describe": describe(spec),
     }
-
-
-def _tile(value: Any) -> Any:
-    """JSON's lists back to what ``tile=`` takes (a sequence stays a sequence)."""
-    return tuple(value) if isinstance(value, list) else value
 
 
 def main() -> None:
