@@ -390,14 +390,18 @@ def display_id(entry: Entry) -> str:
 def matches(manifest: Mapping[str, Any], text: Optional[str] = None, tags: Sequence[str] = (),
             task: Optional[str] = None) -> bool:
     """Whether an rdf (as a mapping) matches the words of ``text`` (in its name, description,
-    tags or id, any case) and carries every tag of ``tags`` (and ``task``)."""
+    tags or id, any case, hyphens and underscores ignored: "unet" finds "U-Net") and carries
+    every tag of ``tags`` (and ``task``)."""
     own = {str(t).lower() for t in manifest.get("tags") or []}
     if any(t.lower() not in own for t in (*tags, *([task] if task else []))):
         return False
     if not text:
         return True
-    hay = " ".join(str(manifest.get(k) or "") for k in ("name", "description", "id")).lower() + " " + " ".join(own)
-    return all(word in hay for word in text.lower().split())
+    def plain(s: str) -> str:
+        return s.lower().replace("-", "").replace("_", "")
+
+    hay = plain(" ".join(str(manifest.get(k) or "") for k in ("name", "description", "id")) + " " + " ".join(own))
+    return all(plain(word) in hay for word in text.split())
 
 
 def search(text: Optional[str] = None, tags: Sequence[str] = (), task: Optional[str] = None,
