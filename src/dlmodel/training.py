@@ -458,27 +458,60 @@ def finetune(
 
     Ctrl-C (KeyboardInterrupt) during training stops it; the best weights so far are packaged.
     """
-    import torch
+    out = Path(out)
+    _check_request(out, (model, images, labels), overwrite, epochs=epochs, batch_size=batch_size,
+                   learning_rate=learning_rate, holdout=holdout, patience=patience, minutes=minutes, crop=crop)
+    t_start = time.monotonic()
+    spec, gate, targets, pairs = _open_checked(model, images, labels, trust)
+    dev, rng = _seeded(device, seed, threads)
+    held, train = split_pairs(pairs, holdout, rng)
+    module, fmt = trainable_module(spec, gate, dev)
+    side, halo = _crop_side(spec, crop)
+    prepared = [_prepare(spec, p, targets, halo) for p in train]
+    base = instances.resolve_recipe(spec.instance_recipe)
+    base.setdefault("output", spec.outputs[0].id)
+    engine = _eval_engine(module, dev, threads)
+    run = train_loop(module, targets, prepared, lambda: held_out_f1(spec, engine, module, held, base), side=side,
+                     halo=halo, epochs=epochs, minutes=minutes, batch_size=batch_size, learning_rate=learning_rate,
+                     patience=patience, device=dev, rng=rng, title=f"fine-tuning {spec.name}", progress=progress,
+                     on_epoch=on_epoch)
+    module.load_state_dict(run.best_state)
+    module.eval()
+    recipe, f1_after = tune_recipe(spec, engine, held, base, targets)
+    facts = _facts(spec, model, pairs, held, fmt, targets, run, batch_size=batch_size, crop=side,
+                   learning_rate=learning_rate, seed=seed, f1_after=f1_after, device=dev, patience=patience,
+                   minutes=minutes)
+    rdf = _write_package(spec, module, fmt, held[0], out, recipe, facts, name, overwrite)
+    facts["seconds_total"] = round(time.monotonic() - t_start, 1)
+    return FinetuneResult(rdf, facts)
 
-    from . import engines
+
+# ------------------------------------------------------------------------------ finetune's steps
+def _check_request(out: Path, sources: Sequence[PathLike], overwrite: bool, **numbers: Any) -> None:
+    """The checks made before anything is read: ``out`` may be written (never one of the
+    ``sources``, their folders, '.', or anything not ours) and each number is in its range."""
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise SpecError(f"{out} exists; pass overwrite=True (or --overwrite) to replace it")
+    check_replaceable(out, [p for p in sources if Path(str(p)).exists()])
+    n = numbers
+    for arg, ok in (("epochs", isinstance(n["epochs"], int) and n["epochs"] >= 1),
+                    ("batch_size", isinstance(n["batch_size"], int) and n["batch_size"] >= 1),
+                    ("learning_rate", n["learning_rate"] > 0),
+                    ("holdout", 0 < n["holdout"] < 1),
+                    ("patience", isinstance(n["patience"], int) and n["patience"] >= 1),
+                    ("minutes", n["minutes"] is None or n["minutes"] > 0),
+                    ("crop", n["crop"] is None or (isinstance(n["crop"], int) and n["crop"] >= 1))):
+        if not ok:
+            raise InputError(f"{arg}={n[arg]!r} is out of range")
+
+
+def _open_checked(model: PathLike, images: PathLike, labels: PathLike,
+                  trust: Optional[bool]) -> Tuple[Any, Any, Targets, List[Pair]]:
+    """The package (a layout fine-tuning takes, targets for its output, its trust decision) and
+    the annotated pairs, at least two (one is held out)."""
     from .package import open_spec
     from .trust import Gate
 
-    out = Path(out)
-    if (out.exists() or out.is_symlink()) and not overwrite:
-        raise SpecError(f"{out} exists; pass overwrite=True (or --overwrite) to replace it")
-    # never the training images, their folder, the parent package, '.', or anything not ours
-    check_replaceable(out, [p for p in (model, images, labels) if Path(str(p)).exists()])
-    for arg, value, ok in (("epochs", epochs, isinstance(epochs, int) and epochs >= 1),
-                           ("batch_size", batch_size, isinstance(batch_size, int) and batch_size >= 1),
-                           ("learning_rate", learning_rate, learning_rate > 0),
-                           ("holdout", holdout, 0 < holdout < 1),
-                           ("patience", patience, isinstance(patience, int) and patience >= 1),
-                           ("minutes", minutes, minutes is None or minutes > 0),
-                           ("crop", crop, crop is None or (isinstance(crop, int) and crop >= 1))):
-        if not ok:
-            raise InputError(f"{arg}={value!r} is out of range")
-    t_start = time.monotonic()
     spec, resolved = open_spec(model)
     _check_layout(spec)
     targets = targets_for(spec)
@@ -487,99 +520,152 @@ def finetune(
     pairs = [read_pair(i, la, channels) for i, la in pair_files(images, labels)]
     if len(pairs) < 2:
         raise InputError(f"{images}: {len(pairs)} annotated image(s); fine-tuning needs at least 2 (one is held out)")
+    return spec, gate, targets, pairs
+
+
+def _seeded(device: str, seed: int, threads: Optional[int]) -> Tuple[str, np.random.Generator]:
+    """The torch device, and the random generator of the split, crops and augmentations; torch
+    seeded too (and its CPU threads set) so that a seed gives the same weights."""
+    import torch
+
+    from . import engines
+
     dev = engines.resolve_device(device)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     if dev == "cpu" and threads:
         torch.set_num_threads(threads)
+    return dev, rng
+
+
+def split_pairs(pairs: Sequence[Pair], holdout: float, rng: np.random.Generator) -> Tuple[List[Pair], List[Pair]]:
+    """(held-out, training) pairs: a random ``holdout`` fraction held out, at least one, and at
+    least one left to train on; each part in the pairs' order."""
     order = rng.permutation(len(pairs))
     n_hold = min(len(pairs) - 1, max(1, int(round(holdout * len(pairs)))))
-    held, train = [pairs[i] for i in sorted(order[:n_hold])], [pairs[i] for i in sorted(order[n_hold:])]
+    return [pairs[i] for i in sorted(order[:n_hold])], [pairs[i] for i in sorted(order[n_hold:])]
 
-    module, fmt = trainable_module(spec, gate, dev)
-    space = spec.inputs[0].axis("y")
-    side = space.smallest_valid(crop or 256)
+
+def _crop_side(spec: Any, crop: Optional[int]) -> Tuple[int, int]:
+    """(side of the training crops, the output's halo): ``crop`` (default 256) rounded up to a
+    size the model accepts, refused if the halo leaves nothing inside it."""
+    side = spec.inputs[0].axis("y").smallest_valid(crop or 256)
     halo = max(a.halo for a in spec.outputs[0].axes)
     if 2 * halo >= side:
         raise SpecError(f"model {spec.name!r}: a {side}-pixel crop leaves nothing inside its halo of {halo}; choose a larger crop")
-    prepared = [_prepare(spec, p, targets, halo) for p in train]
-    base = instances.resolve_recipe(spec.instance_recipe)
-    base.setdefault("output", spec.outputs[0].id)
-    truths = [p.labels for p in held]
-    engine = _eval_engine(module, dev, threads)
+    return side, halo
 
-    def evaluate() -> float:
-        module.eval()
-        return score(predict_outputs(spec, engine, held), truths, base)
 
-    f1_before = evaluate()
-    best = {"f1": f1_before, "epoch": 0, "state": {k: v.detach().clone() for k, v in module.state_dict().items()}}
-    optimiser = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=learning_rate)
-    deadline = None if minutes is None else time.monotonic() + 60.0 * minutes
-    history: List[Dict[str, Any]] = []
-    stopped = "epochs"
-    steps = math.ceil(len(prepared) / batch_size)
+def held_out_f1(spec: Any, engine: Any, module: Any, held: Sequence[Pair], recipe: Dict[str, Any]) -> float:
+    """The pooled F1 of the module's objects (by ``recipe``) on the held-out pairs, predicted as
+    ``Model.predict`` would."""
+    module.eval()
+    return score(predict_outputs(spec, engine, held), [p.labels for p in held], recipe)
+
+
+@dataclass
+class TrainingRun:
+    """What the training loop did: the held-out F1 before training, the best epoch (0: the
+    parent's weights), its F1 and weights, each epoch's record and why it stopped."""
+
+    f1_before: float
+    best_f1: float
+    best_epoch: int
+    best_state: Dict[str, Any]
+    steps: int  # optimiser steps per epoch
+    history: List[Dict[str, Any]] = field(default_factory=list)
+    stopped: str = "epochs"
+    seconds: float = 0.0
+
+
+def _state(module: Any) -> Dict[str, Any]:
+    """A copy of the module's weights (the best epoch's are kept while training goes on)."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def train_loop(module: Any, targets: Targets, prepared: Sequence[Prepared], evaluate: Callable[[], float], *,
+               side: int, halo: int, epochs: int, minutes: Optional[float], batch_size: int, learning_rate: float,
+               patience: int, device: str, rng: np.random.Generator, title: str, progress: bool,
+               on_epoch: Optional[Callable[[Dict[str, Any]], None]]) -> TrainingRun:
+    """Train ``module`` with Adam on random crops of the ``prepared`` images, scoring each epoch
+    with ``evaluate`` (held-out F1) and keeping the best epoch's weights, until ``epochs``,
+    ``minutes``, ``patience`` epochs without a better F1, or Ctrl-C."""
+    import torch
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=epochs, desc=f"fine-tuning {spec.name}", unit="epoch", disable=not progress)
+    f1_before = evaluate()
+    run = TrainingRun(f1_before, f1_before, 0, _state(module), math.ceil(len(prepared) / batch_size))
+    optimiser = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=learning_rate)
+    deadline = None if minutes is None else time.monotonic() + 60.0 * minutes
+    bar = tqdm(total=epochs, desc=title, unit="epoch", disable=not progress)
     bar.set_postfix_str(f"held-out F1 {f1_before:.3f} (before)")
     t_train = time.monotonic()
     try:
         for epoch in range(1, epochs + 1):
-            module.train()
-            picks = rng.permutation(len(prepared))
-            losses = []
-            for s in range(steps):
-                chosen = [prepared[picks[(s * batch_size + b) % len(prepared)]] for b in range(batch_size)]
-                crops = [_crop(p, side, halo, rng) for p in chosen]
-                x, t, v = (torch.from_numpy(np.stack(a)).to(dev) for a in zip(*crops))
-                optimiser.zero_grad()
-                loss = targets.loss(module(x), t, v)
-                loss.backward()
-                optimiser.step()
-                losses.append(loss.item())
-                if deadline is not None and time.monotonic() > deadline:
-                    break
+            losses = _epoch(module, optimiser, targets, prepared, run.steps, batch_size, side, halo, device, rng, deadline)
             f1 = evaluate()
             record = {"epoch": epoch, "loss": round(float(np.mean(losses)), 5), "held_out_f1": round(f1, 4),
                       "seconds": round(time.monotonic() - t_train, 1)}
-            history.append(record)
-            if f1 > best["f1"]:
-                best = {"f1": f1, "epoch": epoch, "state": {k: v.detach().clone() for k, v in module.state_dict().items()}}
+            run.history.append(record)
+            if f1 > run.best_f1:
+                run.best_f1, run.best_epoch, run.best_state = f1, epoch, _state(module)
             bar.update(1)
-            bar.set_postfix_str(f"loss {record['loss']:.4f}, held-out F1 {f1:.3f} (best {best['f1']:.3f}, epoch {best['epoch']})")
+            bar.set_postfix_str(f"loss {record['loss']:.4f}, held-out F1 {f1:.3f} (best {run.best_f1:.3f}, "
+                                f"epoch {run.best_epoch})")
             if on_epoch is not None:
                 on_epoch(record)
             if deadline is not None and time.monotonic() > deadline:
-                stopped = f"time limit ({minutes:g} min)"
+                run.stopped = f"time limit ({minutes:g} min)"
                 break
-            if epoch - best["epoch"] >= patience:
-                stopped = f"early stop (no better held-out F1 for {patience} epochs)"
+            if epoch - run.best_epoch >= patience:
+                run.stopped = f"early stop (no better held-out F1 for {patience} epochs)"
                 break
     except KeyboardInterrupt:
-        stopped = "interrupted (Ctrl-C)"
-        LOGGER.warning("dlmodel: fine-tuning interrupted; packaging the best epoch (%d)", best["epoch"])
+        run.stopped = "interrupted (Ctrl-C)"
+        LOGGER.warning("dlmodel: fine-tuning interrupted; packaging the best epoch (%d)", run.best_epoch)
     finally:
         bar.close()
-    train_seconds = time.monotonic() - t_train
-    module.load_state_dict(best["state"])
-    module.eval()
+    run.seconds = time.monotonic() - t_train
+    return run
 
-    # the instance recipe, re-tuned on the held-out images with the kept weights
+
+def _epoch(module: Any, optimiser: Any, targets: Targets, prepared: Sequence[Prepared], steps: int, batch_size: int,
+           side: int, halo: int, device: str, rng: np.random.Generator, deadline: Optional[float]) -> List[float]:
+    """One pass: ``steps`` optimiser steps of ``batch_size`` crops (each image once, in a random
+    order, wrapping round to fill the last batch); the loss of each step. Stops at ``deadline``."""
+    import torch
+
+    module.train()
+    picks = rng.permutation(len(prepared))
+    losses = []
+    for s in range(steps):
+        chosen = [prepared[picks[(s * batch_size + b) % len(prepared)]] for b in range(batch_size)]
+        crops = [_crop(p, side, halo, rng) for p in chosen]
+        x, t, v = (torch.from_numpy(np.stack(a)).to(device) for a in zip(*crops))
+        optimiser.zero_grad()
+        loss = targets.loss(module(x), t, v)
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+        if deadline is not None and time.monotonic() > deadline:
+            break
+    return losses
+
+
+def tune_recipe(spec: Any, engine: Any, held: Sequence[Pair], base: Dict[str, Any],
+                targets: Targets) -> Tuple[Dict[str, Any], float]:
+    """The instance recipe re-tuned on the held-out images with the kept weights: the best of
+    :func:`recipe_grid` (the first best, so the package's own on a tie) and its F1."""
     outputs = predict_outputs(spec, engine, held)
+    truths = [p.labels for p in held]
     tried = [(score(outputs, truths, r), i, r) for i, r in enumerate(recipe_grid(base, targets))]
-    f1_after, _, recipe = max(tried, key=lambda s: (s[0], -s[1]))  # first best: the package's own on a tie
-    facts = _facts(spec, model, pairs, held, fmt, targets, epochs=len(history), best_epoch=best["epoch"],
-                   steps=steps, batch_size=batch_size, crop=side, learning_rate=learning_rate, seed=seed,
-                   stopped=stopped, f1_before=f1_before, f1_best=best["f1"], f1_after=f1_after,
-                   seconds=train_seconds, device=dev, history=history, patience=patience, minutes=minutes)
-    rdf = _write_package(spec, module, fmt, held[0], out, recipe, facts, name, overwrite)
-    facts["seconds_total"] = round(time.monotonic() - t_start, 1)
-    return FinetuneResult(rdf, facts)
+    f1, _, recipe = max(tried, key=lambda s: (s[0], -s[1]))
+    return recipe, f1
 
 
 def _facts(spec: Any, source: Any, pairs: Sequence[Pair], held: Sequence[Pair], fmt: str, targets: Targets,
-           **kw: Any) -> Dict[str, Any]:
+           run: TrainingRun, **kw: Any) -> Dict[str, Any]:
+    """The training facts the new package records (``config: dlmodel: finetune``) and its README tells."""
     import torch
 
     held_names = {p.image_path for p in held}
@@ -593,15 +679,15 @@ def _facts(spec: Any, source: Any, pairs: Sequence[Pair], held: Sequence[Pair], 
         "loss": "binary cross-entropy with logits" if targets.kind == "foreground" else
                 f"cross-entropy, class weights 1/1/{BOUNDARY_WEIGHT:g}",
         "optimiser": "Adam",
-        "epochs": kw["epochs"], "best_epoch": kw["best_epoch"], "steps_per_epoch": kw["steps"],
+        "epochs": len(run.history), "best_epoch": run.best_epoch, "steps_per_epoch": run.steps,
         "batch_size": kw["batch_size"], "crop": kw["crop"], "learning_rate": kw["learning_rate"], "seed": kw["seed"],
         "patience": kw["patience"], "minutes": kw["minutes"], "augmentation": "random crops, rotations by 90 degrees, flips",
-        "stopped": kw["stopped"],
-        "held_out_f1_before": round(kw["f1_before"], 4),
-        "held_out_f1_best_epoch": round(kw["f1_best"], 4),
+        "stopped": run.stopped,
+        "held_out_f1_before": round(run.f1_before, 4),
+        "held_out_f1_best_epoch": round(run.best_f1, 4),
         "held_out_f1_after": round(kw["f1_after"], 4),
-        "seconds": round(kw["seconds"], 1), "device": kw["device"], "torch": torch.__version__,
-        "history": kw["history"],
+        "seconds": round(run.seconds, 1), "device": kw["device"], "torch": torch.__version__,
+        "history": run.history,
     }
 
 
