@@ -111,11 +111,12 @@ test-cp4: setup cp4-setup
 # constraints.txt as .venv (it pins no numpy); the tests are those of the core that need no CellProfiler.
 NP2_VENV := .venv-np2
 # every engine, processing, tiling, instances, the families (StarDist's NMS), deepImageJ's macros,
-# the default model, bioimageio.core's outputs, the worker and packaging: about 3 minutes. Tests of
+# the default model, bioimageio.core's outputs, the worker, packaging and the docstrings' examples
+# (numpy 2 prints scalars differently): about 3 minutes. Tests of
 # Cellpose and CellProfiler skip here (Cellpose 3 needs numpy < 2.1: not installed here).
 NP2_TESTS := $(addprefix tests/test_,api.py tiling.py processing.py instances.py engines.py spec_v0_4.py \
 	hostile_numbers.py plates.py families.py deepimagej.py deepimagej_packages.py default_model.py \
-	nuclei_model.py confidence.py worker.py packaging.py)
+	nuclei_model.py confidence.py worker.py protocol.py packaging.py) src/dlmodel
 
 np2-setup: $(NP2_VENV)/.installed
 
