@@ -977,3 +977,27 @@ def test_pipelines_saved_by_one_version_load_in_the_other(tmp_path, pipeline):
     assert [m for m, _ in in4[0]] == [m for m, _ in in4[1]] == [m for m, _ in in5[0]]
     misread = [m for (m, a), (_, b) in zip(*in4) if a != b]
     assert misread == (["Metadata"] if pipeline == "plate_screen.cppipe" else [])
+
+
+def test_fastest_engine_says_which_engine_ran_and_why(tmp_path):
+    """RunDLModel's Engine: Fastest in a headless run: the core measures once (the cache is
+    CellProfiler's process's), and DLModel_Engine gives the engine with the reason."""
+    if ENGINE_PYTHON:
+        pytest.skip("with a Python environment the measurement happens in the worker (see docs/cellprofiler.md)")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for p in sorted((DSB_VAL / "images").glob("*.tif"))[:2]:
+        shutil.copy(p, folder)
+    pipeline = tmp_path / "fastest.cppipe"
+    text = pipeline_file("nuclei.cppipe", CP4).read_text()
+    assert "Engine:Automatic" in text
+    pipeline.write_text(text.replace("Engine:Automatic", "Engine:Fastest"))
+    env = {**os.environ, "DLMODEL_CACHE": str(tmp_path / "cache")}
+    res = run_cellprofiler(pipeline, folder, tmp_path / "out", env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = read_csv(tmp_path / "out" / "Image.csv")
+    assert len(rows) == 2
+    for r in rows:
+        engine = r["DLModel_Engine_Nuclei"]
+        assert engine.startswith(("onnx (fastest: ", "torchscript (fastest: ")) and "measured" in engine, engine
+    assert (tmp_path / "cache" / "fastest.json").is_file()
