@@ -485,8 +485,10 @@ def load(
     Every file the rdf names is checked against its sha256 before use.
 
     Args:
-        engine: ``auto`` (the fastest installed format on the device), or ``onnx``,
-            ``torchscript``, ``pytorch``, ``tensorflow``, ``keras`` (or a spec weight format name).
+        engine: ``auto`` (the first installed format in ``engines.AUTO_ORDER`` for the device),
+            ``fastest`` (each installed engine tested and timed on the first image's tile, the
+            choice remembered: :mod:`dlmodel.fastest`), or ``onnx``, ``torchscript``, ``pytorch``,
+            ``tensorflow``, ``keras`` (or a spec weight format name).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         threads: engine threads (default: ``DLMODEL_THREADS`` or all cores of this process).
         trust: run code shipped in the package (a PyTorch architecture file, custom
