@@ -113,7 +113,7 @@ def test_spec_stardist_postprocessing_op_matches_bioimageio_core(stardist_op_pac
     model = dlmodel.load(rdf)
     report = model.test()
     assert report.ok, report.summary()
-    assert model.instance_recipe == {"method": "labels", "output": "output", "fill_holes": False}
+    assert model.instance_recipe == {"method": "labels", "output": "output", "min_size": 0, "fill_holes": False}
     assert model.makes_objects
 
 
@@ -398,3 +398,23 @@ def test_stardist_3d_exporter_package_makes_polyhedra_by_stardist():
     theirs = polyhedron_to_label(dist, points, rays=rays, prob=prob, shape=volume.shape, verbose=False)
     assert ours.shape == volume.shape and ours.max() == len(np.unique(theirs)) - 1 > 0
     np.testing.assert_array_equal(ours > 0, theirs > 0)
+
+
+def test_the_family_registry_is_every_module_of_the_package():
+    """A family is one module of dlmodel.families: the registry finds it, and its methods and label
+    ops reach instances, processing and api through it (an op that makes labels always runs on the
+    whole output: no object is cut at a tile seam)."""
+    import pkgutil
+    import types
+
+    from dlmodel import families, processing
+
+    names = {m.name for m in pkgutil.iter_modules(families.__path__) if not m.name.startswith("_")}
+    assert set(families.registry()) == names == {"stardist", "cellpose", "deepimagej"}
+    for module in families.registry().values():
+        assert isinstance(module.METHODS, tuple) and isinstance(module.LABEL_OPS, tuple)
+        for op in module.LABEL_OPS:
+            assert processing.needs_statistics(types.SimpleNamespace(id=op)), op
+    assert families.methods()["stardist"] is families.registry()["stardist"]
+    assert set(families.label_ops()) == {"stardist_postprocessing", "cellpose_flow_dynamics"}
+    assert list(families.registry())[-1] == "deepimagej"  # exporters' own configs before macros

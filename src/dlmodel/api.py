@@ -58,9 +58,9 @@ class Model:
         self.threads = threads
         self._engines: Dict[str, engines.Engine] = {}
         self._engine_lock = threading.Lock()
-        from .families import deepimagej
+        from . import families
 
-        self.left_out = deepimagej.unrecognised(spec)  # package steps dlmodel does not run: warned once
+        self.left_out = families.left_out(spec)  # package steps dlmodel does not run: warned once
         self._warned = False
         if not self.fastest:  # "fastest" loads and tests every engine at the first image, and skips one that fails
             self._engine(self.weights_format)  # load now: a broken package fails here, not at the first image
@@ -264,7 +264,7 @@ class Model:
         from . import families
 
         recipe = self.instance_recipe or {}
-        return recipe.get("method") in families.METHODS or (
+        return recipe.get("method") in families.methods() or (
             recipe.get("method") == "labels" and families.package_recipe(self.spec) is not None)
 
     def labels(self, prediction: "Prediction", method: str = "auto", output: Optional[str] = None,

@@ -390,7 +390,7 @@ def _family(recipe: Optional[Mapping[str, Any]]) -> Optional[str]:
     from . import families
 
     method = (recipe or {}).get("method")
-    return method if method in families.METHODS else None
+    return method if method in families.methods() else None
 
 
 def compared_channels(spec: Any, output_id: str, recipe: Optional[Mapping[str, Any]]) -> Optional[List[int]]:

@@ -170,7 +170,7 @@ def from_recipe(output: np.ndarray, axes: str, recipe: Mapping[str, Any]) -> np.
     from . import families
 
     method = recipe.get("method", DEFAULT_RECIPE["method"])
-    if method in families.METHODS:  # StarDist, Cellpose, ...: the family's own step, then the user's finishing
+    if method in families.methods():  # StarDist, Cellpose, ...: the family's own step, then the user's finishing
         labels = families.labels(output, axes, recipe)
         return _finish(labels, *(recipe.get(k, v) for k, v in FAMILY_FINISHING.items()))
     unknown = set(recipe) - RECIPE_KEYS

@@ -40,14 +40,17 @@ class Fitted:
         return x
 
 
-# Ops whose result depends on a whole tensor (statistics), on every output (custom code), or
-# that make objects from a whole output (a family's step: no object cut at a tile seam).
-_STAT_OPS = {"zero_mean_unit_variance", "scale_range", "scale_mean_variance", "custom", "stardist_postprocessing",
-             "cellpose_flow_dynamics"}
+# Ops whose result depends on a whole tensor (statistics) or on every output (custom code); a
+# family's op that makes objects (dlmodel.families.label_ops) also runs on the whole output, so
+# that no object is cut at a tile seam.
+_STAT_OPS = {"zero_mean_unit_variance", "scale_range", "scale_mean_variance", "custom"}
 
 
 def needs_statistics(op: Any) -> bool:
-    if op.id in _STAT_OPS:
+    """Whether an op must see a whole tensor (so runs once, not per tile)."""
+    from . import families
+
+    if op.id in _STAT_OPS or op.id in families.label_ops():
         return True
     if op.id == "clip":
         return op.kwargs.min_percentile is not None or op.kwargs.max_percentile is not None
@@ -212,9 +215,9 @@ def fit_op(
 
     if kind == "custom" and custom is not None:
         return _custom(op, custom)
-    if kind in ("stardist_postprocessing", "cellpose_flow_dynamics"):
-        from . import families
+    from . import families
 
+    if kind in families.label_ops():
         return _with_stats(lambda t: families.op_labels(op, t, list(axis_ids)))
     raise SpecError(
         f"processing op {kind!r} is not supported by dlmodel"

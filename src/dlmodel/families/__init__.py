@@ -16,11 +16,20 @@ post-processing macro) makes the objects. Each family is one module here with:
 
 The families' libraries (``stardist``, ``cellpose``) are optional extras, imported only when a
 step runs; without one, the step fails with one line naming ``pip install 'dlmodel[...]'``.
+
+The registry: every module (or package) in this folder is a family, found by :func:`registry`.
+Besides the functions above each declares ``METHODS`` (the recipe methods it makes objects by),
+``LABEL_OPS`` (the spec 0.5 ops it runs), ``PRECEDENCE`` (which family's recipe wins when a
+package carries two: exporters' own configs before macros) and, where it has any,
+``left_out(spec)`` (the package's steps it recognises but does not run). Callers ask here (:func:`methods`, :func:`label_ops`,
+:func:`left_out`), never a family by name: a new family is one new module.
 """
 from __future__ import annotations
 
+import functools
 import importlib
-from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence
+import pkgutil
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -29,15 +38,28 @@ from ..errors import EngineError, SpecError
 if TYPE_CHECKING:
     from ..spec import ModelSpec
 
-# recipe method -> family module (relative to this package)
-METHODS = {"stardist": "stardist", "cellpose": "cellpose", "deepimagej": "deepimagej"}
+@functools.lru_cache(maxsize=None)
+def registry() -> Dict[str, Any]:
+    """Every family module of this package by name, in order of ``PRECEDENCE`` (imported on first
+    use: they import numpy only, their libraries when a step runs)."""
+    found = [importlib.import_module(f"{__name__}.{m.name}") for m in pkgutil.iter_modules(__path__)
+             if not m.name.startswith("_")]
+    return {m.__name__.rsplit(".", 1)[1]: m for m in sorted(found, key=lambda m: (m.PRECEDENCE, m.__name__))}
 
-# spec 0.5 post-processing ops that make labels, and the family that runs each
-LABEL_OPS = {"stardist_postprocessing": "stardist", "cellpose_flow_dynamics": "cellpose"}
+
+def methods() -> Dict[str, Any]:
+    """Recipe method -> the family module that makes objects by it."""
+    return {method: m for m in registry().values() for method in m.METHODS}
 
 
-def _module(name: str) -> Any:
-    return importlib.import_module(f"{__name__}.{name}")
+def label_ops() -> Dict[str, Any]:
+    """Spec 0.5 post-processing op that makes labels -> the family module that runs it."""
+    return {op: m for m in registry().values() for op in m.LABEL_OPS}
+
+
+def left_out(spec: "ModelSpec") -> List[str]:
+    """The package's steps that a family recognises and dlmodel does not run (warned once)."""
+    return [note for m in registry().values() if hasattr(m, "left_out") for note in m.left_out(spec)]
 
 
 def package_recipe(spec: "ModelSpec") -> Optional[Dict[str, Any]]:
@@ -46,11 +68,13 @@ def package_recipe(spec: "ModelSpec") -> Optional[Dict[str, Any]]:
     An output whose rdf post-processing already makes labels (a spec 0.5 StarDist or Cellpose
     op) is used as it is (method ``labels``); else the first family whose exporter's config is
     in the package."""
+    ops = label_ops()
     for o in spec.outputs:
-        if any(getattr(op, "id", None) in LABEL_OPS for op in o.postprocessing):
-            return {"method": "labels", "output": o.id, "fill_holes": False}
-    for name in dict.fromkeys(METHODS.values()):
-        recipe = _module(name).recipe(spec)
+        if any(getattr(op, "id", None) in ops for op in o.postprocessing):
+            # the op's objects as they are: none dropped, none filled (a family's step is whole)
+            return {"method": "labels", "output": o.id, "min_size": 0, "fill_holes": False}
+    for family in registry().values():
+        recipe = family.recipe(spec)
         if recipe is not None:
             return recipe
     return None
@@ -62,15 +86,15 @@ def complete(spec: "ModelSpec") -> "ModelSpec":
     for each thing dlmodel adds to or leaves out of the rdf (``spec.notes``)."""
     import dataclasses
 
-    for name in dict.fromkeys(METHODS.values()):
-        spec = _module(name).complete(spec)
+    for family in registry().values():
+        spec = family.complete(spec)
     return dataclasses.replace(spec, family_recipe=package_recipe(spec))
 
 
 def labels(output: np.ndarray, axes: str, recipe: Mapping[str, Any]) -> np.ndarray:
     """Objects from one whole output (axes letters, e.g. ``yxc``) by a family's recipe; axes
     other than channel and space (``t``, say) are looped over."""
-    family = _module(METHODS[recipe["method"]])
+    family = methods()[recipe["method"]]
     own = [i for i, a in enumerate(axes) if a not in "czyx"]
     if not own:
         return family.labels(output, axes, recipe)
@@ -82,15 +106,14 @@ def labels(output: np.ndarray, axes: str, recipe: Mapping[str, Any]) -> np.ndarr
 
 def describe(recipe: Optional[Mapping[str, Any]]) -> Optional[str]:
     """One line on a family's instance step, or None for a recipe that is not a family's."""
-    if not recipe or recipe.get("method") not in METHODS:
-        return None
-    return _module(METHODS[recipe["method"]]).describe(recipe)
+    family = methods().get((recipe or {}).get("method"))
+    return family.describe(recipe) if family is not None else None
 
 
 def op_labels(op: Any, x: np.ndarray, axis_ids: Sequence[str]) -> np.ndarray:
     """A spec 0.5 label-making post-processing op on a whole output tensor (its own axis ids,
     batch included): labels with the same axes, one channel."""
-    return _module(LABEL_OPS[op.id]).op_labels(op, x, axis_ids)
+    return label_ops()[op.id].op_labels(op, x, axis_ids)
 
 
 def number(value: Any, what: str, lo: Optional[float] = None, hi: Optional[float] = None,

@@ -16,6 +16,12 @@ import numpy as np
 
 from ..errors import SpecError
 
+# the family registry (dlmodel.families): its recipe method, its spec 0.5 op, and its export
+# (recognised by its own flow output) before macros
+METHODS = ("cellpose",)
+LABEL_OPS = ("cellpose_flow_dynamics",)
+PRECEDENCE = 0
+
 if TYPE_CHECKING:
     from ..spec import ModelSpec
 

@@ -28,6 +28,12 @@ import numpy as np
 from ..errors import EngineError, SpecError, one_line
 from . import number
 
+# the family registry (dlmodel.families): its recipe method, its spec 0.5 op, and its config
+# (written by StarDist's own exporter) before macros
+METHODS = ("stardist",)
+LABEL_OPS = ("stardist_postprocessing",)
+PRECEDENCE = 0
+
 if TYPE_CHECKING:
     from ..spec import ModelSpec
 

@@ -24,5 +24,12 @@ from .macros import MacroStep, macro_steps, read_macro, recognise, step_from_tex
 from .resize import stardist_inputs
 from .watershed import distance_transform_watershed
 
-__all__ = ["MacroStep", "complete", "describe", "distance_transform_watershed", "ij_str", "labels", "macro_steps",
-           "read_macro", "recipe", "recognise", "stardist_inputs", "step_from_text", "unrecognised"]
+# the family registry (dlmodel.families): its recipe method, no spec 0.5 op, after the
+# exporters' own configs, and the macros it recognises but does not run
+METHODS = ("deepimagej",)
+LABEL_OPS = ()
+PRECEDENCE = 1
+left_out = unrecognised
+
+__all__ = ["LABEL_OPS", "METHODS", "MacroStep", "PRECEDENCE", "complete", "describe", "distance_transform_watershed", "ij_str", "labels", "macro_steps",
+           "read_macro", "recipe", "recognise", "stardist_inputs", "step_from_text", "unrecognised", "left_out"]
