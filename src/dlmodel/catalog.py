@@ -313,12 +313,13 @@ def _letter(axis: Any) -> str:
 
 
 def _family(descr: Any, tags: Sequence[str]) -> str:
-    from .families import LABEL_OPS
+    from . import families
 
+    ops = {op: name for name, module in families.registry().items() for op in module.LABEL_OPS}
     for t in list(descr.outputs):
         for op in getattr(t, "postprocessing", None) or []:
-            if getattr(op, "id", None) in LABEL_OPS:
-                return LABEL_OPS[op.id]
+            if getattr(op, "id", None) in ops:
+                return ops[op.id]
     config = getattr(descr, "config", None)
     keys = set(config) if isinstance(config, Mapping) else {
         *(getattr(config, "model_extra", None) or {}),
