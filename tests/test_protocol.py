@@ -77,3 +77,15 @@ def test_every_method_is_reachable_through_the_worker(tmp_path):
         assert calls[name](), name
     assert (there.local, there.instance_recipe, there.makes_objects) == (here.local, here.instance_recipe,
                                                                         here.makes_objects)
+
+
+def test_fastest_in_a_worker_says_which_engine_ran_and_why():
+    """engine="fastest" measures in the worker at the first image; the proxy then reports the engine
+    that ran and why, as RunDLModel's DLModel_Engine shows it in this process."""
+    from dlmodel import engines
+
+    image = tifffile.imread(IMAGE)[:256, :256]
+    there = dlmodel.load(MODEL, engine="fastest", python=sys.executable)
+    there.predict(image, axes="yx")
+    text = engines.engine_text(there)
+    assert text.startswith(there.weights_format) and "fastest" in text, text

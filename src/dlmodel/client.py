@@ -372,6 +372,7 @@ class RemoteModel:
         self._generation = 0
         self.seconds = 0.0
         self.worker_seconds = 0.0  # the last predict's or labels' own time in the worker
+        self.engine_choice: Optional[SimpleNamespace] = None  # why the worker's engine="fastest" chose its engine
         self._load()
 
     @property
@@ -408,11 +409,18 @@ class RemoteModel:
                                      "running")
         with _reading(self.worker, f"running model {self.spec.name!r}"):
             self.worker_seconds = float(result["seconds"])  # the model's own time in the worker (benchmarks/worker.py)
+            self._engine_ran(result)
             # views on the lent buffer: it stays lent (and its name valid for labels()) while any lives
             pred = Prediction({str(k): wire.view(r, out) for k, r in dict(result["arrays"]).items()},
                               result["axes"], None, result.get("space"))
             pred._refs = result["arrays"]  # type: ignore[attr-defined]
         return pred
+
+    def _engine_ran(self, result: Mapping[str, Any]) -> None:
+        """The engine the worker ran (engine="fastest" picks it at the first image) and why."""
+        self.weights_format = str(result.get("weights_format") or self.weights_format)
+        reason = result.get("engine_reason")
+        self.engine_choice = SimpleNamespace(reason=reason) if reason else None
 
     def _lend(self, arrays: Mapping[str, np.ndarray], name: str) -> Dict[str, Any]:
         """The arrays copied into one lent shared buffer; their references by id, for a request.
@@ -464,6 +472,7 @@ class RemoteModel:
                                       "options": options.to_wire()}, "measuring the confidence of")
         with _reading(self.worker, f"measuring the confidence of model {self.spec.name!r}"):
             self.worker_seconds = float(result["seconds"])
+            self._engine_ran(result)
             found = dict(result["arrays"])
             outputs = {k[len("output:"):]: r for k, r in found.items() if k.startswith("output:")}
             pred = Prediction({k: wire.view(r, out) for k, r in outputs.items()}, result["axes"], None, result.get("space"))

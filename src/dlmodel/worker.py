@@ -128,7 +128,7 @@ class Server:
         pred = model.predict(inputs, axes=msg.get("axes"), **RunOptions.from_wire(msg["options"]).kwargs())
         seconds = time.perf_counter() - t0
         del inputs
-        self.reply_arrays(pred, {"axes": pred.axes, "space": pred.space, "seconds": seconds})
+        self.reply_arrays(pred, {"axes": pred.axes, "space": pred.space, "seconds": seconds, **_engine_ran(model)})
 
     def op_labels(self, msg: Mapping[str, Any]) -> None:
         from .api import Prediction
@@ -157,7 +157,7 @@ class Server:
         if c.labels is not None:
             arrays["labels"] = c.labels
         self.reply_arrays(arrays, {"confidence": c.to_dict(), "axes": c.prediction.axes, "space": c.prediction.space,
-                                   "seconds": seconds})
+                                   "seconds": seconds, **_engine_ran(model)})
 
     def op_test(self, msg: Mapping[str, Any]) -> Dict[str, Any]:
         report = self._model(msg).test(msg.get("weights_format"))
@@ -195,6 +195,12 @@ class Server:
         "predict": op_predict, "labels": op_labels, "confidence": op_confidence, "test": op_test, "info": op_info,
         "check_file_fits": op_check_file_fits, "unload": op_unload,
     }
+
+
+def _engine_ran(model: Any) -> Dict[str, Any]:
+    """Which engine ran, and why (engine="fastest" measures at the first image, in the worker)."""
+    choice = getattr(model, "engine_choice", None)
+    return {"weights_format": model.weights_format, "engine_reason": choice.reason if choice is not None else None}
 
 
 def facts(spec: Any) -> Dict[str, Any]:
