@@ -202,23 +202,15 @@ def well_table(object_rows: Sequence[dict], wells: Sequence[Tuple[str, str, int]
                measure_cols: Sequence[str]) -> Dict[Tuple[str, str, int], dict]:
     """Per well (plate, row, column): object count, mean area and the mean of each measurement
     column over the objects that have a value (as CellProfiler's per-image means); NaN where no
-    object has one. The one place per-well means are made."""
-    by_well: Dict[Tuple[str, str, int], List[dict]] = defaultdict(list)
-    for o in object_rows:  # one pass over the objects, not one per well
-        by_well[(o["plate"], o["row"], int(o["column"]))].append(o)
+    object has one (by :func:`dlmodel.plates.well_means`, the one per-well aggregator)."""
+    present = [c for c in measure_cols if not object_rows or c in object_rows[0]]
+    means = plates.well_means(object_rows, lambda o: (o["plate"], o["row"], int(o["column"])), ["area", *present])
     table: Dict[Tuple[str, str, int], dict] = {}
     for key in wells:
-        objs = by_well[key]
-        table[key] = {"plate": key[0], "row": key[1], "column": key[2], "count": len(objs),
-                      "mean_area": _finite_mean([o["area"] for o in objs]),
-                      **{c: _finite_mean([o[c] for o in objs]) for c in measure_cols if not objs or c in objs[0]}}
+        m = means.get(key, {"rows": 0})
+        table[key] = {"plate": key[0], "row": key[1], "column": key[2], "count": m["rows"],
+                      "mean_area": m.get("area", math.nan), **{c: m.get(c, math.nan) for c in present}}
     return table
-
-
-def _finite_mean(values: Sequence[Any]) -> float:
-    a = np.asarray(values, dtype=np.float64)
-    a = a[np.isfinite(a)]
-    return float(a.mean()) if a.size else float("nan")
 
 
 def _add_quality(wells: Dict[Tuple[str, str, int], dict], image_rows: Sequence[dict], thresholds: qc.Thresholds) -> None:
@@ -229,10 +221,11 @@ def _add_quality(wells: Dict[Tuple[str, str, int], dict], image_rows: Sequence[d
     for key, w in wells.items():
         for col in sorted({c for r in by_well[key] for c in r if c.startswith(("sharpness_", "saturation_"))}):
             vals = [r[col] for r in by_well[key] if col in r]
-            w[col] = _finite_mean(vals) if col.startswith("sharpness_") else float(np.nanmax(np.asarray(vals, dtype=np.float64)))
+            w[col] = (plates.finite_mean(vals) if col.startswith("sharpness_")
+                      else float(np.nanmax(np.asarray(vals, dtype=np.float64))))
         for col in CONFIDENCE_COLUMNS:  # a well's confidence: the mean of its sites'
             if any(col in r for r in by_well[key]):
-                w[col] = _finite_mean([r.get(col, math.nan) for r in by_well[key]])
+                w[col] = plates.finite_mean([r.get(col, math.nan) for r in by_well[key]])
     for key, found in qc.flags(wells, thresholds=thresholds).items():
         wells[key]["flags"] = "; ".join(found)
 

@@ -6,7 +6,7 @@ import functools
 import os
 import string
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Hashable, Iterable, List, Mapping, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -14,6 +14,48 @@ from .errors import DLModelError
 
 PathLike = Union[str, os.PathLike]
 PLATE_SHAPES = ((8, 12), (16, 24), (32, 48))  # 96, 384, 1536 wells
+
+
+def _number(value: Any) -> float:
+    """A table's value as a float; blank or unreadable text is NaN (as CellProfiler writes them)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def finite_mean(values: Iterable[Any]) -> float:
+    """The mean of the finite numbers among ``values``; NaN where there is none.
+
+    >>> finite_mean([1, "3", "", float("inf"), None])
+    2.0
+    """
+    a = np.array([_number(v) for v in values], dtype=np.float64)
+    a = a[np.isfinite(a)]
+    return float(a.mean()) if a.size else float("nan")
+
+
+def well_means(rows: Iterable[Mapping[str, Any]], well: Callable[[Mapping[str, Any]], Hashable],
+               columns: Sequence[str]) -> Dict[Hashable, Dict[str, Any]]:
+    """Per well, the number of rows and the mean of each column over the rows (images, sites or
+    objects) that have a finite number in it, NaN where none does: the one per-well aggregator of
+    ``dlmodel plate`` (objects per well), ``dlmodel heatmap`` (images per well) and the QC columns.
+    ``well(row)`` names a row's well; a row for which it raises ValueError (an image set that
+    failed) is left out. Wells come in the order first seen.
+
+    >>> rows = [{"w": "A1", "x": 1}, {"w": "A1", "x": "3"}, {"w": "B2", "x": ""}]
+    >>> well_means(rows, lambda r: r["w"], ["x"])
+    {'A1': {'rows': 2, 'x': 2.0}, 'B2': {'rows': 1, 'x': nan}}
+    """
+    by_well: Dict[Hashable, List[Mapping[str, Any]]] = {}
+    for r in rows:  # one pass over the rows, not one per well
+        try:
+            key = well(r)
+        except ValueError:
+            continue
+        by_well.setdefault(key, []).append(r)
+    return {key: {"rows": len(found), **{c: finite_mean(r.get(c) for r in found) for c in columns}}
+            for key, found in by_well.items()}
 
 
 def well_values(table: PathLike, measures: Sequence[str], row: str = "Metadata_Row",
@@ -29,16 +71,10 @@ def well_values(table: PathLike, measures: Sequence[str], row: str = "Metadata_R
     missing = [m for m in (row, column, *measures) if m not in rows[0]]
     if missing:
         raise DLModelError(f"{table} has no column {missing[0]!r} (columns: {', '.join(list(rows[0])[:12])}, ...)")
-    sums: Dict[Tuple[str, int], Dict[str, List[float]]] = {}
-    for r in rows:
-        try:
-            key = (r[row].strip().upper(), int(float(r[column])))
-        except ValueError:
-            continue  # an image set that failed has no well values
-        for m in measures:
-            if r[m] not in ("", "nan", "NaN"):
-                sums.setdefault(key, {}).setdefault(m, []).append(float(r[m]))
-    return {k: {m: float(np.mean(v)) for m, v in d.items()} for k, d in sums.items()}
+    means = well_means(rows, lambda r: (r[row].strip().upper(), int(float(r[column]))), measures)
+    # a well, and a measure of it, only where an image had a number
+    values = {k: {m: v for m, v in d.items() if m != "rows" and np.isfinite(v)} for k, d in means.items()}
+    return {k: d for k, d in values.items() if d}
 
 
 def row_index(row: str) -> int:
