@@ -3,6 +3,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -82,3 +83,27 @@ def test_tiles_start_a_whole_number_of_size_steps_apart():
     for p in plan.axis_plans:
         assert len(p.tiles) > 2
         assert {(t.start + p.margin) % step for t in p.tiles} == {0}
+
+
+def test_check_file_fits_and_predict_share_one_plan(tmp_path, monkeypatch):
+    """One plan per image: the header check before reading a file and the prediction after it plan
+    once between them (tiling.make_plan remembers plans by package and input shapes)."""
+    import tifffile
+
+    import dlmodel
+    from dlmodel import tiling
+
+    model = dlmodel.load(ROOT / "models" / "nuclei_default")
+    image = np.random.default_rng(1).integers(0, 4000, (300, 280), dtype=np.uint16)
+    path = tmp_path / "a.tif"
+    tifffile.imwrite(path, image)
+    made = []
+    real = tiling.plan_axis
+    monkeypatch.setattr(tiling, "plan_axis", lambda *a, **k: made.append(a[0]) or real(*a, **k))
+    model.check_file_fits(path, axes="yx", tile=128)
+    first = len(made)
+    assert first > 0
+    model.predict(image, axes="yx", tile=128)
+    assert len(made) == first, "predict planned the image again"
+    model.predict(image[:200], axes="yx", tile=128)
+    assert len(made) > first  # another shape is another plan

@@ -22,9 +22,11 @@ Coordinates are input pixels of the whole image; a tile may start before 0 or en
 """
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import math
+import threading
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -305,6 +307,15 @@ def make_plan(
     context padded around it, so it differs from tiled output only by seams, if any).
     ``use_halo=False`` gives no context and crops nothing: the package's test tensors run so.
     ``as_given``: one tile of exactly the input's size, even one the rdf does not declare."""
+    # a plan depends on the package and the input shapes only: one per image, whether the file's
+    # header is checked before reading it (Model.check_file_fits) and then predicted, or not
+    key = (id(spec), tuple((k, np.shape(v)) for k, v in sorted(inputs.items())), _hashable(tile), batch_size,
+           max_tile_pixels, use_halo, as_given)
+    with _PLANS_LOCK:
+        kept = _PLANS.get(key)
+        if kept is not None and kept[0] is spec:  # the entry holds its spec: its id is not reused meanwhile
+            _PLANS.move_to_end(key)
+            return kept[1]
     whole = tile is False or as_given
     axes = tiled_axes(spec, inputs, whole, use_halo)
     sizes = {a.id: a.length for a in axes} if as_given else _tile_sizes(axes, None if whole else tile, max_tile_pixels)
@@ -312,7 +323,25 @@ def make_plan(
     tiles = tuple(cover(plans))
     bmax = _max_batch(spec)
     bs = max(1, min(batch_size or 1, bmax, len(tiles)))
-    return Plan(axes, plans, tiles, bs)
+    plan = Plan(axes, plans, tiles, bs)
+    with _PLANS_LOCK:
+        _PLANS[key] = (spec, plan)
+        while len(_PLANS) > _PLANS_KEPT:
+            _PLANS.popitem(last=False)
+    return plan
+
+
+_PLANS: "collections.OrderedDict[tuple, Tuple[ModelSpec, Plan]]" = collections.OrderedDict()
+_PLANS_KEPT = 32  # the last images' shapes: a screen's images share one or a few
+_PLANS_LOCK = threading.Lock()
+
+
+def _hashable(tile: TileArg) -> Any:
+    if isinstance(tile, Mapping):
+        return tuple(sorted((str(k), v) for k, v in tile.items()))
+    if isinstance(tile, (list, tuple)):
+        return tuple(tile)
+    return tile
 
 
 def plan_checked(
