@@ -13,8 +13,8 @@ from . import axes as axes_mod
 from . import engines, processing
 from .errors import DLModelError, EngineError, InputError
 from .package import open_spec
-from .prediction import run_sample
-from .tiling import DEFAULT_TILE_PIXELS, TileArg, check_options, plan_checked
+from .prediction import run_plan
+from .tiling import DEFAULT_TILE_PIXELS, TileArg, check_options, plan_checked, plan_for_engine
 from .results import OutputCheck, Prediction, TestReport
 from .spec import ModelSpec, Tensor
 from .trust import DOWNLOAD, FOLDER, Gate, TrustError
@@ -156,10 +156,9 @@ class Model:
 
                 self.engine_choice = fastest.choose(self, sample, tile, max_tile_pixels)
                 self.weights_format, self._fastest_for = self.engine_choice.weights_format, (sample[first].shape, tile, max_tile_pixels)
-            outs, plan = run_sample(
-                self.spec, self.engine, sample, tile=tile, batch_size=batch_size,
-                pad_mode=pad_mode, max_tile_pixels=max_tile_pixels, gate=self.gate, name=name,
-            )
+            engine = self.engine
+            plan = plan_for_engine(self.spec, sample, engine.asynchronous, tile, batch_size, max_tile_pixels, name=name)
+            outs = run_plan(self.spec, engine, sample, plan, pad_mode, self.gate)
             for oid, arr in outs.items():
                 results[oid].append(arr)
         final, out_axes = self._restack(results, loop, loop_shape, given)
@@ -344,13 +343,13 @@ class Model:
                 # some exporters write a test input below the minimum their rdf declares (a 3D StarDist
                 # export): run it as given, as bioimageio.core does, where the network takes it
                 try:
-                    outs, _ = run_sample(self.spec, engine, inputs, use_halo=False, gate=self.gate, as_given=True)
+                    outs = self._run_test(engine, inputs, as_given=True)
                     report.note = (f"the test input has {undeclared}, a size the rdf does not declare: run as given, "
                                    "unpadded")
                 except DLModelError as e:  # the network needs a declared size: padded as any image is
                     LOGGER.info("dlmodel: test input of %r as given: %s; padded instead", self.spec.name, e)
             if outs is None:
-                outs, _ = run_sample(self.spec, engine, inputs, tile=False, use_halo=False, gate=self.gate)
+                outs = self._run_test(engine, inputs, tile=False)
             for o in self.spec.outputs:
                 if o.test_tensor is None:
                     raise DLModelError(f"output {o.id!r} has no test tensor in the rdf")
@@ -363,6 +362,11 @@ class Model:
         return report
 
     # ------------------------------------------------------------------ info
+    def _run_test(self, engine: engines.Engine, inputs: Mapping[str, np.ndarray], **how: Any) -> Dict[str, np.ndarray]:
+        """The package's test input through ``engine`` with no halo (as its test outputs were made)."""
+        plan = plan_for_engine(self.spec, inputs, engine.asynchronous, use_halo=False, name="test input", **how)
+        return run_plan(self.spec, engine, inputs, plan, gate=self.gate)
+
     def info(self) -> Dict[str, Any]:
         """Name, id, version, authors, licence, citation, tensors and available engines."""
         return {**describe(self.spec), "source": self.origin, "engine": self.weights_format, "device": self.device,

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, 
 import numpy as np
 
 from . import processing, tiling
-from .tiling import DEFAULT_TILE_PIXELS, GPU_BATCH, Plan, TileArg, plan_checked
+from .tiling import Plan
 from .engines import Engine
 from .errors import EngineError, InputError
 from .spec import ModelSpec, Tensor
@@ -58,26 +58,19 @@ def _extract(arr: np.ndarray, tensor: Tensor, tile: tiling.Tile, mode: str, valu
     return region
 
 
-def run_sample(
+def run_plan(
     spec: ModelSpec,
     engine: Engine,
     inputs: Mapping[str, np.ndarray],
-    tile: TileArg = None,
-    batch_size: Optional[int] = None,
+    plan: Plan,
     pad_mode: Optional[str] = None,
-    max_tile_pixels: int = DEFAULT_TILE_PIXELS,
-    use_halo: bool = True,
     gate: Optional["Gate"] = None,
-    name: str = "image",
-    as_given: bool = False,
-) -> Tuple[Dict[str, np.ndarray], Plan]:
-    """Predict one sample; ``inputs`` and the returned outputs are in model layout (batch 1).
+) -> Dict[str, np.ndarray]:
+    """Predict one sample by its plan (:func:`dlmodel.tiling.plan_for_engine`); ``inputs`` and
+    the returned outputs are in model layout (batch 1).
 
     ``gate``: consent for code the package brings (``custom`` post-processing); without one,
-    such code is not run. ``as_given``: the input at its own size, unpadded (see :func:`make_plan`)."""
-    gpu_default = batch_size is None and engine.asynchronous
-    plan = plan_checked(spec, inputs, tile, GPU_BATCH if gpu_default else batch_size, max_tile_pixels, use_halo,
-                        name, retry_one=gpu_default, as_given=as_given)
+    such code is not run."""
     prepared, pre = fit_preprocessing(spec, inputs, [a.id for a in plan.axes])
     per_tile = not any(m.stage == "postprocess" for m in spec.macros) and all(
         not any(processing.needs_statistics(op) for op in o.postprocessing) for o in spec.outputs)
@@ -86,7 +79,7 @@ def run_sample(
     outputs = run_tiles(spec, engine, plan, prepared, pre, post, pad_mode)
     if not per_tile:
         outputs = whole_postprocessing(spec, outputs, inputs, gate)
-    return outputs, plan
+    return outputs
 
 
 def fit_preprocessing(

@@ -367,6 +367,19 @@ def plan_checked(
     return plan
 
 
+def plan_for_engine(
+    spec: ModelSpec, inputs: Mapping[str, np.ndarray], asynchronous: bool, tile: TileArg = None,
+    batch_size: Optional[int] = None, max_tile_pixels: int = DEFAULT_TILE_PIXELS, use_halo: bool = True,
+    name: str = "image", as_given: bool = False,
+) -> Plan:
+    """The checked plan for one sample on an engine: ``batch_size=None`` is :data:`GPU_BATCH`
+    tiles per pass on an engine that computes while the host goes on (a GPU), retried with one
+    before refusing an image; else one. See :func:`make_plan` for the rest."""
+    gpu_default = batch_size is None and asynchronous
+    return plan_checked(spec, inputs, tile, GPU_BATCH if gpu_default else batch_size, max_tile_pixels, use_halo,
+                        name, retry_one=gpu_default, as_given=as_given)
+
+
 def _max_batch(spec: ModelSpec) -> int:
     sizes = [a.size for t in spec.inputs for a in t.axes if a.type == "batch"]
     return min([s for s in sizes if s is not None], default=1 << 30)

@@ -326,17 +326,20 @@ def _crop(p: Prepared, crop: int, halo: int, rng: np.random.Generator) -> Tuple[
 
 
 def predict_outputs(spec: Any, engine: Any, pairs: Sequence[Pair]) -> List[np.ndarray]:
-    """The model's output (``cyx``) for each pair's image, by :func:`dlmodel.prediction.run_sample`
+    """The model's output (``cyx``) for each pair's image, by :func:`dlmodel.prediction.run_plan`
     (tiling, pre- and post-processing exactly as in ``Model.predict``)."""
     from . import axes as axes_mod
-    from .prediction import run_sample
+    from .prediction import run_plan
+    from .tiling import plan_for_engine
 
     t, o = spec.inputs[0], spec.outputs[0]
     outs = []
     for pair in pairs:
         img = pair.image if "c" in t.letters else pair.image[0]
         layout, _ = axes_mod.to_model_layout(img, "cyx" if "c" in t.letters else "yx", t, str(pair.image_path))
-        result, _ = run_sample(spec, engine, {t.id: layout}, name=str(pair.image_path))
+        sample = {t.id: layout}
+        plan = plan_for_engine(spec, sample, engine.asynchronous, name=str(pair.image_path))
+        result = run_plan(spec, engine, sample, plan)
         arr = result[o.id][0]
         outs.append(arr if "c" in o.letters else arr[np.newaxis])
     return outs
