@@ -116,7 +116,7 @@ NP2_VENV := .venv-np2
 # Cellpose and CellProfiler skip here (Cellpose 3 needs numpy < 2.1: not installed here).
 NP2_TESTS := $(addprefix tests/test_,api.py tiling.py processing.py instances.py engines.py spec_v0_4.py \
 	hostile_numbers.py plates.py families.py deepimagej.py deepimagej_packages.py default_model.py \
-	nuclei_model.py confidence.py worker.py protocol.py packaging.py) src/dlmodel
+	nuclei_model.py confidence.py worker.py protocol.py packaging.py) tests/test_docstrings.py
 
 np2-setup: $(NP2_VENV)/.installed
 
