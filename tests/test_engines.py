@@ -1,4 +1,6 @@
 """Every engine and every kind of tensor layout, on tiny real packages (see conftest.py)."""
+import shutil
+
 import numpy as np
 import pytest
 
@@ -52,6 +54,12 @@ def test_pytorch_state_dict_is_loaded_weights_only(torch2d, tmp_path):
     x = RNG.normal(size=(40, 40)).astype(np.float32)
     model = dlmodel.load(torch2d, engine="pytorch")
     assert model.weights_format == "pytorch_state_dict"
+    # the architecture file is imported without writing __pycache__ into the package's folder
+    fresh = zoo.copy_package(torch2d.parent, tmp_path / "fresh")
+    for cache in list(fresh.rglob("__pycache__")):
+        shutil.rmtree(cache)
+    dlmodel.load(fresh, engine="pytorch", trust=True).predict(x)
+    assert not list(fresh.rglob("__pycache__")), "importing the package's code wrote into it"
     np.testing.assert_allclose(model.predict(x)["prob"], dlmodel.load(torch2d, engine="torchscript").predict(x)["prob"],
                                rtol=1e-5, atol=1e-6)
     # a state dict that carries a pickled payload is refused, and the payload never runs

@@ -105,7 +105,9 @@ class Gate:
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         try:
-            spec.loader.exec_module(module)
+            # compiled here, not by the import system: it would write __pycache__ into the
+            # package's folder, which is the package's, not ours to write in
+            exec(compile(path.read_bytes(), str(path), "exec"), module.__dict__)
         except BaseException:
             sys.modules.pop(name, None)
             raise
