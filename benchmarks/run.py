@@ -3,6 +3,7 @@ not, and writes docs/performance.md. Not a test, never run by CI.
 
     .venv/bin/python benchmarks/run.py                  # everything (about an hour on 2 cores)
     .venv/bin/python benchmarks/run.py --quick          # 512 and 2048 only, no plate pipeline
+    .venv/bin/python benchmarks/run.py --memory --repeat 1  # 8192x8192 and the 3D stack only (minutes); prints, writes no docs
     .venv/bin/python benchmarks/run.py --smoke          # a check that it runs: seconds, writes no docs
 
 Every measurement runs in its own process (so peak RSS is that measurement's alone) after one
@@ -54,14 +55,18 @@ MODELS = {
     "zoo": SHARED / "models" / "unet2d_nuclei_broad" / "bioimageio.yaml",
     "wide": CACHE / "wide_unet" / "bioimageio.yaml",  # built on first use, see build_wide()
     "default": ROOT / "models" / "nuclei_default" / "bioimageio.yaml",
+    "3d": ROOT / "models" / "nuclei3d_demo" / "bioimageio.yaml",
 }
 DESCRIBE = {
     "zoo": "shared zoo U-Net (unet2d_nuclei_broad): fixed 1x1x512x512 input, halo 32, zero-mean-unit-variance, sigmoid",
     "wide": "our parameterized U-Net, base width 32 (1.9 M parameters): any size 80 + 16n, halo 32, zero-mean-unit-variance, sigmoid",
     "default": "the project's default model: U-Net base 16, any size 72 + 8n, halo 32, scale_range, softmax over 3 classes",
+    "3d": "the 3D demo model (models/nuclei3d_demo): any size 8 + 4n per axis, halo 3, zero-mean-unit-variance, sigmoid",
 }
 START, END = "<!-- benchmarks/run.py writes from here -->", "<!-- to here -->"
 TARGETS = {"a_c": 1.10, "tiles": 1.15, "b_default": 1.8, "b_same": 1.0, "plate": 1.15}
+MEMORY_GOAL_MB = 650  # issue 31: an 8192x8192 uint16 prediction with the zoo U-Net
+DEPTH = 64  # the 3D stack's planes: a size x size x 64 uint16 volume
 
 
 def image(size: int) -> np.ndarray:
@@ -73,11 +78,21 @@ def image(size: int) -> np.ndarray:
     return np.pad(base, ((0, max(0, size - base.shape[0])), (0, max(0, size - base.shape[1]))), mode="wrap")[:size, :size]
 
 
-def peak_rss_mb() -> float:
+def volume(size: int, depth: int = DEPTH) -> np.ndarray:
+    """A ``depth`` x ``size`` x ``size`` uint16 stack: the shared synthetic 3D nuclei wrapped to size."""
+    import tifffile
+
+    base = tifffile.imread(SHARED / "data" / "nuclei3d_synthetic" / "img3d.tif").astype(np.uint16)
+    want = (depth, size, size)
+    return np.pad(base, [(0, max(0, n - b)) for n, b in zip(want, base.shape)], mode="wrap")[:depth, :size, :size]
+
+
+def peak_rss_mb(field: str = "VmHWM") -> float:
+    """This process's peak resident memory (``VmRSS``: its current one), in MB."""
     # VmHWM belongs to this process image; ru_maxrss would carry the parent's peak over exec
     try:
         with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+            return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
     except (OSError, StopIteration):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -110,7 +125,8 @@ def measure(case: str, model: str, size: int, extra: dict) -> dict:
     """Runs in a child process: ``passes`` timed passes of one case after a warm-up pass; the
     fastest counts."""
     rdf = MODELS[model]
-    img = image(size)
+    img = volume(size, int(extra.get("depth", DEPTH))) if model == "3d" else image(size)
+    axes = "zyx" if img.ndim == 3 else "yx"
     result: dict = {}
     passes = int(extra.get("passes", 1))
 
@@ -130,17 +146,19 @@ def measure(case: str, model: str, size: int, extra: dict) -> dict:
         from dlmodel.tiling import make_plan
 
         m = dlmodel.load(rdf)
+        loaded = peak_rss_mb("VmRSS")  # the process with the model, before any prediction
         tile = extra.get("tile")  # None: dlmodel's own choice
         # warm-up on tiles of the shape the timed pass will use, as (b) and (c) warm up: the
         # engine's memory arena grows to that shape once, outside the timing
         t = m.spec.inputs[0]
-        shape = make_plan(m.spec, {t.id: to_model_layout(img, "yx", t, "image")[0]}, tile).tile_shape
-        m.predict(img[: shape["y"], : shape["x"]], tile=(shape["y"], shape["x"]))
-        seconds, pred = timed(lambda: m.predict(img, tile=tile))
+        shape = make_plan(m.spec, {t.id: to_model_layout(img, axes, t, "image")[0]}, tile).tile_shape
+        m.predict(img[tuple(slice(0, shape[a]) for a in axes)], axes=axes, tile=tuple(shape[a] for a in axes))
+        seconds, pred = timed(lambda: m.predict(img, axes=axes, tile=tile))
         inner = {a.id: p.size - 2 * a.margin for a, p in zip(pred.plan.axes, pred.plan.axis_plans)}
         result = {"engine": m.weights_format, "tiles": len(pred.plan.tiles), "tile_shape": pred.plan.tile_shape,
                   "inner": inner, "fixed": all(a.constraint.size is not None for a in pred.plan.axes),
-                  "out_bytes": int(sum(v.nbytes for v in pred.values()))}
+                  "out_bytes": int(sum(v.nbytes for v in pred.values())), "loaded_mb": loaded,
+                  "in_bytes": int(img.nbytes)}
     elif case == "alternate":
         # (a) and (c) pass by pass in one process, same minute, same memory state: what dlmodel
         # adds to the forward passes with the machine's drift taken out (a cross-check, no verdict)
@@ -319,6 +337,41 @@ def plate(wells: int) -> dict:
             "tiles": tiles, "tile_shape": pred.plan.tile_shape, "engine": m.weights_format}
 
 
+def breakdown(model: str, size: int, a: dict) -> dict:
+    """Where (a)'s peak RSS went: the process with the model, the input, the outputs, and the
+    rest (the engine's working memory for one batch of tiles and dlmodel's tile arrays)."""
+    image_mb, out_mb = a["in_bytes"] / 2**20, a["out_bytes"] / 2**20
+    process = a["loaded_mb"] - image_mb  # the input was made before the model was loaded
+    shape = f"{size}x{size}" + (f"x{a['depth']}" if model == "3d" else "")
+    return {"case": f"{model} {shape}", "peak": a["peak_rss_mb"], "process": process, "input": image_mb,
+            "output": out_mb, "rest": a["peak_rss_mb"] - process - image_mb - out_mb, "engine": a["engine"],
+            "tile_shape": a["tile_shape"], "tiles": a["tiles"], "seconds": a["seconds"]}
+
+
+def memory(rows: list, args: argparse.Namespace) -> tuple:
+    """The memory breakdown of every 8192x8192 row (of the smoke row), and of a 3D stack (2048x2048x64,
+    in the smoke run 64x64x16) predicted by the 3D demo model; with their checks."""
+    mem, checks = [], []
+    for r in rows:
+        if r["size"] == 8192 or args.smoke:
+            mem.append(breakdown(r["model"], r["size"], r["a"]))
+            if r["model"] == "zoo" or args.smoke:
+                checks.append((f"{mem[-1]['case']}: peak RSS {mem[-1]['peak']:.0f} MB <= {MEMORY_GOAL_MB} MB (issue 31)",
+                               mem[-1]["peak"] <= MEMORY_GOAL_MB))
+    if not args.quick:
+        size, depth = (64, 16) if args.smoke else (2048, DEPTH)
+        a = child("dlmodel", "3d", size, {"passes": 1, "depth": depth})
+        mem.append(breakdown("3d", size, {**a, "depth": depth}))
+        limit = a["in_bytes"] / 2**20 + 1.5 * a["out_bytes"] / 2**20 + 300
+        checks.append((f"{mem[-1]['case']}: peak RSS {a['peak_rss_mb']:.0f} MB <= input + 1.5 x output + 300 MB = "
+                       f"{limit:.0f} MB", a["peak_rss_mb"] <= limit))
+    for b in mem:
+        print(f"memory {b['case']} ({b['engine']}, {b['tiles']} tiles of {'x'.join(map(str, b['tile_shape'].values()))}, "
+              f"{b['seconds']:.1f} s): peak {b['peak']:.0f} MB = process with the model {b['process']:.0f} + input "
+              f"{b['input']:.0f} + output {b['output']:.0f} + engine and tiles {b['rest']:.0f}", flush=True)
+    return mem, checks
+
+
 def threads_line() -> str:
     from dlmodel.engines import default_threads
 
@@ -344,6 +397,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="512 and 2048 with the zoo model, no plate pipeline")
     ap.add_argument("--smoke", action="store_true",
                     help="every case once at the smallest sizes, plate on 2 image sets; writes no docs (seconds)")
+    ap.add_argument("--memory", action="store_true",
+                    help="the memory cases only (zoo 8192x8192 and the 3D stack), printed; writes no docs")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--wells", type=int, default=13)
     ap.add_argument("--child")
@@ -354,6 +409,10 @@ def main() -> int:
         return 0
     if args.smoke:
         return smoke(args)
+    if args.memory:
+        with tempfile.TemporaryDirectory(prefix="dlmodel-bench-memory-") as tmp:
+            doc = Path(tmp) / "performance.md"
+            return measure_all([("zoo", 8192)], args, doc)
     build_wide()
     plan = [("zoo", 512), ("zoo", 2048)]
     if not args.quick:
@@ -414,8 +473,10 @@ def measure_all(plan: list, args: argparse.Namespace, doc: Path) -> int:
             limit = size * size * 2 / 2**20 + 1.5 * a["out_bytes"] / 2**20 + 300
             checks.append((f"{tag}: peak RSS {a['peak_rss_mb']:.0f} MB <= input + 1.5 x output + 300 MB = {limit:.0f} MB "
                            f"(bioimageio.core, same engine: {bs['peak_rss_mb']:.0f} MB)", a["peak_rss_mb"] <= limit))
+    mem, mem_checks = memory(rows, args)
+    checks += mem_checks
     pl = None
-    if not args.quick:
+    if not (args.quick or args.memory):
         pl = plate(args.wells)
         ratio = pl["module_median"] / pl["bare_median"]
         inf = pl["inference_median"] / pl["bare_median"]
@@ -431,11 +492,11 @@ def measure_all(plan: list, args: argparse.Namespace, doc: Path) -> int:
     for text, ok in checks:
         print(f"[{verdict(ok)}] {text}")
     print(threads_line())
-    write_doc(rows, pl, checks, args, doc)
+    write_doc(rows, pl, mem, checks, args, doc)
     return 0 if all(ok for _, ok in checks) else 1
 
 
-def write_doc(rows: list, pl: dict | None, checks: list, args: argparse.Namespace, doc: Path) -> None:
+def write_doc(rows: list, pl: dict | None, memory_rows: list, checks: list, args: argparse.Namespace, doc: Path) -> None:
     """Replace the text between ``START`` and ``END`` in ``doc`` with the tables."""
     cpu = "unknown CPU"
     try:
@@ -476,6 +537,19 @@ def write_doc(rows: list, pl: dict | None, checks: list, args: argparse.Namespac
             f"{bs['seconds'] / a['seconds']:.2f} | {a['tiles']} of {t['y']}² / {r['geometric']:.1f} = {a['tiles'] / r['geometric']:.2f} | "
             f"{a['peak_rss_mb']:.0f} / {bs['peak_rss_mb']:.0f} / {c['peak_rss_mb']:.0f} MB |"
         )
+    if memory_rows:
+        lines += [
+            "",
+            "Memory: where (a)'s peak RSS goes (/proc's VmHWM; the process with the model is its VmRSS after loading, "
+            "before any prediction, less the input; *engine and tiles* is the rest: the engine's working memory for one "
+            "batch of tiles and dlmodel's tile arrays).",
+            "",
+            "| case | engine, tiles | peak RSS | process with the model | input | output | engine and tiles |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        lines += [f"| {b['case']} | {b['engine']}, {b['tiles']} of {'x'.join(map(str, b['tile_shape'].values()))} | "
+                  f"**{b['peak']:.0f} MB** | {b['process']:.0f} | {b['input']:.0f} | {b['output']:.0f} | {b['rest']:.0f} |"
+                  for b in memory_rows]
     if pl:
         lines += [
             "",

@@ -1,9 +1,14 @@
 """Shared fixtures: the shared zoo model and data, and tiny packages built once per session."""
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Iterator, List, Tuple
 
 import numpy as np
 import pytest
@@ -14,6 +19,34 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 NUCLEI_MODEL = SHARED / "models" / "unet2d_nuclei_broad"
 DSB_VAL = SHARED / "data" / "dsb2018_nuclei_val"
+
+
+@contextlib.contextmanager
+def dask_cluster(folder: Path, workers: int = 2, nanny: bool = True,
+                 cwd: Path | None = None) -> Iterator[Tuple[str, List[subprocess.Popen]]]:
+    """A real Dask scheduler on 127.0.0.1 and ``workers`` single-threaded workers, as processes;
+    yields the scheduler's address and the processes (scheduler first). ``nanny=False``: killing
+    a worker's process kills the worker itself, not a nanny that would restart it."""
+    dask = Path(sys.executable).parent / "dask"
+    sched_file = folder / "scheduler.json"
+    procs = [subprocess.Popen([str(dask), "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--scheduler-file", str(sched_file), "--no-dashboard"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        deadline = time.time() + 60
+        while not sched_file.exists() and time.time() < deadline:
+            time.sleep(0.2)
+        address = json.loads(sched_file.read_text())["address"]
+        worker = [str(dask), "worker", address, "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"]
+        worker += ["--nworkers", "1"] if nanny else ["--no-nanny"]
+        for _ in range(workers):
+            procs.append(subprocess.Popen(worker, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        yield address, procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=30)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -1,5 +1,4 @@
 """`dlmodel predict` on Dask: a real scheduler and workers on 127.0.0.1, started by the test."""
-import json
 import signal
 import subprocess
 import sys
@@ -10,10 +9,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import DSB_VAL, ROOT
+from conftest import DSB_VAL, ROOT, dask_cluster
 
 MODEL = ROOT / "models" / "nuclei_default"
-BIN = Path(sys.executable).parent
 
 
 def predict(out, *extra, timeout=600):
@@ -46,23 +44,8 @@ def test_local_cluster_equals_single_process(reference, tmp_path):
 
 @pytest.fixture
 def cluster(tmp_path):
-    sched_file = tmp_path / "scheduler.json"
-    procs = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
-                               "--scheduler-file", str(sched_file), "--no-dashboard"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    deadline = time.time() + 60
-    while not sched_file.exists() and time.time() < deadline:
-        time.sleep(0.2)
-    address = json.loads(sched_file.read_text())["address"]
-    for _ in range(2):
-        procs.append(subprocess.Popen([str(BIN / "dask"), "worker", address, "--nworkers", "1", "--nthreads", "1",
-                                       "--no-dashboard", "--host", "127.0.0.1"],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    yield address, procs
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-        p.wait(timeout=30)
+    with dask_cluster(tmp_path) as found:
+        yield found
 
 
 def test_scheduler_run_survives_a_killed_worker(reference, cluster, tmp_path):

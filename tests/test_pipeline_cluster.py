@@ -5,7 +5,6 @@ merged and scored; compared with one plain `cellprofiler` run of the same images
 Kept small for CI: 8 wells of the ExampleSBS plate (both kinds of control, five doses) as
 symlinks; the whole plate is benchmarks/cellprofiler_dask.py's."""
 import csv
-import json
 import math
 import os
 import signal
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SHARED
+from conftest import ROOT, SHARED, dask_cluster
 
 SBS = SHARED / "data" / "ExampleSBSImages"
 CELLPROFILER = Path(sys.executable).parent / "cellprofiler"
@@ -144,24 +143,8 @@ def test_merged_statistics_equal_calculatestatistics(reference, cluster_run):
 @pytest.fixture
 def cluster(tmp_path):
     """A scheduler and two single-threaded workers (no nanny: killing one kills the worker itself)."""
-    bin_ = Path(sys.executable).parent
-    sched_file = tmp_path / "scheduler.json"
-    procs = [subprocess.Popen([str(bin_ / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
-                               "--scheduler-file", str(sched_file), "--no-dashboard"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    deadline = time.time() + 60
-    while not sched_file.exists() and time.time() < deadline:
-        time.sleep(0.2)
-    address = json.loads(sched_file.read_text())["address"]
-    for _ in range(2):
-        procs.append(subprocess.Popen([str(bin_ / "dask"), "worker", address, "--nthreads", "1", "--no-nanny",
-                                       "--no-dashboard", "--host", "127.0.0.1"], cwd=ROOT,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    yield address, procs
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-        p.wait(timeout=30)
+    with dask_cluster(tmp_path, nanny=False, cwd=ROOT) as found:
+        yield found
 
 
 def _cellprofilers_writing_to(folder):
