@@ -38,7 +38,10 @@ EXPECT = {
                    r"\| default watershed step \| \d\.\d{3}",
     "gpu.py": r"\| model \| image \| tiles \| \(a\) dlmodel .*\n.*\n\| default \| \d+² \| \d+ of \d+² \| [\d.]+ s",
     "run.py": r"wide 256x256: dlmodel [\d.]+ s .*\| bare [\d.]+ s .*alternated.*\n"
-              r"plate pipeline, 2 image sets: RunDLModel [\d.]+ s(.*\n)+\[(met|NOT MET)\] wide 256x256: \(a\)/\(c\)",
+              r"memory wide 256x256 .*: peak \d+ MB = process with the model \d+ \+ input \d+ \+ output \d+ .*\n"
+              r"memory 3d 64x64x16 .*: peak \d+ MB .*\n"
+              r"plate pipeline, 2 image sets: RunDLModel [\d.]+ s(.*\n)+\[(met|NOT MET)\] wide 256x256: \(a\)/\(c\)"
+              r"(.*\n)+\[(met|NOT MET)\] wide 256x256: peak RSS \d+ MB <= 650 MB",
     "throughput.py": r"one process +[\d.]+ s +[\d.]+ images/s(.*\n)+ +Dask, 2 workers +[\d.]+ s",
     "worker.py": r"\| \(b\) our worker \(shared memory, pipes\) \| [\d.]+ \|",
 }
