@@ -69,81 +69,91 @@ def _given(args: argparse.Namespace, *names: str) -> dict:
     return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dlmodel", description="Run BioImage Model Zoo models on your images.")
-    sub = p.add_subparsers(dest="command", required=True)
+def _model_args(sp: argparse.ArgumentParser) -> None:
+    """The flags of every command that runs a model: which one, on what, trusted or not, where."""
+    sp.add_argument("source", help="rdf/bioimageio.yaml, package folder or .zip, URL, zoo id or DOI")
+    sp.add_argument("--engine", default="auto", help=engines.engine_help())
+    sp.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    sp.add_argument("--trust", action="store_true", default=None,
+                    help="run code shipped in a downloaded package (architecture files, custom ops, Keras Lambda layers)")
+    _python_arg(sp)
 
-    def model_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("source", help="rdf/bioimageio.yaml, package folder or .zip, URL, zoo id or DOI")
-        sp.add_argument("--engine", default="auto", help=engines.engine_help())
-        sp.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-        sp.add_argument("--trust", action="store_true", default=None,
-                        help="run code shipped in a downloaded package (architecture files, custom ops, Keras Lambda layers)")
-        python_arg(sp)
 
-    def python_arg(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--python", default=None, metavar="PATH",
-                        help="run the model in another Python environment approved on this machine (its python, or its "
-                             "folder; see dlmodel env create, dlmodel env add)")
-        sp.add_argument("--allow-unapproved-python", action="store_true",
-                        help="start --python for this command even though it is not approved on this machine")
+def _python_arg(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--python", default=None, metavar="PATH",
+                    help="run the model in another Python environment approved on this machine (its python, or its "
+                         "folder; see dlmodel env create, dlmodel env add)")
+    sp.add_argument("--allow-unapproved-python", action="store_true",
+                    help="start --python for this command even though it is not approved on this machine")
 
-    def confidence_args(sp: argparse.ArgumentParser, what: str) -> None:
-        from .confidence import DEFAULT_AUGMENTATIONS
 
-        sp.add_argument("--confidence", action="store_true", help=f"also measure the model's confidence: {what}")
-        sp.add_argument("--augmentations", type=_nonnegative, default=None, metavar="K",
-                        help=f"flipped or rotated copies predicted per image for --confidence (default "
-                             f"{DEFAULT_AUGMENTATIONS}; each costs one prediction)")
+def _confidence_args(sp: argparse.ArgumentParser, what: str) -> None:
+    from .confidence import DEFAULT_AUGMENTATIONS
 
-    def object_args(sp: argparse.ArgumentParser) -> None:
-        g = sp.add_argument_group("objects", "how outputs become objects, as RunDLModel's settings and Model.labels "
-                                             "(default: the package's own recipe, else a watershed split)")
-        g.add_argument("--method", default="auto", help="auto (default), watershed, threshold or labels")
-        g.add_argument("--objects-output", default=None, metavar="ID", help="the output objects are made from")
-        g.add_argument("--objects-channel", type=_positive, default=None, metavar="N",
-                       help="its channel, counted from 1 as in RunDLModel")
-        g.add_argument("--threshold", type=float, default=None, help="probability threshold (watershed, threshold)")
-        g.add_argument("--diameter", type=float, default=None, help="typical object diameter in pixels (watershed; 0: estimated)")
-        g.add_argument("--min-size", type=_nonnegative, default=None, help="smallest object kept, in pixels")
-        g.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, default=None)
-        g.add_argument("--discard-border", action=argparse.BooleanOptionalAction, default=None,
-                       help="drop objects touching the image border")
+    sp.add_argument("--confidence", action="store_true", help=f"also measure the model's confidence: {what}")
+    sp.add_argument("--augmentations", type=_nonnegative, default=None, metavar="K",
+                    help=f"flipped or rotated copies predicted per image for --confidence (default "
+                         f"{DEFAULT_AUGMENTATIONS}; each costs one prediction)")
 
-    def batch_args(sp: argparse.ArgumentParser, what: str) -> None:
-        sp.add_argument("--threads", type=_positive, default=None, help="engine threads (default: all cores)")
-        sp.add_argument("--workers", type=_positive, default=None, help="run on a local Dask cluster of N worker processes")
-        sp.add_argument("--scheduler", default=None, help="run on an existing Dask cluster, e.g. tcp://host:8786")
-        sp.add_argument("--resume", action="store_true",
-                        help=f"skip {what} whose outputs are all there (complete: outputs are written atomically) and "
-                             "remove temporary files an interrupted run left")
 
+def _object_args(sp: argparse.ArgumentParser) -> None:
+    g = sp.add_argument_group("objects", "how outputs become objects, as RunDLModel's settings and Model.labels "
+                                         "(default: the package's own recipe, else a watershed split)")
+    g.add_argument("--method", default="auto", help="auto (default), watershed, threshold or labels")
+    g.add_argument("--objects-output", default=None, metavar="ID", help="the output objects are made from")
+    g.add_argument("--objects-channel", type=_positive, default=None, metavar="N",
+                   help="its channel, counted from 1 as in RunDLModel")
+    g.add_argument("--threshold", type=float, default=None, help="probability threshold (watershed, threshold)")
+    g.add_argument("--diameter", type=float, default=None, help="typical object diameter in pixels (watershed; 0: estimated)")
+    g.add_argument("--min-size", type=_nonnegative, default=None, help="smallest object kept, in pixels")
+    g.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--discard-border", action=argparse.BooleanOptionalAction, default=None,
+                   help="drop objects touching the image border")
+
+
+def _batch_args(sp: argparse.ArgumentParser, what: str) -> None:
+    """The flags of commands that run many ``what``: threads, Dask, resuming."""
+    sp.add_argument("--threads", type=_positive, default=None, help="engine threads (default: all cores)")
+    sp.add_argument("--workers", type=_positive, default=None, help="run on a local Dask cluster of N worker processes")
+    sp.add_argument("--scheduler", default=None, help="run on an existing Dask cluster, e.g. tcp://host:8786")
+    sp.add_argument("--resume", action="store_true",
+                    help=f"skip {what} whose outputs are all there (complete: outputs are written atomically) and "
+                         "remove temporary files an interrupted run left")
+
+
+def _add_info(sub: Any) -> None:
     sp = sub.add_parser("info", help="describe a model: metadata, tensors, processing, engines")
     sp.add_argument("source")
     sp.add_argument("--json", action="store_true", help="print JSON")
-    python_arg(sp)
+    _python_arg(sp)
 
+
+def _add_test(sub: Any) -> None:
     sp = sub.add_parser("test", help="run the package's test inputs and compare with its test outputs")
-    model_args(sp)
+    _model_args(sp)
     sp.set_defaults(engine=None)
 
+
+def _add_predict(sub: Any) -> None:
     sp = sub.add_parser("predict", help="predict images (files, folders or globs) into OUTDIR")
-    model_args(sp)
+    _model_args(sp)
     sp.add_argument("inputs", nargs="+", help="image files, folders or glob patterns (tif, png, jpg, npy)")
     sp.add_argument("-o", "--output", required=True, type=Path, help="output folder")
     sp.add_argument("--axes", help="axes of the input images, e.g. yx, cyx, zyx (default: from the file)")
     sp.add_argument("--tile", type=_tile_arg, default=None, help="auto (default), none, 512, 512,512 or y=512,x=512")
     sp.add_argument("--batch-size", type=_positive, default=None, help="tiles per forward pass")
     sp.add_argument("--format", choices=("tif", "npy"), default="tif", help="output file format")
-    batch_args(sp, "images")
+    _batch_args(sp, "images")
     sp.add_argument("--labels", action=argparse.BooleanOptionalAction, default=None,
                     help="also write <image>_labels.tif: objects by the package's own step (else the default watershed "
                          "split); on by default for packages whose outputs only lead to objects (StarDist, Cellpose)")
-    confidence_args(sp, "confidence.csv: per image, the model's confidence and its components (docs/confidence.md)")
-    object_args(sp)
+    _confidence_args(sp, "confidence.csv: per image, the model's confidence and its components (docs/confidence.md)")
+    _object_args(sp)
 
+
+def _add_plate(sub: Any) -> None:
     sp = sub.add_parser("plate", help="segment a plate and write per-object and per-well CSVs and heatmaps")
-    model_args(sp)
+    _model_args(sp)
     sp.add_argument("images", help="folder of the plate's images")
     sp.add_argument("-o", "--output", required=True, type=Path)
     from .platerun import PlateJob, parse_layout
@@ -167,10 +177,12 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--negative", type=float, default=None, help="the control column's value for negative controls (default -1)")
     sp.add_argument("--positive", type=float, default=None, help="the control column's value for positive controls (default 1)")
     sp.add_argument("--readout", action="append", default=None, help="a wells.csv column to report on; repeat (default: all)")
-    confidence_args(sp, "per-well confidence columns in wells.csv and the QC flag 'model unsure' (docs/confidence.md)")
-    object_args(sp)
-    batch_args(sp, "sites")
+    _confidence_args(sp, "per-well confidence columns in wells.csv and the QC flag 'model unsure' (docs/confidence.md)")
+    _object_args(sp)
+    _batch_args(sp, "sites")
 
+
+def _add_cellprofiler(sub: Any) -> None:
     sp = sub.add_parser("cellprofiler", help="run a CellProfiler pipeline over a screen in slices (here or on Dask), "
                                              "merge the slices' tables and score the plate")
     sp.add_argument("pipeline", type=Path, help="the pipeline (.cppipe) with an ExportToSpreadsheet")
@@ -189,8 +201,10 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--report", action="store_true", help="also write the plate report (report/report.html) and wells.csv")
     sp.add_argument("--controls", default=None, help="the control column (default: the one naming 'control')")
     sp.add_argument("--doses", default=None, help="the dose column (default: the one naming 'dose' or 'conc')")
-    batch_args(sp, "slices")
+    _batch_args(sp, "slices")
 
+
+def _add_heatmap(sub: Any) -> None:
     sp = sub.add_parser("heatmap", help="plate heatmaps of per-well means from a per-image CSV (e.g. Image.csv)")
     sp.add_argument("table", type=Path, help="per-image CSV with well row and column columns")
     sp.add_argument("-o", "--output", required=True, type=Path, help="PNG to write")
@@ -198,12 +212,16 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--row", default="Metadata_Row")
     sp.add_argument("--column", default="Metadata_Column")
 
+
+def _add_convert(sub: Any) -> None:
     sp = sub.add_parser("convert", help="add TorchScript or ONNX weights to a package folder (verified first)")
     sp.add_argument("source", help="a package folder or its rdf")
     sp.add_argument("--to", required=True, choices=("torchscript", "onnx"))
     sp.add_argument("--trust", action="store_true", default=None,
                     help="run a state dict's architecture code from a package that is not a folder you made")
 
+
+def _add_package(sub: Any) -> None:
     sp = sub.add_parser("package", help="bundle weights, a sample image and metadata as a zoo package")
     sp.add_argument("weights", help=".onnx, TorchScript .pt, .keras or .h5 file")
     sp.add_argument("--sample", required=True, help="a sample image (tif, png, npy): the test input")
@@ -221,6 +239,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--instances", default=None, help="JSON recipe for objects, stored in the rdf")
     sp.add_argument("--overwrite", action="store_true")
 
+
+def _add_finetune(sub: Any) -> None:
     sp = sub.add_parser("finetune", help="fine-tune a model on annotated images (image + label pairs) into a new package")
     sp.add_argument("source", help="the package to start from (pytorch_state_dict or torchscript weights)")
     sp.add_argument("images", help="folder of images")
@@ -249,6 +269,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--overwrite", action="store_true")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+
+def _add_compare(sub: Any) -> None:
     sp = sub.add_parser("compare", help="run several models on your images and say which segments them best")
     sp.add_argument("models", nargs="+", metavar="MODEL", help="package folders, zips, rdfs, URLs or zoo ids")
     sp.add_argument("images", help="folder of images (with --labels); else an image file, folder or glob")
@@ -260,9 +282,11 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--threads", type=_positive, default=None, help="engine threads (default: all cores)")
     sp.add_argument("--trust", action="store_true", default=None,
                     help="run code shipped in downloaded packages (architecture files, custom ops, Keras Lambda layers)")
-    python_arg(sp)
+    _python_arg(sp)
     sp.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+
+def _add_search(sub: Any) -> None:
     sp = sub.add_parser("search", help="find models in the BioImage Model Zoo and on this machine")
     sp.add_argument("text", nargs="?", default=None, help="words that must all appear in the name, description, id or tags")
     sp.add_argument("--tag", action="append", default=[], help="a tag the model must carry; repeat for several")
@@ -272,9 +296,13 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--refresh", action="store_true", help="fetch the zoo's listing even if the cached one is recent")
     sp.add_argument("--json", action="store_true", help="every field of every entry, as JSON")
 
+
+def _add_fetch(sub: Any) -> None:
     sp = sub.add_parser("fetch", help="download a model into the cache and verify every file")
     sp.add_argument("source", help="zoo id, URL or DOI")
 
+
+def _add_env(sub: Any) -> None:
     sp = sub.add_parser("env", help="make a Python environment for models (RunDLModel's 'Python environment for the model')")
     env_sub = sp.add_subparsers(dest="env_command", required=True)
     ep = env_sub.add_parser("create", help="a venv at PATH with dlmodel, bioimageio.spec and the engines")
@@ -289,6 +317,31 @@ def _parser() -> argparse.ArgumentParser:
     ep = env_sub.add_parser("remove", help="withdraw the approval of an environment")
     ep.add_argument("path", type=Path)
     env_sub.add_parser("list", help="the environments approved on this machine")
+
+
+# one adder per command, in the order `dlmodel --help` lists them
+_COMMANDS = (
+    _add_info,
+    _add_test,
+    _add_predict,
+    _add_plate,
+    _add_cellprofiler,
+    _add_heatmap,
+    _add_convert,
+    _add_package,
+    _add_finetune,
+    _add_compare,
+    _add_search,
+    _add_fetch,
+    _add_env,
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dlmodel", description="Run BioImage Model Zoo models on your images.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in _COMMANDS:
+        add(sub)
     return p
 
 
