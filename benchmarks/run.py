@@ -20,6 +20,9 @@ Per model and image size (uint16, a real DSB2018 nucleus image wrapped to size):
       as many tiles of the same shape as (a) used; no processing, no stitching.
 At 2048x2048 one more process per round alternates (a) and (c) pass by pass (a cross-check of
 (a)/(c) with the minute-to-minute drift taken out; it decides no target).
+Memory: (a)'s peak RSS at 8192x8192 is split into the process with the model, the input, the
+outputs and the rest (the engine's working memory for a tile, dlmodel's tile arrays), and checked
+against issue 31's 650 MB; the same split for a 2048x2048x64 uint16 stack and the 3D demo model.
 Then the plate pipeline: RunDLModel's wall time per image set next to the bare model timed in
 the same CellProfiler process (benchmarks/plugins/baremodel.py, appended to the pipeline).
 
