@@ -37,6 +37,13 @@ def test_auto_engine_prefers_onnx_on_cpu(torch2d):
     assert dlmodel.load(torch2d, device="cpu").weights_format == "onnx"
 
 
+def test_onnx_sessions_on_cpu_reuse_activation_memory(torch2d):
+    # with the memory pattern a session holds every activation of a tile at once: 8192x8192 with the
+    # zoo U-Net peaked at 710 MB, without it 615 (benchmarks/run.py --memory, docs/performance.md)
+    session = dlmodel.load(torch2d, engine="onnx", device="cpu").engine.session
+    assert session.get_session_options().enable_mem_pattern is False
+
+
 class _Payload:
     """Unpickling this runs open(marker, "w"): what a hostile pickle could do instead."""
 
