@@ -4,6 +4,7 @@ not, and writes docs/performance.md. Not a test, never run by CI.
     .venv/bin/python benchmarks/run.py                  # everything (about an hour on 2 cores)
     .venv/bin/python benchmarks/run.py --quick          # 512 and 2048 only, no plate pipeline
     .venv/bin/python benchmarks/run.py --memory --repeat 1  # 8192x8192 and the 3D stack only (minutes); prints, writes no docs
+    .venv/bin/python benchmarks/run.py --plate          # the plate pipeline only (a minute); prints, writes no docs
     .venv/bin/python benchmarks/run.py --smoke          # a check that it runs: seconds, writes no docs
 
 Every measurement runs in its own process (so peak RSS is that measurement's alone) after one
@@ -63,7 +64,8 @@ MODELS = {
 DESCRIBE = {
     "zoo": "shared zoo U-Net (unet2d_nuclei_broad): fixed 1x1x512x512 input, halo 32, zero-mean-unit-variance, sigmoid",
     "wide": "our parameterized U-Net, base width 32 (1.9 M parameters): any size 80 + 16n, halo 32, zero-mean-unit-variance, sigmoid",
-    "default": "the project's default model: U-Net base 16, any size 72 + 8n, halo 32, scale_range, softmax over 3 classes",
+    "default": "models/nuclei_default, the project's default model until 2026-11-30 (now models/nuclei_stardist_torch): "
+               "U-Net base 16, any size 72 + 8n, halo 32, scale_range, softmax over 3 classes",
     "3d": "the 3D demo model (models/nuclei3d_demo): any size 8 + 4n per axis, halo 3, zero-mean-unit-variance, sigmoid",
 }
 START, END = "<!-- benchmarks/run.py writes from here -->", "<!-- to here -->"
@@ -294,7 +296,11 @@ def plate(wells: int) -> dict:
 
     import dlmodel
 
-    m = dlmodel.load(MODELS["default"])
+    text = (ROOT / "example_pipelines" / "plate_screen.cppipe").read_text()
+    module = text[text.index("\nRunDLModel:["):]
+    # the bare model is the model RunDLModel runs in the pipeline (since 2026-11-30 the StarDist default)
+    rdf = ROOT / re.search(r"^\s*Model:(.+)$", module, re.M).group(1).strip()
+    m = dlmodel.load(rdf)
     pred = m.predict(image(640)[:640, :640])
     shape = [1, 1, pred.plan.tile_shape["y"], pred.plan.tile_shape["x"]]
     tiles = len(pred.plan.tiles)
@@ -303,15 +309,13 @@ def plate(wells: int) -> dict:
     plugins.mkdir()
     (plugins / "rundlmodel.py").symlink_to(ROOT / "plugins" / "rundlmodel.py")
     (plugins / "baremodel.py").symlink_to(ROOT / "benchmarks" / "plugins" / "baremodel.py")
-    text = (ROOT / "example_pipelines" / "plate_screen.cppipe").read_text()
     n = int(re.search(r"^ModuleCount:(\d+)", text, re.M).group(1))
     text = text.replace(f"ModuleCount:{n}", f"ModuleCount:{n + 1}", 1).rstrip("\n") + (
         f"\n\nBareModel:[module_num:{n + 1}|svn_version:'Unknown'|variable_revision_number:1|show_window:False|notes:[]|"
         "batch_state:array([], dtype=uint8)|enabled:True|wants_pause:False]\n")
     pipeline = out / "plate_bare.cppipe"
     pipeline.write_text(text)
-    weights = MODELS["default"].parent / "weights.onnx"
-    module = text[text.index("\nRunDLModel:["):]
+    weights = m.spec.root / "weights.onnx"
     objects = re.search(r"^\s*Name the objects:(\w+)", module, re.M).group(1)
     env = {**os.environ, "DLMODEL_BENCH_BARE": json.dumps({"weights": str(weights), "shape": shape, "tiles": tiles,
                                                            "objects": objects})}
@@ -337,7 +341,7 @@ def plate(wells: int) -> dict:
             "own_median": float(np.median([wall["RunDLModel"][int(r["ImageNumber"])] - float(r["BareModel_ObjectsHandoverSeconds"])
                                            for r in rows])),
             "pipeline_median": float(np.median([sum(w[i] for w in wall.values() if i in w) for i in sets])),
-            "tiles": tiles, "tile_shape": pred.plan.tile_shape, "engine": m.weights_format}
+            "tiles": tiles, "tile_shape": pred.plan.tile_shape, "engine": m.weights_format, "model": rdf.name}
 
 
 def breakdown(model: str, size: int, a: dict) -> dict:
@@ -402,6 +406,7 @@ def main() -> int:
                     help="every case once at the smallest sizes, plate on 2 image sets; writes no docs (seconds)")
     ap.add_argument("--memory", action="store_true",
                     help="the memory cases only (zoo 8192x8192 and the 3D stack), printed; writes no docs")
+    ap.add_argument("--plate", action="store_true", help="the plate pipeline only, printed; writes no docs")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--wells", type=int, default=13)
     ap.add_argument("--child")
@@ -412,6 +417,10 @@ def main() -> int:
         return 0
     if args.smoke:
         return smoke(args)
+    if args.plate:
+        pl = plate(args.wells)
+        print(json.dumps(pl))
+        return 0
     if args.memory:
         with tempfile.TemporaryDirectory(prefix="dlmodel-bench-memory-") as tmp:
             doc = Path(tmp) / "performance.md"
@@ -568,7 +577,7 @@ def write_doc(rows: list, pl: dict | None, memory_rows: list, checks: list, args
             "| bare model on that image | module / bare | without the handover / bare | model step / bare | whole pipeline |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
             f"| {pl['module_median']:.3f} s | {pl['inference_median']:.3f} s | {pl['handover_median']:.3f} s | {pl['own_median']:.3f} s "
-            f"| {pl['bare_median']:.3f} s ({pl['engine']}, {pl['tiles']} tile of {pl['tile_shape']['y']}x{pl['tile_shape']['x']}) "
+            f"| {pl['bare_median']:.3f} s ({pl['model']}, {pl['engine']}, {pl['tiles']} tile of {pl['tile_shape']['y']}x{pl['tile_shape']['x']}) "
             f"| {pl['module_median'] / pl['bare_median']:.2f} | {pl['own_median'] / pl['bare_median']:.2f} "
             f"| {pl['inference_median'] / pl['bare_median']:.2f} | {pl['pipeline_median']:.2f} s |",
         ]
