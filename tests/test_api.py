@@ -61,6 +61,14 @@ def test_inputs_that_do_not_fit_get_one_line(model, image, axes, message):
     assert "\n" not in str(err.value) and "cells.tif" in str(err.value)
 
 
+def test_labels_of_an_image_instead_of_its_prediction_is_one_line(model):
+    image = RNG.random((64, 64)).astype(np.float32)
+    with pytest.raises(dlmodel.InputError, match=r"takes a prediction .* model\.labels\(model\.predict\(image\)\)") as err:
+        model.labels(image)  # was: TypeError from str.join over the array's rows
+    assert "\n" not in str(err.value)
+    assert model.labels(model.predict(image)).shape == image.shape
+
+
 def test_3d_model_refuses_a_2d_image(torch3d):
     model = dlmodel.load(torch3d)
     with pytest.raises(dlmodel.InputError, match=r"needs 3D \(z\)"):

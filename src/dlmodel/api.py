@@ -15,7 +15,7 @@ from .errors import DLModelError, EngineError, InputError
 from .package import open_spec
 from .prediction import run_plan
 from .tiling import DEFAULT_TILE_PIXELS, TileArg, check_options, plan_checked, plan_for_engine
-from .results import OutputCheck, Prediction, TestReport
+from .results import OutputCheck, Prediction, TestReport, require_prediction
 from .spec import ModelSpec, Tensor
 from .trust import DOWNLOAD, FOLDER, Gate, TrustError
 
@@ -274,6 +274,7 @@ class Model:
         :func:`dlmodel.instances.resolve_recipe` says."""
         from . import instances
 
+        require_prediction(prediction, "Model.labels")
         recipe = instances.resolve_recipe(self.instance_recipe, method, output, channel, **choices)
         oid = recipe.pop("output", None) or self.spec.outputs[0].id
         if oid not in prediction:

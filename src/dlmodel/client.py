@@ -46,7 +46,7 @@ import numpy as np
 from . import approvals, errors, wire
 from .errors import DLModelError, InputError, WorkerError, one_line
 from .protocol import RunOptions
-from .results import OutputCheck, Prediction, TestReport
+from .results import OutputCheck, Prediction, TestReport, require_prediction
 
 LOGGER = logging.getLogger("dlmodel")
 
@@ -443,6 +443,7 @@ class RemoteModel:
     def labels(self, prediction: Prediction, method: str = "auto", output: Optional[str] = None,
                channel: Optional[int] = None, **choices: Any) -> np.ndarray:
         """As :meth:`dlmodel.api.Model.labels`, made in the worker from the prediction's shared buffer."""
+        require_prediction(prediction, "Model.labels")
         with self.worker.lock:
             refs = getattr(prediction, "_refs", None)
             if refs is None:  # a prediction made elsewhere: into a shared buffer first

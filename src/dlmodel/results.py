@@ -11,6 +11,20 @@ import numpy as np
 from .errors import InputError
 
 
+def require_prediction(prediction: Any, method: str) -> None:
+    """Refuse, in one line, what is not a :class:`Prediction` (an image passed where its
+    prediction belongs is the usual slip).
+
+    >>> require_prediction(np.zeros((4, 4)), "Model.labels")
+    Traceback (most recent call last):
+    ...
+    dlmodel.errors.InputError: Model.labels takes a prediction (what Model.predict returns), not ndarray: model.labels(model.predict(image))
+    """
+    if not isinstance(prediction, Prediction):
+        raise InputError(f"{method} takes a prediction (what Model.predict returns), not {type(prediction).__name__}: "
+                         f"model.{method.rsplit('.', 1)[-1]}(model.predict(image))")
+
+
 class Prediction(dict):
     """Output arrays by tensor id, with ``axes`` (letters per output), the tile ``plan`` and
     ``space``: the input image's length along each space axis (``{"y": 251, "x": 237}``), so
