@@ -362,11 +362,13 @@ class Model:
             report.error = str(e)
         return report
 
-    # ------------------------------------------------------------------ info
     def _run_test(self, engine: engines.Engine, inputs: Mapping[str, np.ndarray], **how: Any) -> Dict[str, np.ndarray]:
-        """The package's test input through ``engine`` with no halo (as its test outputs were made)."""
+        """The package's test input through ``engine`` with no halo: how :meth:`test` checks the
+        test outputs, and how :mod:`dlmodel.packaging` makes them."""
         plan = plan_for_engine(self.spec, inputs, engine.asynchronous, use_halo=False, name="test input", **how)
         return run_plan(self.spec, engine, inputs, plan, gate=self.gate)
+
+    # ------------------------------------------------------------------ info
 
     def info(self) -> Dict[str, Any]:
         """Name, id, version, authors, licence, citation, tensors and available engines."""

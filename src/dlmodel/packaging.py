@@ -266,8 +266,6 @@ def _assemble(work: Path, kind: str, weights: Any, sample: np.ndarray, about: Ab
 
     descr = build(with_cover=False)  # bad metadata fails here, before anything is kept
     from .api import Model
-    from .prediction import run_plan
-    from .tiling import plan_for_engine
     from .package import view
 
     rdf = work / "bioimageio.yaml"
@@ -277,9 +275,8 @@ def _assemble(work: Path, kind: str, weights: Any, sample: np.ndarray, about: Ab
     spec = view(descr, rdf)
     try:
         model = Model(spec, engine=next(iter(weight_entries)), device="cpu")
-        sample = {input_id: batch}  # whole, no halo: as the test outputs are checked (Model.test)
-        plan = plan_for_engine(spec, sample, model.engine.asynchronous, tile=False, use_halo=False)
-        outs = run_plan(spec, model.engine, sample, plan, gate=model.gate)
+        # whole, no halo: the test output is made as Model.test will check it
+        outs = model._run_test(model.engine, {input_id: batch}, tile=False)
     except DLModelError as e:
         raise EngineError(f"the model does not run on the sample: {e}") from e
     result = outs[output_id]
